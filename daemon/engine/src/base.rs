@@ -1,0 +1,373 @@
+//! A base VM as the engine sees it: its disk, its memory snapshot in canonical form (a page
+//! image plus the layout and device state), its hash lists and index. Creating a base
+//! computes all of these once; opening one maps them for overlay creation and synthesis.
+//!
+//! Files of one base (the daemon chooses the directory):
+//!
+//! | file | content |
+//! |---|---|
+//! | `disk.raw` | the base disk, raw (the caller puts it there) |
+//! | `memory.pages` | page image: global page `i` at byte `i * 4096`, sparse where zero |
+//! | `memory.meta` | `CLDMEMM1`, u64 layout length, layout, u64 device-state length, device state |
+//! | `hashes.bin` | hash list (see [`crate::hashlist`]); its blake3 is the base id |
+//! | `hashes.idx` | hash → location index |
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::atomic::AtomicFile;
+use crate::chunk::{hash_chunk, is_zero, zero_chunk_hash, Chunk, ChunkHash, ImageKind, CHUNK_SIZE_BYTES, CHUNK_SIZE_U64};
+use crate::disk::read_raw_chunk;
+use crate::hashlist::{self, HashIndex, HashList, HashListError, Location};
+use crate::limits::{MAX_DEVICE_STATE_BYTES, MAX_SAVE_XML_BYTES};
+use crate::savefile::{SaveFileError, SaveFileLayout, SaveFileReader, SaveFileWriter};
+
+const MEMORY_META_MAGIC: &[u8; 8] = b"CLDMEMM1";
+const IO_BUFFER_BYTES: usize = 1 << 20;
+
+/// Errors creating, opening or reading a base.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    /// A base file could not be read or written.
+    #[error("i/o error on base file {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The memory snapshot could not be parsed or written.
+    #[error("memory snapshot {path}")]
+    SaveFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: SaveFileError,
+    },
+    /// A hash list or index is damaged.
+    #[error("base hash list")]
+    HashList(#[from] HashListError),
+    /// The base's files disagree with each other.
+    #[error("base files are inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl BaseError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
+        move |source| BaseError::Io { path: path.display().to_string(), source }
+    }
+    fn save(path: &Path) -> impl FnOnce(SaveFileError) -> Self + '_ {
+        move |source| BaseError::SaveFile { path: path.display().to_string(), source }
+    }
+}
+
+/// Where the files of one base live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasePaths {
+    /// Raw disk image.
+    pub disk: PathBuf,
+    /// Memory page image.
+    pub memory_pages: PathBuf,
+    /// Memory layout + device state.
+    pub memory_meta: PathBuf,
+    /// Hash list.
+    pub hash_list: PathBuf,
+    /// Hash index.
+    pub index: PathBuf,
+}
+
+impl BasePaths {
+    /// The standard file names inside one directory.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            disk: dir.join("disk.raw"),
+            memory_pages: dir.join("memory.pages"),
+            memory_meta: dir.join("memory.meta"),
+            hash_list: dir.join("hashes.bin"),
+            index: dir.join("hashes.idx"),
+        }
+    }
+
+    /// Every file, for cleanup and export.
+    pub fn all(&self) -> [&Path; 5] {
+        [&self.disk, &self.memory_pages, &self.memory_meta, &self.hash_list, &self.index]
+    }
+}
+
+/// What creating a base computed, and how long each step took.
+#[derive(Debug, Clone)]
+pub struct BaseSummary {
+    /// blake3 of the hash list: the base's identity.
+    pub id: ChunkHash,
+    /// Disk size in bytes.
+    pub disk_size: u64,
+    /// Memory pages (0 for a disk-only base).
+    pub memory_pages: u64,
+    /// Non-zero memory pages.
+    pub memory_nonzero_pages: u64,
+    /// Distinct non-zero chunks in the index.
+    pub indexed_chunks: u64,
+    /// Time to import the memory snapshot (parse, write page image, hash pages).
+    pub memory_time: Duration,
+    /// Time to hash the disk.
+    pub disk_hash_time: Duration,
+    /// Time to write the hash list and build the index.
+    pub index_time: Duration,
+}
+
+/// Turns a raw disk (already at `paths.disk`) and, optionally, a libvirt save file into a
+/// base: page image, memory meta, hash list and index, each written atomically.
+pub fn create_base(paths: &BasePaths, save_file: Option<&Path>) -> Result<BaseSummary, BaseError> {
+    let started = Instant::now();
+    let (memory_hashes, nonzero) = match save_file {
+        Some(save) => import_memory(save, paths)?,
+        None => (Vec::new(), 0),
+    };
+    let memory_time = started.elapsed();
+
+    let started = Instant::now();
+    let disk_size = std::fs::metadata(&paths.disk).map_err(BaseError::io(&paths.disk))?.len();
+    let disk_hashes = hashlist::hash_file(&paths.disk)?;
+    let disk_hash_time = started.elapsed();
+
+    let started = Instant::now();
+    let id = hashlist::write_hash_list(&paths.hash_list, disk_size, &disk_hashes, &memory_hashes)?;
+    let list = HashList::open(&paths.hash_list)?;
+    let indexed_chunks = hashlist::write_index(&list, &paths.index)?;
+    let index_time = started.elapsed();
+
+    Ok(BaseSummary {
+        id,
+        disk_size,
+        memory_pages: memory_hashes.len() as u64,
+        memory_nonzero_pages: nonzero,
+        indexed_chunks,
+        memory_time,
+        disk_hash_time,
+        index_time,
+    })
+}
+
+/// Parses a save file into the page image and memory meta; returns every page's hash.
+fn import_memory(save: &Path, paths: &BasePaths) -> Result<(Vec<ChunkHash>, u64), BaseError> {
+    let file = File::open(save).map_err(BaseError::io(save))?;
+    let mut reader = SaveFileReader::open(BufReader::with_capacity(IO_BUFFER_BYTES, file))
+        .map_err(BaseError::save(save))?;
+    let layout = reader.layout().clone();
+    let pages = layout.page_count();
+    let mut hashes = vec![zero_chunk_hash(); usize::try_from(pages).map_err(|_| too_big())?];
+
+    let out = AtomicFile::create(&paths.memory_pages).map_err(BaseError::io(&paths.memory_pages))?;
+    out.file()
+        .set_len(pages * CHUNK_SIZE_U64)
+        .map_err(BaseError::io(&paths.memory_pages))?;
+    let mut page = [0u8; CHUNK_SIZE_BYTES];
+    let mut nonzero = 0u64;
+    while let Some(index) = reader.next_page(&mut page).map_err(BaseError::save(save))? {
+        let slot = usize::try_from(index).ok().and_then(|i| hashes.get_mut(i));
+        let Some(slot) = slot else {
+            return Err(BaseError::Inconsistent(format!("page {index} outside the RAM layout")));
+        };
+        if !is_zero(&page) {
+            *slot = hash_chunk(&page);
+            nonzero += 1;
+            out.file()
+                .write_all_at(&page, index * CHUNK_SIZE_U64)
+                .map_err(BaseError::io(&paths.memory_pages))?;
+        }
+    }
+    let device_state = reader.finish().map_err(BaseError::save(save))?;
+    out.commit().map_err(BaseError::io(&paths.memory_pages))?;
+    write_memory_meta(&paths.memory_meta, &layout, &device_state)?;
+    Ok((hashes, nonzero))
+}
+
+fn too_big() -> BaseError {
+    BaseError::Inconsistent("memory too large for this machine".into())
+}
+
+/// Writes the memory meta file atomically.
+pub fn write_memory_meta(path: &Path, layout: &SaveFileLayout, device_state: &[u8]) -> Result<(), BaseError> {
+    let mut out = AtomicFile::create(path).map_err(BaseError::io(path))?;
+    let layout_bytes = layout.to_bytes();
+    (|| {
+        out.write_all(MEMORY_META_MAGIC)?;
+        out.write_all(&(layout_bytes.len() as u64).to_le_bytes())?;
+        out.write_all(&layout_bytes)?;
+        out.write_all(&(device_state.len() as u64).to_le_bytes())?;
+        out.write_all(device_state)
+    })()
+    .map_err(BaseError::io(path))?;
+    out.commit().map_err(BaseError::io(path))?;
+    Ok(())
+}
+
+/// Reads the memory meta file: the base snapshot's layout and device state.
+pub fn read_memory_meta(path: &Path) -> Result<(SaveFileLayout, Vec<u8>), BaseError> {
+    let mut file = BufReader::new(File::open(path).map_err(BaseError::io(path))?);
+    let bad = |what: &str| BaseError::Inconsistent(format!("memory meta {}: {what}", path.display()));
+    let mut magic = [0u8; 8];
+    file.read_exact(&mut magic).map_err(BaseError::io(path))?;
+    if &magic != MEMORY_META_MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let mut read_blob = |limit: u64| -> Result<Vec<u8>, BaseError> {
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(BaseError::io(path))?;
+        let len = u64::from_le_bytes(len);
+        if len > limit {
+            return Err(bad("length over limit"));
+        }
+        let mut blob = vec![0u8; usize::try_from(len).map_err(|_| bad("length over limit"))?];
+        file.read_exact(&mut blob).map_err(BaseError::io(path))?;
+        Ok(blob)
+    };
+    let layout_bytes = read_blob(MAX_SAVE_XML_BYTES * 2)?;
+    let device_state = read_blob(MAX_DEVICE_STATE_BYTES)?;
+    let layout = SaveFileLayout::from_bytes(&layout_bytes).map_err(BaseError::save(path))?;
+    Ok((layout, device_state))
+}
+
+/// An opened base, ready for overlay creation and synthesis.
+#[derive(Debug)]
+pub struct Base {
+    paths: BasePaths,
+    disk: File,
+    memory: Option<(File, SaveFileLayout)>,
+    hashes: HashList,
+    index: HashIndex,
+    id: ChunkHash,
+}
+
+impl Base {
+    /// Opens a base created by [`create_base`] and checks its files agree.
+    pub fn open(paths: &BasePaths) -> Result<Self, BaseError> {
+        let hashes = HashList::open(&paths.hash_list)?;
+        let index = HashIndex::open(&paths.index)?;
+        let disk = File::open(&paths.disk).map_err(BaseError::io(&paths.disk))?;
+        let disk_size = disk.metadata().map_err(BaseError::io(&paths.disk))?.len();
+        if disk_size != hashes.disk_size() {
+            return Err(BaseError::Inconsistent(format!(
+                "disk is {disk_size} bytes, hash list says {}",
+                hashes.disk_size()
+            )));
+        }
+        let memory = if hashes.memory_pages() > 0 {
+            let (layout, _) = read_memory_meta(&paths.memory_meta)?;
+            if layout.page_count() != hashes.memory_pages() {
+                return Err(BaseError::Inconsistent("memory layout and hash list disagree".into()));
+            }
+            let pages = File::open(&paths.memory_pages).map_err(BaseError::io(&paths.memory_pages))?;
+            Some((pages, layout))
+        } else {
+            None
+        };
+        let id = hashes.identity();
+        Ok(Self { paths: paths.clone(), disk, memory, hashes, index, id })
+    }
+
+    /// The base's identity (blake3 of its hash list).
+    pub fn id(&self) -> &ChunkHash {
+        &self.id
+    }
+
+    /// Its files.
+    pub fn paths(&self) -> &BasePaths {
+        &self.paths
+    }
+
+    /// Disk size in bytes.
+    pub fn disk_size(&self) -> u64 {
+        self.hashes.disk_size()
+    }
+
+    /// The memory snapshot's layout, unless the base is disk-only.
+    pub fn memory_layout(&self) -> Option<&SaveFileLayout> {
+        self.memory.as_ref().map(|(_, l)| l)
+    }
+
+    /// Hash lists.
+    pub fn hashes(&self) -> &HashList {
+        &self.hashes
+    }
+
+    /// The base chunk with this hash, if any (zero chunks are never found).
+    pub fn find(&self, hash: &ChunkHash) -> Option<Location> {
+        self.index.lookup(hash, &self.hashes)
+    }
+
+    /// Hash of the base chunk at `loc` (`None` outside the base).
+    pub fn hash_at(&self, loc: Location) -> Option<&ChunkHash> {
+        self.hashes.get(loc)
+    }
+
+    /// Reads the base chunk at `loc`.
+    pub fn read_chunk(&self, loc: Location, buf: &mut Chunk) -> Result<(), BaseError> {
+        if loc.index >= self.hashes.len(loc.kind) {
+            return Err(BaseError::Inconsistent(format!(
+                "{} chunk {} is outside the base",
+                loc.kind.name(),
+                loc.index
+            )));
+        }
+        match (loc.kind, &self.memory) {
+            (ImageKind::Disk, _) => read_raw_chunk(&self.disk, self.disk_size(), loc.index, buf)
+                .map_err(BaseError::io(&self.paths.disk)),
+            (ImageKind::Memory, Some((pages, _))) => pages
+                .read_exact_at(buf, loc.index * CHUNK_SIZE_U64)
+                .map_err(BaseError::io(&self.paths.memory_pages)),
+            (ImageKind::Memory, None) => Err(BaseError::Inconsistent("base has no memory".into())),
+        }
+    }
+
+    /// Reads the base memory page image sequentially from the start (for writing every
+    /// unchanged page during synthesis).
+    pub fn memory_pages_reader(&self) -> Result<impl Read + '_, BaseError> {
+        match &self.memory {
+            Some((pages, _)) => Ok(BufReader::with_capacity(IO_BUFFER_BYTES, FileFrom { file: pages, pos: 0 })),
+            None => Err(BaseError::Inconsistent("base has no memory".into())),
+        }
+    }
+}
+
+/// Writes the base's own memory snapshot back as a libvirt save file (to resume the base,
+/// e.g. to customize it), optionally with another domain XML.
+pub fn write_base_save_file(base: &Base, out: &Path, domain_xml: Option<&str>) -> Result<(), BaseError> {
+    let Some(layout) = base.memory_layout() else {
+        return Err(BaseError::Inconsistent("base has no memory snapshot".into()));
+    };
+    let (_, device_state) = read_memory_meta(&base.paths.memory_meta)?;
+    let file = AtomicFile::create(out).map_err(BaseError::io(out))?;
+    let mut writer = SaveFileWriter::new(BufWriter::with_capacity(IO_BUFFER_BYTES, file), layout, domain_xml)
+        .map_err(BaseError::save(out))?;
+    let mut pages = base.memory_pages_reader()?;
+    let mut page = [0u8; CHUNK_SIZE_BYTES];
+    for index in 0..layout.page_count() {
+        pages.read_exact(&mut page).map_err(BaseError::io(&base.paths.memory_pages))?;
+        writer.write_page(index, &page).map_err(BaseError::save(out))?;
+    }
+    let buffered = writer.finish(&device_state).map_err(BaseError::save(out))?;
+    let file = buffered.into_inner().map_err(|e| BaseError::io(out)(e.into_error()))?;
+    file.commit().map_err(BaseError::io(out))?;
+    Ok(())
+}
+
+/// Reads a shared `File` from a position of its own (positional reads), so that several
+/// readers of one opened base never disturb each other's file offset.
+struct FileFrom<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for FileFrom<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,499 @@
+//! Synthesis: base + overlay → the customized disk and memory save file.
+//!
+//! Segments are read in order from any `Read` (a file, or an upload still arriving), a
+//! window of them is decompressed and rebuilt in parallel (every chunk checked against its
+//! blake3 hash), then applied in record order. Memory pages go straight into the output
+//! save file as they come (QEMU's loader takes pages in any order); the base's unchanged
+//! pages follow. Nothing appears under the output names unless every chunk verified.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::atomic::AtomicFile;
+use crate::base::{Base, BaseError};
+use crate::chunk::{hash_chunk, Chunk, ImageKind, CHUNK_SIZE_BYTES};
+use crate::delta;
+use crate::disk::{DiskOutputFormat, DiskSink};
+use crate::format::{
+    decompress_segment, Bitmap, Encoding, FormatError, OverlayMeta, OverlayReader, Record, Segment,
+};
+use crate::hashlist::Location;
+use crate::progress::Progress;
+use crate::qcow2::Qcow2Writer;
+use crate::savefile::{SaveFileError, SaveFileWriter};
+
+/// Errors rebuilding a VM from base + overlay.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The overlay was made for another base.
+    #[error("overlay was made for base {expected}, not for base {actual}")]
+    BaseMismatch {
+        /// Base id the overlay names.
+        expected: String,
+        /// Id of the base given.
+        actual: String,
+    },
+    /// The overlay's sizes or layout do not fit the base.
+    #[error("overlay does not fit the base: {0}")]
+    Incompatible(String),
+    /// The overlay file is damaged or truncated.
+    #[error("overlay is corrupt")]
+    Format(#[from] FormatError),
+    /// A rebuilt chunk does not match its recorded hash.
+    #[error("overlay record {record} ({kind} chunk {index}) does not rebuild to its recorded hash")]
+    ChunkHashMismatch {
+        /// Record number.
+        record: u64,
+        /// Disk or memory.
+        kind: &'static str,
+        /// Chunk index.
+        index: u64,
+    },
+    /// A delta record does not apply.
+    #[error("overlay record {record} holds a delta that does not apply")]
+    BadDelta {
+        /// Record number.
+        record: u64,
+    },
+    /// The base could not be read.
+    #[error("base")]
+    Base(#[from] BaseError),
+    /// An output file could not be written.
+    #[error("writing {path}")]
+    Output {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output save file could not be written.
+    #[error("writing memory snapshot")]
+    SaveFile(#[source] SaveFileError),
+    /// The output qcow2 could not be created.
+    #[error("creating disk image")]
+    Qcow2(#[source] crate::qcow2::Qcow2Error),
+    /// The thread pool could not start.
+    #[error("cannot start decoder threads")]
+    Threads(#[source] rayon::ThreadPoolBuildError),
+}
+
+impl DecodeError {
+    /// Whether the error means the overlay is bad or does not fit the base (a client
+    /// error), as opposed to a failure on this host.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            DecodeError::BaseMismatch { .. }
+            | DecodeError::Incompatible(_)
+            | DecodeError::ChunkHashMismatch { .. }
+            | DecodeError::BadDelta { .. } => true,
+            DecodeError::Format(e) => e.is_invalid_input(),
+            _ => false,
+        }
+    }
+}
+
+/// Where and how to write the synthesized VM.
+#[derive(Debug, Clone)]
+pub struct DecodeOutputs<'a> {
+    /// The synthesized disk.
+    pub disk: &'a Path,
+    /// Its format.
+    pub disk_format: DiskOutputFormat,
+    /// The synthesized memory save file (ignored for a disk-only overlay).
+    pub memory: &'a Path,
+    /// Domain XML to put into the save file instead of the customized VM's.
+    pub domain_xml: Option<&'a str>,
+    /// fsync the outputs (not needed for a VM about to run: a crash ends it anyway).
+    pub durable: bool,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+}
+
+/// What a decode did, and where the time went.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeSummary {
+    /// Records applied.
+    pub records: u64,
+    /// Overlay bytes read.
+    pub overlay_bytes: u64,
+    /// Whether a memory save file was written.
+    pub has_memory: bool,
+    /// Time waiting for overlay bytes (file reads or network).
+    pub read_time: Duration,
+    /// Time decompressing, rebuilding and verifying chunks.
+    pub rebuild_time: Duration,
+    /// Time writing rebuilt chunks.
+    pub apply_time: Duration,
+    /// Time writing the base's unchanged memory pages and finishing the files.
+    pub finish_time: Duration,
+}
+
+/// A rebuilt chunk, before it is applied.
+enum Rebuilt {
+    Data(Box<Chunk>),
+    Zero,
+    /// Copy of an earlier record: resolved at apply time from what was written.
+    SelfRef(u64),
+}
+
+/// Synthesizes the customized VM from `base` and the overlay read by `overlay`.
+pub fn decode<R: Read + Send>(
+    overlay: OverlayReader<R>,
+    base: &Base,
+    outputs: &DecodeOutputs<'_>,
+    progress: &dyn Progress,
+) -> Result<DecodeSummary, DecodeError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(outputs.threads)
+        .build()
+        .map_err(DecodeError::Threads)?;
+    pool.install(|| decode_in_pool(overlay, base, outputs, progress))
+}
+
+fn decode_in_pool<R: Read + Send>(
+    mut overlay: OverlayReader<R>,
+    base: &Base,
+    outputs: &DecodeOutputs<'_>,
+    progress: &dyn Progress,
+) -> Result<DecodeSummary, DecodeError> {
+    check_fits(overlay.meta(), base)?;
+    let meta = overlay.meta().clone();
+    let mut summary = DecodeSummary {
+        records: meta.records.len() as u64,
+        overlay_bytes: overlay.file_len(),
+        has_memory: meta.memory.is_some(),
+        ..Default::default()
+    };
+    let mut out = Outputs::create(&meta, base, outputs)?;
+    let self_ref_targets = self_ref_targets(&meta)?;
+    let mut written_at: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+
+    progress.stage("apply", Some(meta.records.len() as u64));
+    let window = 2 * rayon::current_num_threads();
+    loop {
+        let started = Instant::now();
+        let mut batch: Vec<Segment> = Vec::with_capacity(window);
+        while batch.len() < window {
+            match overlay.next_segment()? {
+                Some(s) => batch.push(s),
+                None => break,
+            }
+        }
+        summary.read_time += started.elapsed();
+        if batch.is_empty() {
+            break;
+        }
+
+        let started = Instant::now();
+        let rebuilt: Vec<Vec<Rebuilt>> =
+            batch.par_iter().map(|s| rebuild_segment(&meta, base, s)).collect::<Result<_, _>>()?;
+        summary.rebuild_time += started.elapsed();
+
+        let started = Instant::now();
+        for (segment, chunks) in batch.iter().zip(rebuilt) {
+            let entry = &meta.segments[segment.index];
+            for (offset, (record, chunk)) in meta.records_of(entry).iter().zip(chunks).enumerate() {
+                let record_no = entry.first_record + offset as u64;
+                let data = match chunk {
+                    Rebuilt::Data(data) => data,
+                    Rebuilt::Zero => Box::new([0u8; CHUNK_SIZE_BYTES]),
+                    Rebuilt::SelfRef(target) => {
+                        let mut data = Box::new([0u8; CHUNK_SIZE_BYTES]);
+                        out.read_back(&meta.records, target, &written_at, &mut data)?;
+                        verify(record_no, record, &data)?;
+                        data
+                    }
+                };
+                let position = out.write(record, &data)?;
+                if self_ref_targets.contains(record_no) {
+                    if let Some(position) = position {
+                        written_at.insert(record_no, position);
+                    }
+                }
+            }
+            progress.inc(u64::from(entry.record_count));
+        }
+        summary.apply_time += started.elapsed();
+    }
+    let started = Instant::now();
+    overlay.finish()?;
+    out.finish(&meta, base, outputs)?;
+    summary.finish_time = started.elapsed();
+    Ok(summary)
+}
+
+/// Refuses an overlay made for another base or for another VM shape.
+fn check_fits(meta: &OverlayMeta, base: &Base) -> Result<(), DecodeError> {
+    if &meta.base_id != base.id() {
+        return Err(DecodeError::BaseMismatch {
+            expected: hex(&meta.base_id),
+            actual: hex(base.id()),
+        });
+    }
+    if meta.disk_size != base.disk_size() {
+        return Err(DecodeError::Incompatible(format!(
+            "disk is {} bytes, base disk is {}",
+            meta.disk_size,
+            base.disk_size()
+        )));
+    }
+    if let Some(memory) = &meta.memory {
+        match base.memory_layout() {
+            Some(l) if l.same_ram_layout(&memory.layout) => {}
+            _ => return Err(DecodeError::Incompatible("RAM blocks differ from the base's".into())),
+        }
+    }
+    Ok(())
+}
+
+/// Lower-case hex of a hash.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn self_ref_targets(meta: &OverlayMeta) -> Result<Bitmap, DecodeError> {
+    let mut targets = Bitmap::new(meta.records.len() as u64)?;
+    for r in &meta.records {
+        if let Encoding::SelfRef(t) = r.encoding {
+            targets.insert(t);
+        }
+    }
+    Ok(targets)
+}
+
+fn verify(record_no: u64, record: &Record, data: &Chunk) -> Result<(), DecodeError> {
+    if hash_chunk(data) != record.hash {
+        return Err(DecodeError::ChunkHashMismatch {
+            record: record_no,
+            kind: record.kind.name(),
+            index: record.index,
+        });
+    }
+    Ok(())
+}
+
+/// Decompresses one segment and rebuilds every chunk that does not depend on others.
+fn rebuild_segment(meta: &OverlayMeta, base: &Base, segment: &Segment) -> Result<Vec<Rebuilt>, DecodeError> {
+    let entry = &meta.segments[segment.index];
+    let payload = decompress_segment(entry, segment)?;
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(entry.record_count as usize);
+    for (offset, record) in meta.records_of(entry).iter().enumerate() {
+        let record_no = entry.first_record + offset as u64;
+        let len = record.encoding.payload_len();
+        let bytes = payload.get(at..at + len).ok_or(FormatError::SegmentSize {
+            segment: segment.index,
+            expected: u64::from(entry.uncompressed_len),
+        })?;
+        at += len;
+        let rebuilt = match record.encoding {
+            Encoding::Zero => Rebuilt::Zero,
+            Encoding::SelfRef(target) => Rebuilt::SelfRef(target),
+            Encoding::BaseRef(loc) => {
+                let mut data = Box::new([0u8; CHUNK_SIZE_BYTES]);
+                read_base(base, loc, &mut data)?;
+                Rebuilt::Data(data)
+            }
+            Encoding::Raw => {
+                let mut data = Box::new([0u8; CHUNK_SIZE_BYTES]);
+                data.copy_from_slice(bytes);
+                Rebuilt::Data(data)
+            }
+            Encoding::Delta(_) => {
+                let mut source = [0u8; CHUNK_SIZE_BYTES];
+                read_base(base, Location { kind: record.kind, index: record.index }, &mut source)?;
+                let mut data = Box::new([0u8; CHUNK_SIZE_BYTES]);
+                if !delta::apply(bytes, &source, &mut data) {
+                    return Err(DecodeError::BadDelta { record: record_no });
+                }
+                Rebuilt::Data(data)
+            }
+        };
+        match &rebuilt {
+            Rebuilt::Data(data) => verify(record_no, record, data)?,
+            Rebuilt::Zero => verify(record_no, record, &[0u8; CHUNK_SIZE_BYTES])?,
+            Rebuilt::SelfRef(_) => {}
+        }
+        out.push(rebuilt);
+    }
+    Ok(out)
+}
+
+/// Reads a base chunk named by the overlay; a location outside the base means the overlay
+/// is bad, not the base.
+fn read_base(base: &Base, loc: Location, buf: &mut Chunk) -> Result<(), DecodeError> {
+    if base.hash_at(loc).is_none() {
+        return Err(DecodeError::Incompatible(format!(
+            "reference to {} chunk {} outside the base",
+            loc.kind.name(),
+            loc.index
+        )));
+    }
+    Ok(base.read_chunk(loc, buf)?)
+}
+
+/// The output files while they are being written (under temporary names).
+struct Outputs {
+    disk: Option<DiskSink>,
+    disk_tmp: TmpPath,
+    memory: Option<SaveFileWriter<BufWriter<AtomicFile>>>,
+    memory_pages: Option<Bitmap>,
+}
+
+impl Outputs {
+    fn create(meta: &OverlayMeta, base: &Base, outputs: &DecodeOutputs<'_>) -> Result<Self, DecodeError> {
+        let out_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| DecodeError::Output { path, source }
+        };
+        let disk_tmp = TmpPath::new(outputs.disk);
+        let disk = match outputs.disk_format {
+            DiskOutputFormat::Qcow2 => {
+                let backing = std::fs::canonicalize(&base.paths().disk).map_err(out_err(&base.paths().disk))?;
+                let backing = backing.to_str().ok_or_else(|| {
+                    DecodeError::Incompatible("base disk path is not valid UTF-8".into())
+                })?;
+                DiskSink::Qcow2(
+                    Qcow2Writer::create(&disk_tmp.0, meta.disk_size, backing, "raw").map_err(DecodeError::Qcow2)?,
+                )
+            }
+            DiskOutputFormat::Raw => {
+                let mut src = std::fs::File::open(&base.paths().disk).map_err(out_err(&base.paths().disk))?;
+                let mut file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&disk_tmp.0)
+                    .map_err(out_err(outputs.disk))?;
+                std::io::copy(&mut src, &mut file).map_err(out_err(outputs.disk))?;
+                DiskSink::Raw { file, size: meta.disk_size }
+            }
+        };
+        let (memory, memory_pages) = match &meta.memory {
+            Some(m) => {
+                let file = AtomicFile::create(outputs.memory).map_err(out_err(outputs.memory))?;
+                let writer = SaveFileWriter::new(BufWriter::with_capacity(1 << 20, file), &m.layout, outputs.domain_xml)
+                    .map_err(DecodeError::SaveFile)?;
+                (Some(writer), Some(Bitmap::new(m.layout.page_count())?))
+            }
+            None => (None, None),
+        };
+        Ok(Self { disk: Some(disk), disk_tmp, memory, memory_pages })
+    }
+
+    /// Applies one chunk; for memory pages returns where the page's bytes sit in the save
+    /// file (None for a zero page), for disk chunks the chunk index.
+    fn write(&mut self, record: &Record, data: &Chunk) -> Result<Option<u64>, DecodeError> {
+        match record.kind {
+            ImageKind::Memory => {
+                let (Some(w), Some(pages)) = (self.memory.as_mut(), self.memory_pages.as_mut()) else {
+                    return Err(DecodeError::Incompatible("memory record in a disk-only overlay".into()));
+                };
+                pages.insert(record.index);
+                w.write_page(record.index, data).map_err(DecodeError::SaveFile)
+            }
+            ImageKind::Disk => {
+                let sink = self.disk.as_mut().ok_or_else(|| DecodeError::Incompatible("disk closed".into()))?;
+                sink.write_chunk(record.index, data).map_err(|source| DecodeError::Output {
+                    path: self.disk_tmp.0.display().to_string(),
+                    source,
+                })?;
+                Ok(Some(record.index))
+            }
+        }
+    }
+
+    /// Reads back what record `target` wrote.
+    fn read_back(
+        &mut self,
+        records: &[Record],
+        target: u64,
+        written_at: &std::collections::HashMap<u64, u64>,
+        buf: &mut Chunk,
+    ) -> Result<(), DecodeError> {
+        let record = usize::try_from(target).ok().and_then(|t| records.get(t));
+        let (Some(record), Some(&position)) = (record, written_at.get(&target)) else {
+            return Err(DecodeError::Incompatible(format!("reference to record {target} that wrote nothing")));
+        };
+        let io_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| DecodeError::Output { path, source }
+        };
+        match record.kind {
+            ImageKind::Memory => {
+                let w = self.memory.as_mut().ok_or_else(|| DecodeError::Incompatible("no memory".into()))?;
+                let buffered = w.get_mut();
+                buffered.flush().map_err(io_err(Path::new("memory snapshot")))?;
+                let file = buffered.get_ref();
+                file.file().read_exact_at(buf, position).map_err(io_err(file.tmp_path()))
+            }
+            ImageKind::Disk => {
+                let sink = self.disk.as_mut().ok_or_else(|| DecodeError::Incompatible("disk closed".into()))?;
+                sink.read_chunk(position, buf).map_err(io_err(&self.disk_tmp.0))
+            }
+        }
+    }
+
+    fn finish(mut self, meta: &OverlayMeta, base: &Base, outputs: &DecodeOutputs<'_>) -> Result<(), DecodeError> {
+        let out_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| DecodeError::Output { path, source }
+        };
+        if let (Some(mut w), Some(pages), Some(m)) = (self.memory.take(), self.memory_pages.take(), &meta.memory) {
+            let mut base_pages = base.memory_pages_reader()?;
+            let mut page = [0u8; CHUNK_SIZE_BYTES];
+            for index in 0..m.layout.page_count() {
+                base_pages.read_exact(&mut page).map_err(out_err(&base.paths().memory_pages))?;
+                if !pages.contains(index) {
+                    w.write_page(index, &page).map_err(DecodeError::SaveFile)?;
+                }
+            }
+            let buffered = w.finish(&m.device_state).map_err(DecodeError::SaveFile)?;
+            let file = buffered.into_inner().map_err(|e| DecodeError::Output {
+                path: outputs.memory.display().to_string(),
+                source: e.into_error(),
+            })?;
+            file.commit_with(outputs.durable).map_err(out_err(outputs.memory))?;
+        }
+        if let Some(disk) = self.disk.take() {
+            if outputs.durable {
+                disk.finish().map_err(out_err(outputs.disk))?;
+            } else if let DiskSink::Qcow2(w) = disk {
+                w.finish().map_err(DecodeError::Qcow2)?;
+            }
+            self.disk_tmp.commit(outputs.disk).map_err(out_err(outputs.disk))?;
+        }
+        Ok(())
+    }
+}
+
+/// A temporary output path, removed on drop unless committed (renamed to its final name).
+struct TmpPath(PathBuf);
+
+impl TmpPath {
+    fn new(final_path: &Path) -> Self {
+        let mut name = std::ffi::OsString::from(".");
+        name.push(final_path.file_name().unwrap_or_default());
+        name.push(format!(".part-{}", std::process::id()));
+        Self(final_path.with_file_name(name))
+    }
+
+    fn commit(&mut self, final_path: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.0, final_path)?;
+        self.0 = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for TmpPath {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}

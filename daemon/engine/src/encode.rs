@@ -1,0 +1,445 @@
+//! Overlay creation: base + customized VM → one overlay file.
+//!
+//! Chunks flow in batches: a batch is read and classified in parallel (hash, base lookup,
+//! xdelta3), then recorded in order (intra-overlay dedup, segment assembly); full segments
+//! are compressed in parallel and written in order. Memory comes first, in save-file order,
+//! then disk in ascending chunk order, so a VM can resume before the disk part arrives.
+//! Peak memory: one batch, a few segments, and ~100 bytes per modified chunk.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::base::{Base, BaseError};
+use crate::chunk::{zero_chunk_hash, Chunk, ChunkHash, ImageKind, CHUNK_SIZE_BYTES};
+use crate::diff::{classify, Class};
+use crate::disk::{DiskError, DiskSource};
+use crate::format::{
+    Encoding, FormatError, MemorySnapshot, OverlayMeta, OverlayWriter, Record, SEGMENT_MAX_RECORDS,
+    SEGMENT_TARGET_BYTES,
+};
+use crate::hashlist::Location;
+use crate::progress::Progress;
+use crate::savefile::{SaveFileError, SaveFileReader};
+
+/// Chunks classified per parallel batch.
+const BATCH_CHUNKS: usize = 512;
+
+/// Errors creating an overlay.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The customized memory snapshot could not be read.
+    #[error("customized memory snapshot {path}")]
+    SaveFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: SaveFileError,
+    },
+    /// Opening the customized memory snapshot failed.
+    #[error("cannot open customized memory snapshot {path}")]
+    OpenSaveFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The customized disk could not be read.
+    #[error("customized disk")]
+    Disk(#[from] DiskError),
+    /// The base could not be read.
+    #[error("base")]
+    Base(#[from] BaseError),
+    /// The overlay file could not be written.
+    #[error("writing overlay")]
+    Format(#[from] FormatError),
+    /// The customized VM does not fit the base.
+    #[error("customized VM does not match the base: {0}")]
+    Mismatch(String),
+    /// The thread pool could not start.
+    #[error("cannot start encoder threads")]
+    Threads(#[source] rayon::ThreadPoolBuildError),
+}
+
+/// Tuning of overlay creation.
+#[derive(Debug, Clone)]
+pub struct EncodeOptions {
+    /// zstd level of the payload segments (1..=19; 3 trades size and speed well).
+    pub zstd_level: i32,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+    /// Properties stored in the overlay (e.g. `guest-ports`).
+    pub properties: Vec<(String, String)>,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self { zstd_level: 3, threads: 0, properties: Vec::new() }
+    }
+}
+
+/// The customized VM.
+pub struct EncodeInput<'a> {
+    /// Its memory snapshot (a libvirt save file); `None` for a disk-only overlay.
+    pub memory: Option<&'a Path>,
+    /// Its disk.
+    pub disk: &'a DiskSource,
+}
+
+/// What an encode produced.
+#[derive(Debug, Clone)]
+pub struct EncodeSummary {
+    /// The overlay's metadata (counts, segments, records).
+    pub meta: OverlayMeta,
+    /// Size of the overlay file.
+    pub file_size: u64,
+    /// Bytes of modified chunks examined (memory pages + disk candidates, 4 KiB each).
+    pub examined_bytes: u64,
+    /// Time spent on memory.
+    pub memory_time: Duration,
+    /// Time spent on disk.
+    pub disk_time: Duration,
+    /// Time spent writing the file.
+    pub finish_time: Duration,
+}
+
+/// Builds an overlay of `input` against `base` at `out` (written atomically).
+pub fn encode(
+    base: &Base,
+    input: &EncodeInput<'_>,
+    out: &Path,
+    options: &EncodeOptions,
+    progress: &dyn Progress,
+) -> Result<EncodeSummary, EncodeError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.threads)
+        .build()
+        .map_err(EncodeError::Threads)?;
+    pool.install(|| encode_in_pool(base, input, out, options, progress))
+}
+
+fn encode_in_pool(
+    base: &Base,
+    input: &EncodeInput<'_>,
+    out: &Path,
+    options: &EncodeOptions,
+    progress: &dyn Progress,
+) -> Result<EncodeSummary, EncodeError> {
+    if input.disk.size() != base.disk_size() {
+        return Err(EncodeError::Mismatch(format!(
+            "disk is {} bytes, base disk is {}",
+            input.disk.size(),
+            base.disk_size()
+        )));
+    }
+    let mut builder = Builder::new(base, out, options)?;
+
+    let started = Instant::now();
+    let memory = match input.memory {
+        Some(path) => Some(builder.add_memory(path, progress)?),
+        None => None,
+    };
+    let memory_time = started.elapsed();
+
+    let started = Instant::now();
+    builder.add_disk(input.disk, progress)?;
+    let disk_time = started.elapsed();
+
+    let started = Instant::now();
+    let examined_bytes = builder.examined * CHUNK_SIZE_BYTES as u64;
+    let mut properties = options.properties.clone();
+    properties.sort();
+    let (meta, file_size) = builder.finish(input.disk.size(), memory, properties)?;
+    Ok(EncodeSummary {
+        meta,
+        file_size,
+        examined_bytes,
+        memory_time,
+        disk_time,
+        finish_time: started.elapsed(),
+    })
+}
+
+/// A segment assembled but not yet compressed.
+struct PendingSegment {
+    first_record: u64,
+    record_count: u32,
+    payload: Vec<u8>,
+}
+
+/// Accumulates records and segments.
+struct Builder<'a> {
+    base: &'a Base,
+    writer: OverlayWriter,
+    level: i32,
+    records: Vec<Record>,
+    /// Hash → record number of every chunk stored with a payload, for intra-overlay dedup.
+    stored: HashMap<ChunkHash, u64>,
+    segment_first: u64,
+    segment_payload: Vec<u8>,
+    pending: Vec<PendingSegment>,
+    unchanged_memory: u64,
+    unchanged_disk: u64,
+    examined: u64,
+}
+
+impl<'a> Builder<'a> {
+    fn new(base: &'a Base, out: &Path, options: &EncodeOptions) -> Result<Self, EncodeError> {
+        Ok(Self {
+            base,
+            writer: OverlayWriter::create(out)?,
+            level: options.zstd_level,
+            records: Vec::new(),
+            stored: HashMap::new(),
+            segment_first: 0,
+            segment_payload: Vec::with_capacity(SEGMENT_TARGET_BYTES + CHUNK_SIZE_BYTES),
+            pending: Vec::new(),
+            unchanged_memory: 0,
+            unchanged_disk: 0,
+            examined: 0,
+        })
+    }
+
+    fn add_memory(&mut self, path: &Path, progress: &dyn Progress) -> Result<MemorySnapshot, EncodeError> {
+        let save_err = |source| EncodeError::SaveFile { path: path.display().to_string(), source };
+        let file = File::open(path)
+            .map_err(|source| EncodeError::OpenSaveFile { path: path.display().to_string(), source })?;
+        let mut reader = SaveFileReader::open(BufReader::with_capacity(1 << 20, file)).map_err(save_err)?;
+        let layout = reader.layout().clone();
+        match self.base.memory_layout() {
+            Some(base_layout) if base_layout.same_ram_layout(&layout) => {}
+            Some(_) => return Err(EncodeError::Mismatch("RAM blocks differ from the base's".into())),
+            None => return Err(EncodeError::Mismatch("base has no memory snapshot".into())),
+        }
+        let pages = layout.page_count();
+        progress.stage("memory", Some(pages));
+        let mut seen = crate::format::Bitmap::new(pages)?;
+        let mut batch = Batch::new();
+        loop {
+            batch.clear();
+            while batch.len() < BATCH_CHUNKS {
+                let (index, buf) = batch.slot();
+                match reader.next_page(buf).map_err(save_err)? {
+                    Some(i) => {
+                        *index = i;
+                        if !seen.insert(i) {
+                            return Err(save_err(SaveFileError::DuplicatePage { index: i }));
+                        }
+                        batch.commit();
+                    }
+                    None => break,
+                }
+            }
+            if batch.len() == 0 {
+                break;
+            }
+            self.add_batch(ImageKind::Memory, &batch, |_, _| Ok(()))?;
+            progress.inc(batch.len() as u64);
+        }
+        // Pages the stream never sent are zero in the restored VM.
+        let zero = zero_chunk_hash();
+        for index in 0..pages {
+            if !seen.contains(index) {
+                let base_hash = self.base.hash_at(Location { kind: ImageKind::Memory, index });
+                if base_hash.is_some_and(|h| *h != zero) {
+                    self.push(ImageKind::Memory, index, Class::Zero, zero, None)?;
+                }
+            }
+        }
+        let device_state = reader.finish().map_err(save_err)?;
+        Ok(MemorySnapshot { layout, device_state })
+    }
+
+    fn add_disk(&mut self, disk: &DiskSource, progress: &dyn Progress) -> Result<(), EncodeError> {
+        let total: u64 = disk.candidates().iter().map(|r| r.end - r.start).sum();
+        progress.stage("disk", Some(total));
+        let mut batch = Batch::new();
+        for range in disk.candidates() {
+            let mut next = range.start;
+            while next < range.end {
+                batch.clear();
+                while batch.len() < BATCH_CHUNKS && next < range.end {
+                    let (index, _) = batch.slot();
+                    *index = next;
+                    batch.commit();
+                    next += 1;
+                }
+                self.add_batch(ImageKind::Disk, &batch, |index, buf| disk.read_chunk(index, buf))?;
+                progress.inc(batch.len() as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Classifies a batch in parallel (reading each chunk with `read` first, for sources
+    /// that are not already in the batch), then records it in order.
+    fn add_batch(
+        &mut self,
+        kind: ImageKind,
+        batch: &Batch,
+        read: impl Fn(u64, &mut Chunk) -> Result<(), DiskError> + Sync,
+    ) -> Result<(), EncodeError> {
+        let base = self.base;
+        let classified: Vec<(Class, ChunkHash, Option<Box<Chunk>>)> = batch
+            .items()
+            .par_iter()
+            .map(|(index, data)| -> Result<_, EncodeError> {
+                let mut chunk = data.clone();
+                read(*index, &mut chunk)?;
+                let (class, hash) = classify(base, kind, *index, &chunk)?;
+                let keep = matches!(class, Class::Raw).then_some(chunk);
+                Ok((class, hash, keep))
+            })
+            .collect::<Result<_, _>>()?;
+        for ((index, _), (class, hash, data)) in batch.items().iter().zip(classified) {
+            self.examined += 1;
+            self.push(kind, *index, class, hash, data.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        kind: ImageKind,
+        index: u64,
+        class: Class,
+        hash: ChunkHash,
+        raw: Option<&Chunk>,
+    ) -> Result<(), EncodeError> {
+        let record_no = self.records.len() as u64;
+        let encoding = match class {
+            Class::Unchanged => {
+                match kind {
+                    ImageKind::Memory => self.unchanged_memory += 1,
+                    ImageKind::Disk => self.unchanged_disk += 1,
+                }
+                return Ok(());
+            }
+            Class::Zero => Encoding::Zero,
+            Class::BaseRef(loc) => Encoding::BaseRef(loc),
+            Class::Delta(_) | Class::Raw if self.stored.contains_key(&hash) => {
+                Encoding::SelfRef(self.stored.get(&hash).copied().unwrap_or_default())
+            }
+            Class::Delta(delta) => {
+                self.stored.insert(hash, record_no);
+                self.segment_payload.extend_from_slice(&delta);
+                Encoding::Delta(u32::try_from(delta.len()).unwrap_or(u32::MAX))
+            }
+            Class::Raw => {
+                let Some(data) = raw else {
+                    return Err(EncodeError::Mismatch("raw chunk without data".into()));
+                };
+                self.stored.insert(hash, record_no);
+                self.segment_payload.extend_from_slice(data);
+                Encoding::Raw
+            }
+        };
+        self.records.push(Record { kind, index, encoding, hash });
+        let in_segment = self.records.len() as u64 - self.segment_first;
+        if self.segment_payload.len() >= SEGMENT_TARGET_BYTES || in_segment >= SEGMENT_MAX_RECORDS as u64 {
+            self.close_segment()?;
+        }
+        Ok(())
+    }
+
+    fn close_segment(&mut self) -> Result<(), EncodeError> {
+        let end = self.records.len() as u64;
+        if end == self.segment_first {
+            return Ok(());
+        }
+        let payload = std::mem::replace(
+            &mut self.segment_payload,
+            Vec::with_capacity(SEGMENT_TARGET_BYTES + CHUNK_SIZE_BYTES),
+        );
+        self.pending.push(PendingSegment {
+            first_record: self.segment_first,
+            record_count: u32::try_from(end - self.segment_first).unwrap_or(u32::MAX),
+            payload,
+        });
+        self.segment_first = end;
+        if self.pending.len() >= 2 * rayon::current_num_threads() {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> Result<(), EncodeError> {
+        let level = self.level;
+        let compressed: Vec<Vec<u8>> = self
+            .pending
+            .par_iter()
+            .map(|s| {
+                if s.payload.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    zstd::bulk::compress(&s.payload, level)
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map_err(FormatError::Io)?;
+        for (s, c) in self.pending.drain(..).zip(compressed) {
+            let len = u32::try_from(s.payload.len()).unwrap_or(u32::MAX);
+            self.writer.push_segment(s.first_record, s.record_count, len, &c)?;
+        }
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        disk_size: u64,
+        memory: Option<MemorySnapshot>,
+        properties: Vec<(String, String)>,
+    ) -> Result<(OverlayMeta, u64), EncodeError> {
+        self.close_segment()?;
+        self.flush_pending()?;
+        let meta = OverlayMeta {
+            base_id: *self.base.id(),
+            disk_size,
+            memory,
+            properties,
+            unchanged_memory: self.unchanged_memory,
+            unchanged_disk: self.unchanged_disk,
+            segments: Vec::new(),
+            records: self.records,
+        };
+        Ok(self.writer.finish(meta)?)
+    }
+}
+
+/// A batch of chunk indices with their data buffers, reused between batches.
+struct Batch {
+    items: Vec<(u64, Box<Chunk>)>,
+    len: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self { items: Vec::new(), len: 0 }
+    }
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    /// The next free slot; becomes part of the batch on `commit`.
+    fn slot(&mut self) -> (&mut u64, &mut Chunk) {
+        if self.items.len() == self.len {
+            self.items.push((0, Box::new([0u8; CHUNK_SIZE_BYTES])));
+        }
+        let (index, data) = &mut self.items[self.len];
+        (index, data)
+    }
+    fn commit(&mut self) {
+        self.len += 1;
+    }
+    fn items(&self) -> &[(u64, Box<Chunk>)] {
+        &self.items[..self.len]
+    }
+}

@@ -1,0 +1,452 @@
+//! The overlay metadata: what the overlay was made from and where every chunk goes.
+//! Serialized little-endian; see `docs/overlay-format.md` for the table.
+
+use crate::chunk::{chunk_count, ChunkHash, ImageKind, CHUNK_SIZE_BYTES};
+use crate::hashlist::Location;
+use crate::savefile::SaveFileLayout;
+
+use super::FormatError;
+
+/// How one modified chunk is rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// All zero bytes.
+    Zero,
+    /// A copy of a base chunk (disk or memory, any position).
+    BaseRef(Location),
+    /// A copy of an earlier record of this overlay (by record number).
+    SelfRef(u64),
+    /// An xdelta3 delta (this many payload bytes) against the base chunk at the same position.
+    Delta(u32),
+    /// The chunk itself (4096 payload bytes).
+    Raw,
+}
+
+impl Encoding {
+    fn code(self) -> u8 {
+        match self {
+            Encoding::Zero => 1,
+            Encoding::BaseRef(_) => 2,
+            Encoding::SelfRef(_) => 3,
+            Encoding::Delta(_) => 4,
+            Encoding::Raw => 5,
+        }
+    }
+
+    fn arg(self) -> u64 {
+        match self {
+            Encoding::Zero | Encoding::Raw => 0,
+            Encoding::BaseRef(loc) => loc.to_u64(),
+            Encoding::SelfRef(r) => r,
+            Encoding::Delta(len) => u64::from(len),
+        }
+    }
+
+    fn from_parts(code: u8, arg: u64) -> Option<Self> {
+        Some(match code {
+            1 => Encoding::Zero,
+            2 => Encoding::BaseRef(Location::from_u64(arg)),
+            3 => Encoding::SelfRef(arg),
+            4 => Encoding::Delta(u32::try_from(arg).ok()?),
+            5 => Encoding::Raw,
+            _ => return None,
+        })
+    }
+
+    /// Payload bytes this record occupies in its segment.
+    pub fn payload_len(self) -> usize {
+        match self {
+            Encoding::Delta(len) => usize::try_from(len).unwrap_or(usize::MAX),
+            Encoding::Raw => CHUNK_SIZE_BYTES,
+            _ => 0,
+        }
+    }
+}
+
+/// One modified chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// Which image it belongs to.
+    pub kind: ImageKind,
+    /// Chunk index (disk) or global page index (memory).
+    pub index: u64,
+    /// How to rebuild it.
+    pub encoding: Encoding,
+    /// blake3 of the rebuilt chunk.
+    pub hash: ChunkHash,
+}
+
+const RECORD_BYTES: usize = 1 + 1 + 8 + 8 + 32;
+const SEGMENT_BYTES: usize = 8 + 4 + 4 + 8 + 4 + 32;
+
+/// One compressed payload segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentEntry {
+    /// Offset from the start of the payload.
+    pub offset: u64,
+    /// Compressed size.
+    pub compressed_len: u32,
+    /// Decompressed size (sum of its records' payloads).
+    pub uncompressed_len: u32,
+    /// First record it carries.
+    pub first_record: u64,
+    /// Number of records it carries.
+    pub record_count: u32,
+    /// blake3 of the compressed bytes.
+    pub hash: ChunkHash,
+}
+
+/// The customized VM's memory snapshot, minus its pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemorySnapshot {
+    /// Header, XML, RAM block list.
+    pub layout: SaveFileLayout,
+    /// Opaque device state (CPU registers, devices).
+    pub device_state: Vec<u8>,
+}
+
+/// Counts of chunks per encoding, for one image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EncodingCounts {
+    /// Examined but identical to the base at the same position (not stored).
+    pub unchanged: u64,
+    /// All zero.
+    pub zero: u64,
+    /// Copies of a base chunk.
+    pub base_ref: u64,
+    /// Copies of another chunk of this overlay.
+    pub self_ref: u64,
+    /// Deltas against the base chunk at the same position.
+    pub delta: u64,
+    /// Stored whole.
+    pub raw: u64,
+}
+
+impl EncodingCounts {
+    /// Chunks stored in the overlay (everything but unchanged).
+    pub fn modified(&self) -> u64 {
+        self.zero + self.base_ref + self.self_ref + self.delta + self.raw
+    }
+}
+
+/// Everything in an overlay besides the payload bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayMeta {
+    /// Identity of the base this overlay applies to.
+    pub base_id: ChunkHash,
+    /// Size of the customized disk (equal to the base disk's).
+    pub disk_size: u64,
+    /// The customized memory snapshot; `None` for a disk-only overlay.
+    pub memory: Option<MemorySnapshot>,
+    /// Free-form properties (e.g. `guest-ports`), sorted by key.
+    pub properties: Vec<(String, String)>,
+    /// Memory pages examined and found identical to the base.
+    pub unchanged_memory: u64,
+    /// Disk chunks examined and found identical to the base.
+    pub unchanged_disk: u64,
+    /// Payload segments, in file order.
+    pub segments: Vec<SegmentEntry>,
+    /// Every modified chunk, in application order.
+    pub records: Vec<Record>,
+}
+
+impl OverlayMeta {
+    /// Number of memory pages of the customized VM (0 if disk-only).
+    pub fn memory_pages(&self) -> u64 {
+        self.memory.as_ref().map_or(0, |m| m.layout.page_count())
+    }
+
+    /// Number of disk chunks.
+    pub fn disk_chunks(&self) -> u64 {
+        chunk_count(self.disk_size)
+    }
+
+    /// Per-encoding counts for one image.
+    pub fn counts(&self, kind: ImageKind) -> EncodingCounts {
+        let mut c = EncodingCounts {
+            unchanged: match kind {
+                ImageKind::Memory => self.unchanged_memory,
+                ImageKind::Disk => self.unchanged_disk,
+            },
+            ..Default::default()
+        };
+        for r in self.records.iter().filter(|r| r.kind == kind) {
+            match r.encoding {
+                Encoding::Zero => c.zero += 1,
+                Encoding::BaseRef(_) => c.base_ref += 1,
+                Encoding::SelfRef(_) => c.self_ref += 1,
+                Encoding::Delta(_) => c.delta += 1,
+                Encoding::Raw => c.raw += 1,
+            }
+        }
+        c
+    }
+
+    /// Total compressed payload bytes.
+    pub fn payload_len(&self) -> u64 {
+        self.segments.iter().map(|s| u64::from(s.compressed_len)).sum()
+    }
+
+    /// Total decompressed payload bytes.
+    pub fn payload_uncompressed_len(&self) -> u64 {
+        self.segments.iter().map(|s| u64::from(s.uncompressed_len)).sum()
+    }
+
+    /// A property's value.
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            256 + self.records.len() * RECORD_BYTES + self.segments.len() * SEGMENT_BYTES,
+        );
+        out.extend_from_slice(&self.base_id);
+        put_u64(&mut out, self.disk_size);
+        match &self.memory {
+            Some(m) => {
+                out.push(1);
+                put_blob(&mut out, &m.layout.to_bytes());
+                put_blob(&mut out, &m.device_state);
+            }
+            None => out.push(0),
+        }
+        put_u64(&mut out, self.properties.len() as u64);
+        for (k, v) in &self.properties {
+            put_blob(&mut out, k.as_bytes());
+            put_blob(&mut out, v.as_bytes());
+        }
+        put_u64(&mut out, self.unchanged_memory);
+        put_u64(&mut out, self.unchanged_disk);
+        put_u64(&mut out, self.segments.len() as u64);
+        for s in &self.segments {
+            put_u64(&mut out, s.offset);
+            out.extend_from_slice(&s.compressed_len.to_le_bytes());
+            out.extend_from_slice(&s.uncompressed_len.to_le_bytes());
+            put_u64(&mut out, s.first_record);
+            out.extend_from_slice(&s.record_count.to_le_bytes());
+            out.extend_from_slice(&s.hash);
+        }
+        put_u64(&mut out, self.records.len() as u64);
+        for r in &self.records {
+            out.push(r.kind.code());
+            out.push(r.encoding.code());
+            put_u64(&mut out, r.index);
+            put_u64(&mut out, r.encoding.arg());
+            out.extend_from_slice(&r.hash);
+        }
+        out
+    }
+
+    /// Parses and validates metadata. Trailing bytes are allowed (fields a newer minor
+    /// version appended).
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut c = Cursor { bytes, pos: 0 };
+        let base_id = c.array::<32>()?;
+        let disk_size = c.u64()?;
+        let memory = match c.u8()? {
+            0 => None,
+            1 => {
+                let layout = SaveFileLayout::from_bytes(c.blob()?).map_err(FormatError::Layout)?;
+                let device_state = c.blob()?.to_vec();
+                Some(MemorySnapshot { layout, device_state })
+            }
+            _ => return Err(invalid("bad memory flag")),
+        };
+        let property_count = c.count(16)?;
+        let mut properties = Vec::with_capacity(property_count);
+        for _ in 0..property_count {
+            let k = String::from_utf8(c.blob()?.to_vec()).map_err(|_| invalid("property not utf-8"))?;
+            let v = String::from_utf8(c.blob()?.to_vec()).map_err(|_| invalid("property not utf-8"))?;
+            properties.push((k, v));
+        }
+        let unchanged_memory = c.u64()?;
+        let unchanged_disk = c.u64()?;
+        let segment_count = c.count(SEGMENT_BYTES)?;
+        let mut segments = Vec::with_capacity(segment_count);
+        for _ in 0..segment_count {
+            segments.push(SegmentEntry {
+                offset: c.u64()?,
+                compressed_len: c.u32()?,
+                uncompressed_len: c.u32()?,
+                first_record: c.u64()?,
+                record_count: c.u32()?,
+                hash: c.array::<32>()?,
+            });
+        }
+        let record_count = c.count(RECORD_BYTES)?;
+        let mut records = Vec::with_capacity(record_count);
+        for _ in 0..record_count {
+            let kind = ImageKind::from_code(c.u8()?).ok_or_else(|| invalid("bad image kind"))?;
+            let code = c.u8()?;
+            let index = c.u64()?;
+            let arg = c.u64()?;
+            let encoding = Encoding::from_parts(code, arg).ok_or_else(|| invalid("bad encoding"))?;
+            records.push(Record { kind, index, encoding, hash: c.array::<32>()? });
+        }
+        let meta = OverlayMeta {
+            base_id,
+            disk_size,
+            memory,
+            properties,
+            unchanged_memory,
+            unchanged_disk,
+            segments,
+            records,
+        };
+        meta.validate()?;
+        Ok(meta)
+    }
+
+    /// Structural checks: every record targets a chunk inside its image at most once,
+    /// self-references point backwards, segments tile the records and the payload.
+    fn validate(&self) -> Result<(), FormatError> {
+        let memory_pages = self.memory_pages();
+        let disk_chunks = self.disk_chunks();
+        let mut seen_memory = Bitmap::new(memory_pages)?;
+        let mut seen_disk = Bitmap::new(disk_chunks)?;
+        for (n, r) in self.records.iter().enumerate() {
+            let seen = match r.kind {
+                ImageKind::Memory => &mut seen_memory,
+                ImageKind::Disk => &mut seen_disk,
+            };
+            if !seen.insert(r.index) {
+                return Err(invalid(&format!(
+                    "record {n}: {} chunk {} outside the image or set twice",
+                    r.kind.name(),
+                    r.index
+                )));
+            }
+            match r.encoding {
+                Encoding::SelfRef(target) if target >= n as u64 => {
+                    return Err(invalid(&format!("record {n}: reference to a later record")));
+                }
+                Encoding::Delta(len) if len == 0 || len as usize >= CHUNK_SIZE_BYTES => {
+                    return Err(invalid(&format!("record {n}: bad delta length")));
+                }
+                _ => {}
+            }
+        }
+        let mut next_record = 0u64;
+        let mut next_offset = 0u64;
+        for (i, s) in self.segments.iter().enumerate() {
+            if s.first_record != next_record || s.offset != next_offset {
+                return Err(invalid(&format!("segment {i} does not follow the previous one")));
+            }
+            if s.record_count as usize > super::SEGMENT_MAX_RECORDS {
+                return Err(invalid(&format!("segment {i} carries too many records")));
+            }
+            let end = next_record
+                .checked_add(u64::from(s.record_count))
+                .filter(|&e| e <= self.records.len() as u64)
+                .ok_or_else(|| invalid(&format!("segment {i} carries records that do not exist")))?;
+            let payload: u64 = self.records_of(s).iter().map(|r| r.encoding.payload_len() as u64).sum();
+            if payload != u64::from(s.uncompressed_len) {
+                return Err(invalid(&format!("segment {i} size does not match its records")));
+            }
+            next_record = end;
+            next_offset += u64::from(s.compressed_len);
+        }
+        if next_record != self.records.len() as u64 {
+            return Err(invalid("records not covered by any segment"));
+        }
+        Ok(())
+    }
+
+    /// The records a segment carries (empty if the entry is out of range).
+    pub fn records_of(&self, segment: &SegmentEntry) -> &[Record] {
+        let start = usize::try_from(segment.first_record).unwrap_or(usize::MAX);
+        let end = start.saturating_add(segment.record_count as usize);
+        self.records.get(start..end).unwrap_or(&[])
+    }
+}
+
+fn invalid(msg: &str) -> FormatError {
+    FormatError::Invalid(msg.to_string())
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_blob(out: &mut Vec<u8>, blob: &[u8]) {
+    put_u64(out, blob.len() as u64);
+    out.extend_from_slice(blob);
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| invalid("metadata ends early"))?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, FormatError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, FormatError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, FormatError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn blob(&mut self) -> Result<&'a [u8], FormatError> {
+        let len = usize::try_from(self.u64()?).map_err(|_| invalid("length too large"))?;
+        self.take(len)
+    }
+    /// A count of items each at least `item_bytes` long: refused if the rest of the
+    /// metadata cannot hold that many, so a corrupt count cannot cause a huge allocation.
+    fn count(&mut self, item_bytes: usize) -> Result<usize, FormatError> {
+        let n = usize::try_from(self.u64()?).map_err(|_| invalid("count too large"))?;
+        let left = self.bytes.len() - self.pos;
+        if n.checked_mul(item_bytes).is_none_or(|need| need > left) {
+            return Err(invalid("count larger than the metadata"));
+        }
+        Ok(n)
+    }
+}
+
+/// A bitmap over `0..len`, used to check that no chunk is set twice.
+pub(crate) struct Bitmap {
+    words: Vec<u64>,
+    len: u64,
+}
+
+impl Bitmap {
+    pub(crate) fn new(len: u64) -> Result<Self, FormatError> {
+        let words = usize::try_from(len.div_ceil(64)).map_err(|_| invalid("image too large"))?;
+        Ok(Self { words: vec![0; words], len })
+    }
+
+    /// Sets bit `i`; false if it was already set or is out of range.
+    pub(crate) fn insert(&mut self, i: u64) -> bool {
+        if i >= self.len {
+            return false;
+        }
+        let Some(word) = usize::try_from(i / 64).ok().and_then(|w| self.words.get_mut(w)) else {
+            return false;
+        };
+        let bit = 1u64 << (i % 64);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
+
+    pub(crate) fn contains(&self, i: u64) -> bool {
+        usize::try_from(i / 64)
+            .ok()
+            .and_then(|w| self.words.get(w))
+            .is_some_and(|word| word & (1u64 << (i % 64)) != 0)
+    }
+}

@@ -1,0 +1,167 @@
+//! Reading an overlay: header and metadata are verified before anything is returned, so
+//! an unverified index can never reach the decoder; segments are verified as they arrive.
+
+use std::io::Read;
+
+use crate::chunk::ChunkHash;
+use crate::limits::{MAX_OVERLAY_META_BYTES, MAX_OVERLAY_META_DECOMPRESSED_BYTES, MAX_SEGMENT_BYTES};
+
+use super::meta::{OverlayMeta, SegmentEntry};
+use super::{FormatError, FORMAT_MAJOR, HEADER_BYTES, MAGIC};
+
+/// One verified, still compressed payload segment.
+#[derive(Debug)]
+pub struct Segment {
+    /// Its number in the segment table.
+    pub index: usize,
+    /// Compressed bytes (hash already checked).
+    pub compressed: Vec<u8>,
+}
+
+/// An overlay whose header and metadata have been read and verified, positioned at the
+/// start of its payload.
+#[derive(Debug)]
+pub struct OverlayReader<R> {
+    reader: R,
+    meta: OverlayMeta,
+    next_segment: usize,
+    header_and_meta_len: u64,
+}
+
+pub(crate) struct Header {
+    pub minor: u16,
+    pub meta_compressed_len: u64,
+    pub meta_len: u64,
+    pub meta_hash: ChunkHash,
+}
+
+pub(crate) fn header_check(bytes: &[u8]) -> [u8; 8] {
+    let mut check = [0u8; 8];
+    check.copy_from_slice(&blake3::hash(bytes).as_bytes()[..8]);
+    check
+}
+
+fn parse_header(h: &[u8; HEADER_BYTES]) -> Result<Header, FormatError> {
+    if &h[..8] != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    if h[64..72] != header_check(&h[..64]) {
+        return Err(FormatError::HeaderChecksum);
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+    let u64_at = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&h[i..i + 8]);
+        u64::from_le_bytes(a)
+    };
+    let (major, minor) = (u16_at(8), u16_at(10));
+    if major != FORMAT_MAJOR {
+        return Err(FormatError::UnsupportedVersion { major, minor });
+    }
+    let mut meta_hash = [0u8; 32];
+    meta_hash.copy_from_slice(&h[32..64]);
+    Ok(Header { minor, meta_compressed_len: u64_at(16), meta_len: u64_at(24), meta_hash })
+}
+
+impl<R: Read> OverlayReader<R> {
+    /// Reads and verifies the header and metadata.
+    pub fn open(mut reader: R) -> Result<Self, FormatError> {
+        let mut h = [0u8; HEADER_BYTES];
+        reader.read_exact(&mut h).map_err(FormatError::read("header"))?;
+        let header = parse_header(&h)?;
+        if header.meta_compressed_len > MAX_OVERLAY_META_BYTES
+            || header.meta_len > MAX_OVERLAY_META_DECOMPRESSED_BYTES
+        {
+            return Err(FormatError::Invalid("metadata larger than allowed".into()));
+        }
+        // Grows as bytes arrive, so a lying length cannot allocate before data backs it.
+        let mut compressed = Vec::new();
+        (&mut reader)
+            .take(header.meta_compressed_len)
+            .read_to_end(&mut compressed)
+            .map_err(FormatError::Io)?;
+        if compressed.len() as u64 != header.meta_compressed_len {
+            return Err(FormatError::Truncated { what: "metadata" });
+        }
+        if *blake3::hash(&compressed).as_bytes() != header.meta_hash {
+            return Err(FormatError::MetaHash);
+        }
+        let meta_len = usize::try_from(header.meta_len)
+            .map_err(|_| FormatError::Invalid("metadata larger than allowed".into()))?;
+        let bytes = zstd::bulk::decompress(&compressed, meta_len)
+            .map_err(|_| FormatError::Invalid("metadata does not decompress".into()))?;
+        if bytes.len() != meta_len {
+            return Err(FormatError::Invalid("metadata size mismatch".into()));
+        }
+        let meta = OverlayMeta::from_bytes(&bytes)?;
+        let _ = header.minor; // newer minors only append meta fields, which from_bytes ignores
+        Ok(Self {
+            reader,
+            meta,
+            next_segment: 0,
+            header_and_meta_len: HEADER_BYTES as u64 + header.meta_compressed_len,
+        })
+    }
+
+    /// The verified metadata.
+    pub fn meta(&self) -> &OverlayMeta {
+        &self.meta
+    }
+
+    /// Bytes of the whole file (header + metadata + payload).
+    pub fn file_len(&self) -> u64 {
+        self.header_and_meta_len + self.meta.payload_len()
+    }
+
+    /// Reads and verifies the next segment; `None` after the last one.
+    pub fn next_segment(&mut self) -> Result<Option<Segment>, FormatError> {
+        let index = self.next_segment;
+        let Some(entry) = self.meta.segments.get(index) else {
+            return Ok(None);
+        };
+        if u64::from(entry.compressed_len) > MAX_SEGMENT_BYTES
+            || u64::from(entry.uncompressed_len) > MAX_SEGMENT_BYTES
+        {
+            return Err(FormatError::Invalid(format!("segment {index} larger than allowed")));
+        }
+        let mut compressed = vec![0u8; entry.compressed_len as usize];
+        self.reader.read_exact(&mut compressed).map_err(FormatError::read("payload"))?;
+        if *blake3::hash(&compressed).as_bytes() != entry.hash {
+            return Err(FormatError::SegmentHash { segment: index });
+        }
+        self.next_segment += 1;
+        Ok(Some(Segment { index, compressed }))
+    }
+
+    /// Checks nothing follows the last segment and returns the inner reader.
+    pub fn finish(mut self) -> Result<R, FormatError> {
+        if self.next_segment < self.meta.segments.len() {
+            return Err(FormatError::Invalid("finished before the last segment".into()));
+        }
+        let mut probe = [0u8; 1];
+        loop {
+            match self.reader.read(&mut probe) {
+                Ok(0) => return Ok(self.reader),
+                Ok(_) => return Err(FormatError::TrailingData),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FormatError::Io(e)),
+            }
+        }
+    }
+}
+
+/// Decompresses a verified segment and checks its size.
+pub fn decompress_segment(entry: &SegmentEntry, segment: &Segment) -> Result<Vec<u8>, FormatError> {
+    let expected = entry.uncompressed_len as usize;
+    if expected == 0 {
+        return if segment.compressed.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(FormatError::SegmentSize { segment: segment.index, expected: 0 })
+        };
+    }
+    match zstd::bulk::decompress(&segment.compressed, expected) {
+        Ok(bytes) if bytes.len() == expected => Ok(bytes),
+        _ => Err(FormatError::SegmentSize { segment: segment.index, expected: expected as u64 }),
+    }
+}

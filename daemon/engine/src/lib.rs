@@ -1,0 +1,37 @@
+//! The cloudlet overlay engine: everything that turns a base VM and a customized VM into a
+//! small VM overlay and back, with no HTTP and no libvirt in sight.
+//!
+//! The pipeline, as the modules lay it out:
+//!
+//! ```text
+//! base creation : disk image ──┐                         ┌─> hash list (blake3 per 4 KiB)
+//!                 save file ── savefile::SaveFileReader ─┴─> page image + memory layout
+//! overlay       : customized disk (raw or qcow2) + customized save file
+//!                   ─> diff (classify every chunk) ─> delta (xdelta3) ─> segments (zstd)
+//!                   ─> format::OverlayWriter ─> one overlay file
+//! synthesis     : overlay ─> format::OverlayReader (verifies header + index)
+//!                   ─> decode (parallel segments, every chunk hash-checked)
+//!                   ─> disk sink (qcow2 backed by the base, or raw) + save file
+//! ```
+//!
+//! The engine is synchronous `std::io` code; the daemon runs it on its blocking pool.
+#![warn(missing_docs)]
+
+pub mod atomic;
+pub mod base;
+pub mod chunk;
+pub mod decode;
+pub mod delta;
+pub mod diff;
+pub mod disk;
+pub mod encode;
+pub mod format;
+pub mod hashlist;
+pub mod limits;
+pub mod progress;
+pub mod qcow2;
+pub mod savefile;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+#[cfg(test)]
+mod roundtrip_tests;

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs and starts everything cloudlet needs on a Debian 12 host. Idempotent: safe to
+# run again; it only starts libvirtd/virtlogd when they are not already answering.
+# Facts behind each step: ../shared/design/host-setup.md (kept in docs/host-setup.md too).
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup-host.sh must run as root (it installs packages and starts libvirtd)" >&2
+  exit 1
+fi
+
+# qemu-utils is named together with qemu-system-x86: the image ships qemu-utils 10.0 from
+# backports, and installing qemu-system-x86 7.2 alone removes it.
+PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+  qemu-system-x86 qemu-utils pkg-config libclang-dev clang busybox-static cpio e2fsprogs
+  xdelta3 zstd xz-utils curl)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup-host: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Pin qemu-utils to the same version as qemu-system-x86 (a newer qemu-utils "Breaks"
+  # the stock qemu-system-common), downgrading a preinstalled backport if needed.
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  pinned=()
+  for p in "${PACKAGES[@]}"; do
+    case "$p" in qemu-utils | qemu-system-x86) pinned+=("$p=$qemu_version") ;; *) pinned+=("$p") ;; esac
+  done
+  apt-get install -y -qq --no-install-recommends --allow-downgrades "${pinned[@]}" >/dev/null
+fi
+
+if [ "${CLOUDLET_SKIP_LIBVIRTD:-0}" = 1 ]; then
+  exit 0
+fi
+
+# libvirtd refuses to start its QEMU driver until its default user and folders exist.
+mkdir -p /var/log/libvirt /var/lib/libvirt/qemu /var/cache/libvirt /run/libvirt /etc/libvirt
+getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+getent passwd libvirt-qemu >/dev/null ||
+  useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+getent group kvm >/dev/null || groupadd -r kvm
+
+conf=/etc/libvirt/qemu.conf
+if ! grep -q '^# cloudlet settings' "$conf" 2>/dev/null; then
+  cat >>"$conf" <<'CONF'
+# cloudlet settings: run QEMU as root without a security driver, so guests can open the
+# daemon's files wherever its data directory is.
+user = "root"
+group = "root"
+security_driver = "none"
+remember_owner = 0
+CONF
+fi
+
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  pgrep -x libvirtd >/dev/null || libvirtd -d
+  for _ in $(seq 1 50); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+fi
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+  echo "setup-host: libvirtd does not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2
+  exit 1
+fi
+echo "setup-host: libvirt ready ($(virsh -c qemu:///system version | grep -i 'running hypervisor' || true))"
