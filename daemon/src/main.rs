@@ -1,1 +1,64 @@
-fn main() {}
+//! `cloudletd` entry point: flags, config, logging, then the daemon or a tool command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cloudletd::Config;
+
+/// cloudlet daemon: base VMs, VM overlays and VM synthesis for edge devices.
+///
+/// Settings come from the TOML config file, overridden by CLOUDLET_* environment
+/// variables: CLOUDLET_LISTEN, CLOUDLET_DATA_DIR, CLOUDLET_LIBVIRT_URI,
+/// CLOUDLET_DOMAIN_TYPE (kvm|qemu), CLOUDLET_ZSTD_LEVEL, CLOUDLET_THREADS.
+/// Log filter: CLOUDLET_LOG (default "info").
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (default /etc/cloudlet/cloudletd.toml; missing is fine).
+    #[arg(long, global = true, env = "CLOUDLET_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Print the effective configuration as TOML.
+    PrintConfig,
+    /// Measure the overlay engine on a generated workload.
+    Bench(cloudletd::bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLOUDLET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(cloudletd::run(config))
+        }
+        Command::PrintConfig => {
+            let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", config.to_toml());
+            }
+            Ok(())
+        }
+        Command::Bench(args) => cloudletd::bench::run(&args),
+    }
+}

@@ -1,1 +1,191 @@
-//! End-to-end test harness.
+//! End-to-end test harness: the real `cloudletd` binary on a free port with a temporary
+//! data directory, the fixture guest (a tiny real Linux VM), its serial console, and
+//! `virsh` for the steps the daemon does not drive yet.
+//!
+//! Tests that need libvirt call [`require_host`]: without root and a running libvirtd they
+//! fail with "run scripts/setup-host.sh", unless `CLOUDLET_SKIP_E2E=1` is set, which skips
+//! them with a loud message.
+
+pub mod console;
+pub mod daemon;
+pub mod xml;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+pub use console::Console;
+pub use daemon::Daemon;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The libvirt URI tests use.
+pub const LIBVIRT_URI: &str = "qemu:///system";
+
+/// Whether VM tests can run here. Panics (failing the test) when they cannot, unless
+/// `CLOUDLET_SKIP_E2E=1`, in which case it prints why and returns false.
+pub fn require_host(test: &str) -> bool {
+    let problem = if !is_root() {
+        Some("tests that run VMs must run as root".to_string())
+    } else if virsh(&["version"]).is_err() {
+        Some(format!("libvirtd does not answer on {LIBVIRT_URI}"))
+    } else {
+        None
+    };
+    match problem {
+        None => true,
+        Some(p) if std::env::var("CLOUDLET_SKIP_E2E").as_deref() == Ok("1") => {
+            eprintln!("SKIPPED {test}: {p} (CLOUDLET_SKIP_E2E=1)");
+            false
+        }
+        Some(p) => {
+            panic!("{p}: run scripts/setup-host.sh as root (or set CLOUDLET_SKIP_E2E=1 to skip)")
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+/// Runs `virsh -c qemu:///system ARGS`; its stdout on success.
+pub fn virsh(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("virsh")
+        .arg("-q")
+        .arg("-c")
+        .arg(LIBVIRT_URI)
+        .args(args)
+        .output()
+        .context("running virsh")?;
+    if !out.status.success() {
+        bail!(
+            "virsh {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command and returns its stdout, failing with its stderr.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The fixture guest: a base disk and a memory snapshot of it booted, made by
+/// `tests/fixtures/make-savefile.sh` (cached under `target/fixture-guest`).
+#[derive(Debug, Clone)]
+pub struct FixtureGuest {
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Memory snapshot (libvirt save file).
+    pub save: PathBuf,
+    /// The disk the snapshot was taken with (raw).
+    pub disk: PathBuf,
+}
+
+/// Builds (once per machine, cached) and returns the fixture guest.
+pub fn fixture_guest() -> anyhow::Result<FixtureGuest> {
+    static BUILT: OnceLock<Result<FixtureGuest, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = repo_root().join("target/fixture-guest");
+            let script = repo_root().join("tests/fixtures/make-savefile.sh");
+            let out = Command::new("bash")
+                .arg(&script)
+                .arg(&dir)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "make-savefile.sh failed:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(FixtureGuest {
+                save: dir.join("guest.save"),
+                disk: dir.join("guest-disk.img"),
+                dir,
+            })
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A unique name for a test resource: `cloudlet-test-<test>-<pid>-<n>`.
+pub fn unique_name(test: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "cloudlet-test-{test}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh random UUID (from the kernel).
+pub fn random_uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Polls `cond` until it returns `Some` or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Destroys a domain when dropped (tests must leave no VM behind, even when they fail).
+pub struct DomainGuard(pub String);
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.0]);
+        let _ = virsh(&["undefine", &self.0]);
+    }
+}
+
+/// Names of running or defined domains starting with `prefix`.
+pub fn domains_with_prefix(prefix: &str) -> Vec<String> {
+    virsh(&["list", "--all", "--name"])
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}

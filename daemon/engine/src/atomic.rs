@@ -31,13 +31,19 @@ impl AtomicFile {
             .write(true)
             .create_new(true)
             .open(&tmp_path)?;
-        Ok(Self { file: Some(file), tmp_path, final_path: final_path.to_path_buf() })
+        Ok(Self {
+            file: Some(file),
+            tmp_path,
+            final_path: final_path.to_path_buf(),
+        })
     }
 
     /// The open temporary file.
     pub fn file(&self) -> &File {
         // `file` is only None after commit, which consumes self.
-        self.file.as_ref().unwrap_or_else(|| unreachable!("file taken before commit"))
+        self.file
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("file taken before commit"))
     }
 
     /// Path of the temporary file (for tools that need a path, e.g. to reopen it).

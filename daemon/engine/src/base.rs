@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::atomic::AtomicFile;
-use crate::chunk::{hash_chunk, is_zero, zero_chunk_hash, Chunk, ChunkHash, ImageKind, CHUNK_SIZE_BYTES, CHUNK_SIZE_U64};
+use crate::chunk::{
+    hash_chunk, is_zero, zero_chunk_hash, Chunk, ChunkHash, ImageKind, CHUNK_SIZE_BYTES,
+    CHUNK_SIZE_U64,
+};
 use crate::disk::read_raw_chunk;
 use crate::hashlist::{self, HashIndex, HashList, HashListError, Location};
 use crate::limits::{MAX_DEVICE_STATE_BYTES, MAX_SAVE_XML_BYTES};
@@ -59,10 +62,16 @@ pub enum BaseError {
 
 impl BaseError {
     fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
-        move |source| BaseError::Io { path: path.display().to_string(), source }
+        move |source| BaseError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
     fn save(path: &Path) -> impl FnOnce(SaveFileError) -> Self + '_ {
-        move |source| BaseError::SaveFile { path: path.display().to_string(), source }
+        move |source| BaseError::SaveFile {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }
 
@@ -95,7 +104,13 @@ impl BasePaths {
 
     /// Every file, for cleanup and export.
     pub fn all(&self) -> [&Path; 5] {
-        [&self.disk, &self.memory_pages, &self.memory_meta, &self.hash_list, &self.index]
+        [
+            &self.disk,
+            &self.memory_pages,
+            &self.memory_meta,
+            &self.hash_list,
+            &self.index,
+        ]
     }
 }
 
@@ -131,7 +146,9 @@ pub fn create_base(paths: &BasePaths, save_file: Option<&Path>) -> Result<BaseSu
     let memory_time = started.elapsed();
 
     let started = Instant::now();
-    let disk_size = std::fs::metadata(&paths.disk).map_err(BaseError::io(&paths.disk))?.len();
+    let disk_size = std::fs::metadata(&paths.disk)
+        .map_err(BaseError::io(&paths.disk))?
+        .len();
     let disk_hashes = hashlist::hash_file(&paths.disk)?;
     let disk_hash_time = started.elapsed();
 
@@ -162,7 +179,8 @@ fn import_memory(save: &Path, paths: &BasePaths) -> Result<(Vec<ChunkHash>, u64)
     let pages = layout.page_count();
     let mut hashes = vec![zero_chunk_hash(); usize::try_from(pages).map_err(|_| too_big())?];
 
-    let out = AtomicFile::create(&paths.memory_pages).map_err(BaseError::io(&paths.memory_pages))?;
+    let out =
+        AtomicFile::create(&paths.memory_pages).map_err(BaseError::io(&paths.memory_pages))?;
     out.file()
         .set_len(pages * CHUNK_SIZE_U64)
         .map_err(BaseError::io(&paths.memory_pages))?;
@@ -171,7 +189,9 @@ fn import_memory(save: &Path, paths: &BasePaths) -> Result<(Vec<ChunkHash>, u64)
     while let Some(index) = reader.next_page(&mut page).map_err(BaseError::save(save))? {
         let slot = usize::try_from(index).ok().and_then(|i| hashes.get_mut(i));
         let Some(slot) = slot else {
-            return Err(BaseError::Inconsistent(format!("page {index} outside the RAM layout")));
+            return Err(BaseError::Inconsistent(format!(
+                "page {index} outside the RAM layout"
+            )));
         };
         if !is_zero(&page) {
             *slot = hash_chunk(&page);
@@ -192,7 +212,11 @@ fn too_big() -> BaseError {
 }
 
 /// Writes the memory meta file atomically.
-pub fn write_memory_meta(path: &Path, layout: &SaveFileLayout, device_state: &[u8]) -> Result<(), BaseError> {
+pub fn write_memory_meta(
+    path: &Path,
+    layout: &SaveFileLayout,
+    device_state: &[u8],
+) -> Result<(), BaseError> {
     let mut out = AtomicFile::create(path).map_err(BaseError::io(path))?;
     let layout_bytes = layout.to_bytes();
     (|| {
@@ -210,7 +234,8 @@ pub fn write_memory_meta(path: &Path, layout: &SaveFileLayout, device_state: &[u
 /// Reads the memory meta file: the base snapshot's layout and device state.
 pub fn read_memory_meta(path: &Path) -> Result<(SaveFileLayout, Vec<u8>), BaseError> {
     let mut file = BufReader::new(File::open(path).map_err(BaseError::io(path))?);
-    let bad = |what: &str| BaseError::Inconsistent(format!("memory meta {}: {what}", path.display()));
+    let bad =
+        |what: &str| BaseError::Inconsistent(format!("memory meta {}: {what}", path.display()));
     let mut magic = [0u8; 8];
     file.read_exact(&mut magic).map_err(BaseError::io(path))?;
     if &magic != MEMORY_META_MAGIC {
@@ -260,15 +285,25 @@ impl Base {
         let memory = if hashes.memory_pages() > 0 {
             let (layout, _) = read_memory_meta(&paths.memory_meta)?;
             if layout.page_count() != hashes.memory_pages() {
-                return Err(BaseError::Inconsistent("memory layout and hash list disagree".into()));
+                return Err(BaseError::Inconsistent(
+                    "memory layout and hash list disagree".into(),
+                ));
             }
-            let pages = File::open(&paths.memory_pages).map_err(BaseError::io(&paths.memory_pages))?;
+            let pages =
+                File::open(&paths.memory_pages).map_err(BaseError::io(&paths.memory_pages))?;
             Some((pages, layout))
         } else {
             None
         };
         let id = hashes.identity();
-        Ok(Self { paths: paths.clone(), disk, memory, hashes, index, id })
+        Ok(Self {
+            paths: paths.clone(),
+            disk,
+            memory,
+            hashes,
+            index,
+            id,
+        })
     }
 
     /// The base's identity (blake3 of its hash list).
@@ -329,7 +364,13 @@ impl Base {
     /// unchanged page during synthesis).
     pub fn memory_pages_reader(&self) -> Result<impl Read + '_, BaseError> {
         match &self.memory {
-            Some((pages, _)) => Ok(BufReader::with_capacity(IO_BUFFER_BYTES, FileFrom { file: pages, pos: 0 })),
+            Some((pages, _)) => Ok(BufReader::with_capacity(
+                IO_BUFFER_BYTES,
+                FileFrom {
+                    file: pages,
+                    pos: 0,
+                },
+            )),
             None => Err(BaseError::Inconsistent("base has no memory".into())),
         }
     }
@@ -337,22 +378,38 @@ impl Base {
 
 /// Writes the base's own memory snapshot back as a libvirt save file (to resume the base,
 /// e.g. to customize it), optionally with another domain XML.
-pub fn write_base_save_file(base: &Base, out: &Path, domain_xml: Option<&str>) -> Result<(), BaseError> {
+pub fn write_base_save_file(
+    base: &Base,
+    out: &Path,
+    domain_xml: Option<&str>,
+) -> Result<(), BaseError> {
     let Some(layout) = base.memory_layout() else {
-        return Err(BaseError::Inconsistent("base has no memory snapshot".into()));
+        return Err(BaseError::Inconsistent(
+            "base has no memory snapshot".into(),
+        ));
     };
     let (_, device_state) = read_memory_meta(&base.paths.memory_meta)?;
     let file = AtomicFile::create(out).map_err(BaseError::io(out))?;
-    let mut writer = SaveFileWriter::new(BufWriter::with_capacity(IO_BUFFER_BYTES, file), layout, domain_xml)
-        .map_err(BaseError::save(out))?;
+    let mut writer = SaveFileWriter::new(
+        BufWriter::with_capacity(IO_BUFFER_BYTES, file),
+        layout,
+        domain_xml,
+    )
+    .map_err(BaseError::save(out))?;
     let mut pages = base.memory_pages_reader()?;
     let mut page = [0u8; CHUNK_SIZE_BYTES];
     for index in 0..layout.page_count() {
-        pages.read_exact(&mut page).map_err(BaseError::io(&base.paths.memory_pages))?;
-        writer.write_page(index, &page).map_err(BaseError::save(out))?;
+        pages
+            .read_exact(&mut page)
+            .map_err(BaseError::io(&base.paths.memory_pages))?;
+        writer
+            .write_page(index, &page)
+            .map_err(BaseError::save(out))?;
     }
     let buffered = writer.finish(&device_state).map_err(BaseError::save(out))?;
-    let file = buffered.into_inner().map_err(|e| BaseError::io(out)(e.into_error()))?;
+    let file = buffered
+        .into_inner()
+        .map_err(|e| BaseError::io(out)(e.into_error()))?;
     file.commit().map_err(BaseError::io(out))?;
     Ok(())
 }

@@ -87,7 +87,9 @@ mod tests {
         c[0] = 1;
         assert!(!is_zero(&c));
         assert!(is_zero(&[0u8; 7]));
-        assert!(!is_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]));
+        assert!(!is_zero(&[
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3
+        ]));
     }
 
     #[test]

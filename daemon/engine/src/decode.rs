@@ -6,7 +6,7 @@
 //! save file as they come (QEMU's loader takes pages in any order); the base's unchanged
 //! pages follow. Nothing appears under the output names unless every chunk verified.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,7 +44,9 @@ pub enum DecodeError {
     #[error("overlay is corrupt")]
     Format(#[from] FormatError),
     /// A rebuilt chunk does not match its recorded hash.
-    #[error("overlay record {record} ({kind} chunk {index}) does not rebuild to its recorded hash")]
+    #[error(
+        "overlay record {record} ({kind} chunk {index}) does not rebuild to its recorded hash"
+    )]
     ChunkHashMismatch {
         /// Record number.
         record: u64,
@@ -190,8 +192,10 @@ fn decode_in_pool<R: Read + Send>(
         }
 
         let started = Instant::now();
-        let rebuilt: Vec<Vec<Rebuilt>> =
-            batch.par_iter().map(|s| rebuild_segment(&meta, base, s)).collect::<Result<_, _>>()?;
+        let rebuilt: Vec<Vec<Rebuilt>> = batch
+            .par_iter()
+            .map(|s| rebuild_segment(&meta, base, s))
+            .collect::<Result<_, _>>()?;
         summary.rebuild_time += started.elapsed();
 
         let started = Instant::now();
@@ -245,7 +249,11 @@ fn check_fits(meta: &OverlayMeta, base: &Base) -> Result<(), DecodeError> {
     if let Some(memory) = &meta.memory {
         match base.memory_layout() {
             Some(l) if l.same_ram_layout(&memory.layout) => {}
-            _ => return Err(DecodeError::Incompatible("RAM blocks differ from the base's".into())),
+            _ => {
+                return Err(DecodeError::Incompatible(
+                    "RAM blocks differ from the base's".into(),
+                ))
+            }
         }
     }
     Ok(())
@@ -278,7 +286,11 @@ fn verify(record_no: u64, record: &Record, data: &Chunk) -> Result<(), DecodeErr
 }
 
 /// Decompresses one segment and rebuilds every chunk that does not depend on others.
-fn rebuild_segment(meta: &OverlayMeta, base: &Base, segment: &Segment) -> Result<Vec<Rebuilt>, DecodeError> {
+fn rebuild_segment(
+    meta: &OverlayMeta,
+    base: &Base,
+    segment: &Segment,
+) -> Result<Vec<Rebuilt>, DecodeError> {
     let entry = &meta.segments[segment.index];
     let payload = decompress_segment(entry, segment)?;
     let mut at = 0usize;
@@ -306,7 +318,14 @@ fn rebuild_segment(meta: &OverlayMeta, base: &Base, segment: &Segment) -> Result
             }
             Encoding::Delta(_) => {
                 let mut source = [0u8; CHUNK_SIZE_BYTES];
-                read_base(base, Location { kind: record.kind, index: record.index }, &mut source)?;
+                read_base(
+                    base,
+                    Location {
+                        kind: record.kind,
+                        index: record.index,
+                    },
+                    &mut source,
+                )?;
                 let mut data = Box::new([0u8; CHUNK_SIZE_BYTES]);
                 if !delta::apply(bytes, &source, &mut data) {
                     return Err(DecodeError::BadDelta { record: record_no });
@@ -346,7 +365,11 @@ struct Outputs {
 }
 
 impl Outputs {
-    fn create(meta: &OverlayMeta, base: &Base, outputs: &DecodeOutputs<'_>) -> Result<Self, DecodeError> {
+    fn create(
+        meta: &OverlayMeta,
+        base: &Base,
+        outputs: &DecodeOutputs<'_>,
+    ) -> Result<Self, DecodeError> {
         let out_err = |path: &Path| {
             let path = path.display().to_string();
             move |source| DecodeError::Output { path, source }
@@ -354,16 +377,19 @@ impl Outputs {
         let disk_tmp = TmpPath::new(outputs.disk);
         let disk = match outputs.disk_format {
             DiskOutputFormat::Qcow2 => {
-                let backing = std::fs::canonicalize(&base.paths().disk).map_err(out_err(&base.paths().disk))?;
+                let backing = std::fs::canonicalize(&base.paths().disk)
+                    .map_err(out_err(&base.paths().disk))?;
                 let backing = backing.to_str().ok_or_else(|| {
                     DecodeError::Incompatible("base disk path is not valid UTF-8".into())
                 })?;
                 DiskSink::Qcow2(
-                    Qcow2Writer::create(&disk_tmp.0, meta.disk_size, backing, "raw").map_err(DecodeError::Qcow2)?,
+                    Qcow2Writer::create(&disk_tmp.0, meta.disk_size, backing, "raw")
+                        .map_err(DecodeError::Qcow2)?,
                 )
             }
             DiskOutputFormat::Raw => {
-                let mut src = std::fs::File::open(&base.paths().disk).map_err(out_err(&base.paths().disk))?;
+                let mut src =
+                    std::fs::File::open(&base.paths().disk).map_err(out_err(&base.paths().disk))?;
                 let mut file = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -371,19 +397,31 @@ impl Outputs {
                     .open(&disk_tmp.0)
                     .map_err(out_err(outputs.disk))?;
                 std::io::copy(&mut src, &mut file).map_err(out_err(outputs.disk))?;
-                DiskSink::Raw { file, size: meta.disk_size }
+                DiskSink::Raw {
+                    file,
+                    size: meta.disk_size,
+                }
             }
         };
         let (memory, memory_pages) = match &meta.memory {
             Some(m) => {
                 let file = AtomicFile::create(outputs.memory).map_err(out_err(outputs.memory))?;
-                let writer = SaveFileWriter::new(BufWriter::with_capacity(1 << 20, file), &m.layout, outputs.domain_xml)
-                    .map_err(DecodeError::SaveFile)?;
+                let writer = SaveFileWriter::new(
+                    BufWriter::with_capacity(1 << 20, file),
+                    &m.layout,
+                    outputs.domain_xml,
+                )
+                .map_err(DecodeError::SaveFile)?;
                 (Some(writer), Some(Bitmap::new(m.layout.page_count())?))
             }
             None => (None, None),
         };
-        Ok(Self { disk: Some(disk), disk_tmp, memory, memory_pages })
+        Ok(Self {
+            disk: Some(disk),
+            disk_tmp,
+            memory,
+            memory_pages,
+        })
     }
 
     /// Applies one chunk; for memory pages returns where the page's bytes sit in the save
@@ -391,18 +429,26 @@ impl Outputs {
     fn write(&mut self, record: &Record, data: &Chunk) -> Result<Option<u64>, DecodeError> {
         match record.kind {
             ImageKind::Memory => {
-                let (Some(w), Some(pages)) = (self.memory.as_mut(), self.memory_pages.as_mut()) else {
-                    return Err(DecodeError::Incompatible("memory record in a disk-only overlay".into()));
+                let (Some(w), Some(pages)) = (self.memory.as_mut(), self.memory_pages.as_mut())
+                else {
+                    return Err(DecodeError::Incompatible(
+                        "memory record in a disk-only overlay".into(),
+                    ));
                 };
                 pages.insert(record.index);
-                w.write_page(record.index, data).map_err(DecodeError::SaveFile)
+                w.write_page(record.index, data)
+                    .map_err(DecodeError::SaveFile)
             }
             ImageKind::Disk => {
-                let sink = self.disk.as_mut().ok_or_else(|| DecodeError::Incompatible("disk closed".into()))?;
-                sink.write_chunk(record.index, data).map_err(|source| DecodeError::Output {
-                    path: self.disk_tmp.0.display().to_string(),
-                    source,
-                })?;
+                let sink = self
+                    .disk
+                    .as_mut()
+                    .ok_or_else(|| DecodeError::Incompatible("disk closed".into()))?;
+                sink.write_chunk(record.index, data)
+                    .map_err(|source| DecodeError::Output {
+                        path: self.disk_tmp.0.display().to_string(),
+                        source,
+                    })?;
                 Ok(Some(record.index))
             }
         }
@@ -418,7 +464,9 @@ impl Outputs {
     ) -> Result<(), DecodeError> {
         let record = usize::try_from(target).ok().and_then(|t| records.get(t));
         let (Some(record), Some(&position)) = (record, written_at.get(&target)) else {
-            return Err(DecodeError::Incompatible(format!("reference to record {target} that wrote nothing")));
+            return Err(DecodeError::Incompatible(format!(
+                "reference to record {target} that wrote nothing"
+            )));
         };
         let io_err = |path: &Path| {
             let path = path.display().to_string();
@@ -426,29 +474,49 @@ impl Outputs {
         };
         match record.kind {
             ImageKind::Memory => {
-                let w = self.memory.as_mut().ok_or_else(|| DecodeError::Incompatible("no memory".into()))?;
+                let w = self
+                    .memory
+                    .as_mut()
+                    .ok_or_else(|| DecodeError::Incompatible("no memory".into()))?;
                 let buffered = w.get_mut();
-                buffered.flush().map_err(io_err(Path::new("memory snapshot")))?;
+                buffered
+                    .flush()
+                    .map_err(io_err(Path::new("memory snapshot")))?;
                 let file = buffered.get_ref();
-                file.file().read_exact_at(buf, position).map_err(io_err(file.tmp_path()))
+                file.file()
+                    .read_exact_at(buf, position)
+                    .map_err(io_err(file.tmp_path()))
             }
             ImageKind::Disk => {
-                let sink = self.disk.as_mut().ok_or_else(|| DecodeError::Incompatible("disk closed".into()))?;
-                sink.read_chunk(position, buf).map_err(io_err(&self.disk_tmp.0))
+                let sink = self
+                    .disk
+                    .as_mut()
+                    .ok_or_else(|| DecodeError::Incompatible("disk closed".into()))?;
+                sink.read_chunk(position, buf)
+                    .map_err(io_err(&self.disk_tmp.0))
             }
         }
     }
 
-    fn finish(mut self, meta: &OverlayMeta, base: &Base, outputs: &DecodeOutputs<'_>) -> Result<(), DecodeError> {
+    fn finish(
+        mut self,
+        meta: &OverlayMeta,
+        base: &Base,
+        outputs: &DecodeOutputs<'_>,
+    ) -> Result<(), DecodeError> {
         let out_err = |path: &Path| {
             let path = path.display().to_string();
             move |source| DecodeError::Output { path, source }
         };
-        if let (Some(mut w), Some(pages), Some(m)) = (self.memory.take(), self.memory_pages.take(), &meta.memory) {
+        if let (Some(mut w), Some(pages), Some(m)) =
+            (self.memory.take(), self.memory_pages.take(), &meta.memory)
+        {
             let mut base_pages = base.memory_pages_reader()?;
             let mut page = [0u8; CHUNK_SIZE_BYTES];
             for index in 0..m.layout.page_count() {
-                base_pages.read_exact(&mut page).map_err(out_err(&base.paths().memory_pages))?;
+                base_pages
+                    .read_exact(&mut page)
+                    .map_err(out_err(&base.paths().memory_pages))?;
                 if !pages.contains(index) {
                     w.write_page(index, &page).map_err(DecodeError::SaveFile)?;
                 }
@@ -458,7 +526,8 @@ impl Outputs {
                 path: outputs.memory.display().to_string(),
                 source: e.into_error(),
             })?;
-            file.commit_with(outputs.durable).map_err(out_err(outputs.memory))?;
+            file.commit_with(outputs.durable)
+                .map_err(out_err(outputs.memory))?;
         }
         if let Some(disk) = self.disk.take() {
             if outputs.durable {
@@ -466,7 +535,9 @@ impl Outputs {
             } else if let DiskSink::Qcow2(w) = disk {
                 w.finish().map_err(DecodeError::Qcow2)?;
             }
-            self.disk_tmp.commit(outputs.disk).map_err(out_err(outputs.disk))?;
+            self.disk_tmp
+                .commit(outputs.disk)
+                .map_err(out_err(outputs.disk))?;
         }
         Ok(())
     }

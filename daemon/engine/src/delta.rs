@@ -58,7 +58,11 @@ mod tests {
     fn garbage_delta_is_rejected() {
         let source = [1u8; CHUNK_SIZE_BYTES];
         let mut out = [0u8; CHUNK_SIZE_BYTES];
-        assert!(!apply(&[0xd6, 0xc3, 0xc4, 0, 0, 1, 2, 3], &source, &mut out));
+        assert!(!apply(
+            &[0xd6, 0xc3, 0xc4, 0, 0, 1, 2, 3],
+            &source,
+            &mut out
+        ));
         assert!(!apply(&[], &source, &mut out));
     }
 }

@@ -25,7 +25,12 @@ pub enum Class {
 
 /// Classifies chunk `index` of image `kind` with content `data`; returns the class and the
 /// chunk's hash.
-pub fn classify(base: &Base, kind: ImageKind, index: u64, data: &Chunk) -> Result<(Class, ChunkHash), BaseError> {
+pub fn classify(
+    base: &Base,
+    kind: ImageKind,
+    index: u64,
+    data: &Chunk,
+) -> Result<(Class, ChunkHash), BaseError> {
     let hash = hash_chunk(data);
     let same_position = Location { kind, index };
     let base_hash = base.hash_at(same_position);

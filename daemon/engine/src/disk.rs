@@ -43,10 +43,16 @@ pub enum DiskError {
 
 impl DiskError {
     fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
-        move |source| DiskError::Io { path: path.display().to_string(), source }
+        move |source| DiskError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
     fn qcow2(path: &Path) -> impl FnOnce(Qcow2Error) -> Self + '_ {
-        move |source| DiskError::Qcow2 { path: path.display().to_string(), source }
+        move |source| DiskError::Qcow2 {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }
 
@@ -62,7 +68,11 @@ pub fn read_raw_chunk(file: &File, size: u64, index: u64, buf: &mut Chunk) -> io
 
 enum SourceImage {
     Raw(File),
-    Qcow2 { image: Qcow2Image, extents: Vec<crate::qcow2::Extent>, base: File },
+    Qcow2 {
+        image: Qcow2Image,
+        extents: Vec<crate::qcow2::Extent>,
+        base: File,
+    },
 }
 
 /// The customized disk, as the encoder reads it.
@@ -81,7 +91,7 @@ impl DiskSource {
         Ok(Self {
             image: SourceImage::Raw(file),
             size,
-            candidates: vec![0..chunk_count(size)],
+            candidates: std::iter::once(0..chunk_count(size)).collect(),
             path: path.display().to_string(),
         })
     }
@@ -103,7 +113,11 @@ impl DiskSource {
         let size = image.virtual_size();
         let candidates = chunk_ranges(extents.iter().map(|e| e.offset..e.offset + e.length), size);
         Ok(Self {
-            image: SourceImage::Qcow2 { image, extents, base },
+            image: SourceImage::Qcow2 {
+                image,
+                extents,
+                base,
+            },
             size,
             candidates,
             path: path.display().to_string(),
@@ -127,7 +141,11 @@ impl DiskSource {
             SourceImage::Raw(file) => {
                 read_raw_chunk(file, self.size, index, buf).map_err(DiskError::io(path))
             }
-            SourceImage::Qcow2 { image, extents, base } => {
+            SourceImage::Qcow2 {
+                image,
+                extents,
+                base,
+            } => {
                 read_raw_chunk(base, self.size, index, buf).map_err(DiskError::io(path))?;
                 let start = index * CHUNK_SIZE_U64;
                 let end = (start + CHUNK_SIZE_U64).min(self.size);
@@ -137,7 +155,9 @@ impl DiskSource {
                     let to = (e.offset + e.length).min(end);
                     let lo = usize::try_from(from - start).unwrap_or(0);
                     let hi = usize::try_from(to - start).unwrap_or(0);
-                    image.read_at(from, &mut buf[lo..hi]).map_err(DiskError::qcow2(path))?;
+                    image
+                        .read_at(from, &mut buf[lo..hi])
+                        .map_err(DiskError::qcow2(path))?;
                 }
                 Ok(())
             }
@@ -226,9 +246,12 @@ mod tests {
 
     #[test]
     fn ranges_are_merged_and_clipped() {
-        let r = chunk_ranges([8192..8193, 0..10, 4096..4097, 100_000..200_000].into_iter(), 120_000);
+        let r = chunk_ranges(
+            [8192..8193, 0..10, 4096..4097, 100_000..200_000].into_iter(),
+            120_000,
+        );
         assert_eq!(r, vec![0..3, 24..30]);
-        assert!(chunk_ranges([5..5].into_iter(), 100).is_empty());
+        assert!(chunk_ranges(std::iter::once(5..5), 100).is_empty());
     }
 
     #[test]
@@ -237,7 +260,10 @@ mod tests {
         let p = dir.path().join("d");
         std::fs::write(&p, vec![7u8; 5000]).unwrap();
         let src = DiskSource::raw(&p).unwrap();
-        assert_eq!(src.candidates(), &[0..2]);
+        assert_eq!(
+            src.candidates().to_vec(),
+            std::iter::once(0..2).collect::<Vec<_>>()
+        );
         let mut buf = [1u8; CHUNK_SIZE_BYTES];
         src.read_chunk(1, &mut buf).unwrap();
         assert!(buf[..904].iter().all(|&b| b == 7));

@@ -80,7 +80,11 @@ pub struct EncodeOptions {
 
 impl Default for EncodeOptions {
     fn default() -> Self {
-        Self { zstd_level: 3, threads: 0, properties: Vec::new() }
+        Self {
+            zstd_level: 3,
+            threads: 0,
+            properties: Vec::new(),
+        }
     }
 }
 
@@ -206,15 +210,29 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn add_memory(&mut self, path: &Path, progress: &dyn Progress) -> Result<MemorySnapshot, EncodeError> {
-        let save_err = |source| EncodeError::SaveFile { path: path.display().to_string(), source };
-        let file = File::open(path)
-            .map_err(|source| EncodeError::OpenSaveFile { path: path.display().to_string(), source })?;
-        let mut reader = SaveFileReader::open(BufReader::with_capacity(1 << 20, file)).map_err(save_err)?;
+    fn add_memory(
+        &mut self,
+        path: &Path,
+        progress: &dyn Progress,
+    ) -> Result<MemorySnapshot, EncodeError> {
+        let save_err = |source| EncodeError::SaveFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = File::open(path).map_err(|source| EncodeError::OpenSaveFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut reader =
+            SaveFileReader::open(BufReader::with_capacity(1 << 20, file)).map_err(save_err)?;
         let layout = reader.layout().clone();
         match self.base.memory_layout() {
             Some(base_layout) if base_layout.same_ram_layout(&layout) => {}
-            Some(_) => return Err(EncodeError::Mismatch("RAM blocks differ from the base's".into())),
+            Some(_) => {
+                return Err(EncodeError::Mismatch(
+                    "RAM blocks differ from the base's".into(),
+                ))
+            }
             None => return Err(EncodeError::Mismatch("base has no memory snapshot".into())),
         }
         let pages = layout.page_count();
@@ -246,14 +264,20 @@ impl<'a> Builder<'a> {
         let zero = zero_chunk_hash();
         for index in 0..pages {
             if !seen.contains(index) {
-                let base_hash = self.base.hash_at(Location { kind: ImageKind::Memory, index });
+                let base_hash = self.base.hash_at(Location {
+                    kind: ImageKind::Memory,
+                    index,
+                });
                 if base_hash.is_some_and(|h| *h != zero) {
                     self.push(ImageKind::Memory, index, Class::Zero, zero, None)?;
                 }
             }
         }
         let device_state = reader.finish().map_err(save_err)?;
-        Ok(MemorySnapshot { layout, device_state })
+        Ok(MemorySnapshot {
+            layout,
+            device_state,
+        })
     }
 
     fn add_disk(&mut self, disk: &DiskSource, progress: &dyn Progress) -> Result<(), EncodeError> {
@@ -270,7 +294,9 @@ impl<'a> Builder<'a> {
                     batch.commit();
                     next += 1;
                 }
-                self.add_batch(ImageKind::Disk, &batch, |index, buf| disk.read_chunk(index, buf))?;
+                self.add_batch(ImageKind::Disk, &batch, |index, buf| {
+                    disk.read_chunk(index, buf)
+                })?;
                 progress.inc(batch.len() as u64);
             }
         }
@@ -340,9 +366,16 @@ impl<'a> Builder<'a> {
                 Encoding::Raw
             }
         };
-        self.records.push(Record { kind, index, encoding, hash });
+        self.records.push(Record {
+            kind,
+            index,
+            encoding,
+            hash,
+        });
         let in_segment = self.records.len() as u64 - self.segment_first;
-        if self.segment_payload.len() >= SEGMENT_TARGET_BYTES || in_segment >= SEGMENT_MAX_RECORDS as u64 {
+        if self.segment_payload.len() >= SEGMENT_TARGET_BYTES
+            || in_segment >= SEGMENT_MAX_RECORDS as u64
+        {
             self.close_segment()?;
         }
         Ok(())
@@ -385,7 +418,8 @@ impl<'a> Builder<'a> {
             .map_err(FormatError::Io)?;
         for (s, c) in self.pending.drain(..).zip(compressed) {
             let len = u32::try_from(s.payload.len()).unwrap_or(u32::MAX);
-            self.writer.push_segment(s.first_record, s.record_count, len, &c)?;
+            self.writer
+                .push_segment(s.first_record, s.record_count, len, &c)?;
         }
         Ok(())
     }
@@ -420,7 +454,10 @@ struct Batch {
 
 impl Batch {
     fn new() -> Self {
-        Self { items: Vec::new(), len: 0 }
+        Self {
+            items: Vec::new(),
+            len: 0,
+        }
     }
     fn clear(&mut self) {
         self.len = 0;

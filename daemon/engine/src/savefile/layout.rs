@@ -66,14 +66,20 @@ impl SaveFileLayout {
             usize::try_from(self.cookie_offset)
                 .ok()
                 .and_then(|end| self.xml_area.get(..end))
-                .ok_or(SaveFileError::BadXml { reason: "cookie offset lies outside the xml area" })?
+                .ok_or(SaveFileError::BadXml {
+                    reason: "cookie offset lies outside the xml area",
+                })?
         };
         let end = region
             .iter()
             .position(|&b| b == 0)
-            .ok_or(SaveFileError::BadXml { reason: "domain xml is not nul-terminated" })?;
+            .ok_or(SaveFileError::BadXml {
+                reason: "domain xml is not nul-terminated",
+            })?;
         let text = region.get(..end).unwrap_or_default();
-        std::str::from_utf8(text).map_err(|_| SaveFileError::BadXml { reason: "domain xml is not utf-8" })
+        std::str::from_utf8(text).map_err(|_| SaveFileError::BadXml {
+            reason: "domain xml is not utf-8",
+        })
     }
 
     /// The cookie XML libvirt stores after the domain XML (without its NUL), if any.
@@ -81,19 +87,27 @@ impl SaveFileLayout {
         if self.cookie_offset == 0 {
             return None;
         }
-        let tail = self.xml_area.get(usize::try_from(self.cookie_offset).ok()?..)?;
+        let tail = self
+            .xml_area
+            .get(usize::try_from(self.cookie_offset).ok()?..)?;
         let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
         tail.get(..end)
     }
 
     /// Total pages over all blocks.
     pub fn page_count(&self) -> u64 {
-        self.blocks.iter().map(|b| b.length / CHUNK_SIZE_U64).fold(0, u64::saturating_add)
+        self.blocks
+            .iter()
+            .map(|b| b.length / CHUNK_SIZE_U64)
+            .fold(0, u64::saturating_add)
     }
 
     /// Total guest RAM in bytes (the MEM_SIZE of the ram section).
     pub fn ram_bytes(&self) -> u64 {
-        self.blocks.iter().map(|b| b.length).fold(0, u64::saturating_add)
+        self.blocks
+            .iter()
+            .map(|b| b.length)
+            .fold(0, u64::saturating_add)
     }
 
     /// The block holding a global page index and the page's byte address in that block;
@@ -145,9 +159,14 @@ impl SaveFileLayout {
     /// Parses a blob written by [`SaveFileLayout::to_bytes`] and validates it as the
     /// reader validates a save file. Never panics, whatever the bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SaveFileError> {
-        let mut cur = Cursor { data: bytes, pos: 0 };
+        let mut cur = Cursor {
+            data: bytes,
+            pos: 0,
+        };
         if cur.take(LAYOUT_MAGIC.len(), "layout magic")? != LAYOUT_MAGIC {
-            return Err(SaveFileError::BadLayoutBlob { reason: "bad magic" });
+            return Err(SaveFileError::BadLayoutBlob {
+                reason: "bad magic",
+            });
         }
         let libvirt_version = cur.le32("layout header")?;
         let was_running = cur.le32("layout header")?;
@@ -175,7 +194,9 @@ impl SaveFileLayout {
             blocks.push(RamBlock { name, length });
         }
         if cur.pos != bytes.len() {
-            return Err(SaveFileError::BadLayoutBlob { reason: "trailing bytes" });
+            return Err(SaveFileError::BadLayoutBlob {
+                reason: "trailing bytes",
+            });
         }
         let layout = SaveFileLayout {
             libvirt_version,
@@ -192,9 +213,10 @@ impl SaveFileLayout {
         Ok(layout)
     }
 
-    /// Checks everything the reader checks in a save file: a layout that passes can be
-    /// written and read back.
-    pub(super) fn validate(&self) -> Result<(), SaveFileError> {
+    /// Checks everything the reader checks in a save file (versions, XML area, preamble,
+    /// block names, alignment and limits): a layout that passes can be written by
+    /// [`SaveFileWriter`](super::SaveFileWriter) and read back.
+    pub fn validate(&self) -> Result<(), SaveFileError> {
         check_libvirt_version(self.libvirt_version)?;
         check_xml_area(self.xml_area.len() as u64, self.cookie_offset)?;
         self.domain_xml()?;
@@ -220,7 +242,9 @@ impl SaveFileLayout {
             }
             check_block(&block.name, block.length)?;
             if !names.insert(block.name.as_str()) {
-                return Err(SaveFileError::DuplicateBlock { name: block.name.clone() });
+                return Err(SaveFileError::DuplicateBlock {
+                    name: block.name.clone(),
+                });
             }
             total = total.saturating_add(block.length);
         }
@@ -234,20 +258,29 @@ impl SaveFileLayout {
     /// grows if needed, to the new contents plus libvirt's 64 KiB of zero padding.
     pub(super) fn rebuilt_xml_area(&self, new_xml: &str) -> Result<(Vec<u8>, u32), SaveFileError> {
         if new_xml.as_bytes().contains(&0) {
-            return Err(SaveFileError::BadXml { reason: "replacement xml contains a nul byte" });
+            return Err(SaveFileError::BadXml {
+                reason: "replacement xml contains a nul byte",
+            });
         }
         let xml_len = new_xml.len() + 1;
         let old_len = self.xml_area.len();
-        let cookie_at = usize::try_from(self.cookie_offset)
-            .map_err(|_| SaveFileError::BadXml { reason: "cookie offset lies outside the xml area" })?;
+        let cookie_at = usize::try_from(self.cookie_offset).map_err(|_| SaveFileError::BadXml {
+            reason: "cookie offset lies outside the xml area",
+        })?;
         let cookie: Option<&[u8]> = if self.cookie_offset == 0 {
             None
         } else {
-            let tail = self.xml_area.get(cookie_at..).ok_or(SaveFileError::BadXml {
-                reason: "cookie offset lies outside the xml area",
-            })?;
+            let tail = self
+                .xml_area
+                .get(cookie_at..)
+                .ok_or(SaveFileError::BadXml {
+                    reason: "cookie offset lies outside the xml area",
+                })?;
             // The cookie with its NUL (all of the tail if it has none).
-            let end = tail.iter().position(|&b| b == 0).map_or(tail.len(), |p| p + 1);
+            let end = tail
+                .iter()
+                .position(|&b| b == 0)
+                .map_or(tail.len(), |p| p + 1);
             tail.get(..end)
         };
         let fits_in_place = match cookie {
@@ -267,13 +300,21 @@ impl SaveFileLayout {
         } else {
             let cookie = cookie.unwrap_or_default();
             let needed = xml_len + cookie.len();
-            let data_len = if needed <= old_len { old_len } else { needed + XML_PADDING_BYTES };
+            let data_len = if needed <= old_len {
+                old_len
+            } else {
+                needed + XML_PADDING_BYTES
+            };
             let mut area = Vec::with_capacity(data_len);
             area.extend_from_slice(new_xml.as_bytes());
             area.push(0);
             area.extend_from_slice(cookie);
             area.resize(data_len, 0);
-            let offset = if cookie.is_empty() { 0 } else { len_u32(xml_len) };
+            let offset = if cookie.is_empty() {
+                0
+            } else {
+                len_u32(xml_len)
+            };
             (area, offset)
         };
         check_xml_area(area.len() as u64, cookie_offset)?;
@@ -283,7 +324,10 @@ impl SaveFileLayout {
 
 pub(super) fn check_libvirt_version(version: u32) -> Result<(), SaveFileError> {
     if version == 0 || version > LIBVIRT_MAX_VERSION {
-        return Err(SaveFileError::UnsupportedVersion { what: "libvirt save header", version });
+        return Err(SaveFileError::UnsupportedVersion {
+            what: "libvirt save header",
+            version,
+        });
     }
     Ok(())
 }
@@ -291,7 +335,9 @@ pub(super) fn check_libvirt_version(version: u32) -> Result<(), SaveFileError> {
 /// Checks `data_len` and the cookie offset.
 pub(super) fn check_xml_area(data_len: u64, cookie_offset: u32) -> Result<(), SaveFileError> {
     if data_len == 0 {
-        return Err(SaveFileError::BadXml { reason: "xml area is empty" });
+        return Err(SaveFileError::BadXml {
+            reason: "xml area is empty",
+        });
     }
     if data_len > MAX_SAVE_XML_BYTES {
         return Err(SaveFileError::TooLarge {
@@ -301,7 +347,9 @@ pub(super) fn check_xml_area(data_len: u64, cookie_offset: u32) -> Result<(), Sa
         });
     }
     if u64::from(cookie_offset) > data_len {
-        return Err(SaveFileError::BadXml { reason: "cookie offset lies outside the xml area" });
+        return Err(SaveFileError::BadXml {
+            reason: "cookie offset lies outside the xml area",
+        });
     }
     Ok(())
 }
@@ -309,14 +357,21 @@ pub(super) fn check_xml_area(data_len: u64, cookie_offset: u32) -> Result<(), Sa
 /// Checks one block of the block list.
 pub(super) fn check_block(name: &str, length: u64) -> Result<(), SaveFileError> {
     if length % CHUNK_SIZE_U64 != 0 {
-        return Err(SaveFileError::BlockNotPageAligned { name: name.to_owned(), length });
+        return Err(SaveFileError::BlockNotPageAligned {
+            name: name.to_owned(),
+            length,
+        });
     }
     Ok(())
 }
 
 pub(super) fn check_ram_total(total: u64) -> Result<(), SaveFileError> {
     if total > MAX_RAM_BYTES {
-        return Err(SaveFileError::TooLarge { what: "guest ram", size: total, limit: MAX_RAM_BYTES });
+        return Err(SaveFileError::TooLarge {
+            what: "guest ram",
+            size: total,
+            limit: MAX_RAM_BYTES,
+        });
     }
     Ok(())
 }
@@ -335,7 +390,9 @@ fn validate_preamble(preamble: &[u8]) -> Result<(), SaveFileError> {
     let mut input = Input::new(preamble.chain(&start[..]));
     let type_byte = wire::read_preamble(&mut input)?;
     if type_byte != SECTION_START || input.pos() != preamble.len() as u64 + 1 {
-        return Err(SaveFileError::BadLayoutBlob { reason: "qemu preamble has extra bytes" });
+        return Err(SaveFileError::BadLayoutBlob {
+            reason: "qemu preamble has extra bytes",
+        });
     }
     Ok(())
 }
@@ -358,14 +415,22 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SaveFileError> {
-        let end = self.pos.checked_add(n).ok_or(SaveFileError::Truncated { what })?;
-        let out = self.data.get(self.pos..end).ok_or(SaveFileError::Truncated { what })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(SaveFileError::Truncated { what })?;
+        let out = self
+            .data
+            .get(self.pos..end)
+            .ok_or(SaveFileError::Truncated { what })?;
         self.pos = end;
         Ok(out)
     }
 
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], SaveFileError> {
-        self.take(N, what)?.try_into().map_err(|_| SaveFileError::Truncated { what })
+        self.take(N, what)?
+            .try_into()
+            .map_err(|_| SaveFileError::Truncated { what })
     }
 
     fn le32(&mut self, what: &'static str) -> Result<u32, SaveFileError> {
@@ -380,7 +445,11 @@ impl<'a> Cursor<'a> {
     fn sized(&mut self, what: &'static str, limit: u64) -> Result<&'a [u8], SaveFileError> {
         let len = self.le32(what)?;
         if u64::from(len) > limit {
-            return Err(SaveFileError::TooLarge { what, size: u64::from(len), limit });
+            return Err(SaveFileError::TooLarge {
+                what,
+                size: u64::from(len),
+                limit,
+            });
         }
         let len = usize::try_from(len).map_err(|_| SaveFileError::Truncated { what })?;
         self.take(len, what)

@@ -223,7 +223,9 @@ pub enum SaveFileError {
         offset: u64,
     },
     /// A page record's address lies beyond its block.
-    #[error("page address {address:#x} at offset {offset} is beyond block {block:?} of {length} bytes")]
+    #[error(
+        "page address {address:#x} at offset {offset} is beyond block {block:?} of {length} bytes"
+    )]
     AddressOutOfRange {
         /// The block's name.
         block: String,

@@ -91,7 +91,10 @@ impl<R: Read> SaveFileReader<R> {
             });
         }
         if type_byte != SECTION_START {
-            return Err(SaveFileError::UnexpectedSection { type_byte, offset: type_offset });
+            return Err(SaveFileError::UnexpectedSection {
+                type_byte,
+                offset: type_offset,
+            });
         }
 
         let ram_section_id = input.be32("ram section header")?;
@@ -143,11 +146,12 @@ impl<R: Read> SaveFileReader<R> {
             by_name.insert(block.name.as_bytes().to_vec(), i);
         }
         // At most MAX_RAM_BYTES / 4096 / 64 words (32 MiB for 1 TiB of RAM).
-        let words = usize::try_from(next_first.div_ceil(64)).map_err(|_| SaveFileError::TooLarge {
-            what: "guest ram",
-            size: layout.ram_bytes(),
-            limit: crate::limits::MAX_RAM_BYTES,
-        })?;
+        let words =
+            usize::try_from(next_first.div_ceil(64)).map_err(|_| SaveFileError::TooLarge {
+                what: "guest ram",
+                size: layout.ram_bytes(),
+                limit: crate::limits::MAX_RAM_BYTES,
+            })?;
 
         Ok(SaveFileReader {
             input,
@@ -199,7 +203,9 @@ impl<R: Read> SaveFileReader<R> {
                             offset: id_offset,
                         });
                     }
-                    self.state = State::InSection { end: type_byte == SECTION_END };
+                    self.state = State::InSection {
+                        end: type_byte == SECTION_END,
+                    };
                 }
                 State::InSection { end } => {
                     let offset = self.input.pos();
@@ -207,7 +213,11 @@ impl<R: Read> SaveFileReader<R> {
                     let flags = header & FLAG_MASK;
                     if flags == FLAG_EOS {
                         read_footer(&mut self.input, self.layout.ram_section_id)?;
-                        self.state = if end { State::Done } else { State::BetweenSections };
+                        self.state = if end {
+                            State::Done
+                        } else {
+                            State::BetweenSections
+                        };
                         continue;
                     }
                     let kind = flags & !FLAG_CONTINUE;
@@ -232,13 +242,19 @@ impl<R: Read> SaveFileReader<R> {
     /// a global page index, refusing pages out of range or seen before.
     fn page_index(&mut self, address: u64, flags: u64, offset: u64) -> Result<u64, SaveFileError> {
         let block = if flags & FLAG_CONTINUE != 0 {
-            self.last_block.ok_or(SaveFileError::ContinueWithoutBlock { offset })?
+            self.last_block
+                .ok_or(SaveFileError::ContinueWithoutBlock { offset })?
         } else {
             let mut name_buf = [0u8; MAX_IDSTR_BYTES];
-            let name = self.input.short_str(&mut name_buf, "ram record block name")?;
-            *self.by_name.get(name).ok_or_else(|| SaveFileError::BadBlock {
-                name: String::from_utf8_lossy(name).into_owned(),
-            })?
+            let name = self
+                .input
+                .short_str(&mut name_buf, "ram record block name")?;
+            *self
+                .by_name
+                .get(name)
+                .ok_or_else(|| SaveFileError::BadBlock {
+                    name: String::from_utf8_lossy(name).into_owned(),
+                })?
         };
         self.last_block = Some(block);
         let (info, first) = self
@@ -259,7 +275,10 @@ impl<R: Read> SaveFileReader<R> {
         let word = usize::try_from(index / 64)
             .ok()
             .and_then(|w| self.seen.get_mut(w))
-            .ok_or(SaveFileError::PageOutOfRange { index, pages: self.layout.page_count() })?;
+            .ok_or(SaveFileError::PageOutOfRange {
+                index,
+                pages: self.layout.page_count(),
+            })?;
         let bit = 1u64 << (index % 64);
         if *word & bit != 0 {
             return Err(SaveFileError::DuplicatePage { index });
@@ -319,7 +338,9 @@ fn read_block_list<R: Read>(input: &mut Input<R>) -> Result<Vec<RamBlock>, SaveF
         let name = std::str::from_utf8(name_bytes)
             .ok()
             .filter(|n| !n.is_empty())
-            .ok_or(SaveFileError::BadBlockName { offset: name_offset })?
+            .ok_or(SaveFileError::BadBlockName {
+                offset: name_offset,
+            })?
             .to_owned();
         let length = input.be64("ram block list")?;
         check_block(&name, length)?;

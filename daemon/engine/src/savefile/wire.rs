@@ -66,7 +66,11 @@ pub(super) struct Input<R> {
 
 impl<R: Read> Input<R> {
     pub(super) fn new(inner: R) -> Self {
-        Input { inner, pos: 0, record: None }
+        Input {
+            inner,
+            pos: 0,
+            record: None,
+        }
     }
 
     /// Bytes consumed so far.
@@ -88,8 +92,14 @@ impl<R: Read> Input<R> {
         self.inner
     }
 
-    pub(super) fn exact(&mut self, buf: &mut [u8], what: &'static str) -> Result<(), SaveFileError> {
-        self.inner.read_exact(buf).map_err(|e| eof_is_truncation(e, what))?;
+    pub(super) fn exact(
+        &mut self,
+        buf: &mut [u8],
+        what: &'static str,
+    ) -> Result<(), SaveFileError> {
+        self.inner
+            .read_exact(buf)
+            .map_err(|e| eof_is_truncation(e, what))?;
         self.pos += buf.len() as u64;
         if let Some(rec) = &mut self.record {
             rec.extend_from_slice(buf);
@@ -125,7 +135,10 @@ impl<R: Read> Input<R> {
     /// file costs no more memory than the file holds). Callers bound `len` first.
     pub(super) fn vec(&mut self, len: u64, what: &'static str) -> Result<Vec<u8>, SaveFileError> {
         let mut out = Vec::new();
-        (&mut self.inner).take(len).read_to_end(&mut out).map_err(SaveFileError::Io)?;
+        (&mut self.inner)
+            .take(len)
+            .read_to_end(&mut out)
+            .map_err(SaveFileError::Io)?;
         let got = out.len() as u64;
         self.pos += got;
         if got < len {
@@ -144,7 +157,9 @@ impl<R: Read> Input<R> {
         what: &'static str,
     ) -> Result<&'b [u8], SaveFileError> {
         let len = usize::from(self.u8(what)?);
-        let part = buf.get_mut(..len).ok_or(SaveFileError::Truncated { what })?;
+        let part = buf
+            .get_mut(..len)
+            .ok_or(SaveFileError::Truncated { what })?;
         self.exact(part, what)?;
         Ok(part)
     }
@@ -179,7 +194,10 @@ pub(super) fn read_preamble<R: Read>(input: &mut Input<R>) -> Result<u8, SaveFil
     }
     let version = input.be32("qemu stream version")?;
     if version != QEVM_VERSION {
-        return Err(SaveFileError::UnsupportedVersion { what: "qemu migration stream", version });
+        return Err(SaveFileError::UnsupportedVersion {
+            what: "qemu migration stream",
+            version,
+        });
     }
     let mut type_byte = input.u8("section type")?;
     if type_byte != CONFIGURATION {
@@ -212,7 +230,10 @@ fn read_config_subsection<R: Read>(input: &mut Input<R>) -> Result<(), SaveFileE
     let name = input.short_str(&mut name_buf, WHAT)?.to_vec();
     let version = input.be32(WHAT)?;
     if version != 1 {
-        return Err(SaveFileError::UnsupportedVersion { what: WHAT, version });
+        return Err(SaveFileError::UnsupportedVersion {
+            what: WHAT,
+            version,
+        });
     }
     if name == SUB_TARGET_PAGE_BITS {
         let bits_offset = input.pos();
@@ -251,8 +272,7 @@ pub(super) fn read_footer<R: Read>(
     section_id: u32,
 ) -> Result<(), SaveFileError> {
     let offset = input.pos();
-    if input.u8("section footer")? != SECTION_FOOTER
-        || input.be32("section footer")? != section_id
+    if input.u8("section footer")? != SECTION_FOOTER || input.be32("section footer")? != section_id
     {
         return Err(SaveFileError::BadFooter { section_id, offset });
     }

@@ -4,7 +4,8 @@ use std::io::Write;
 
 use super::wire::{
     FLAG_CONTINUE, FLAG_EOS, FLAG_MEM_SIZE, FLAG_PAGE, FLAG_ZERO, LIBVIRT_MAGIC,
-    LIBVIRT_UNUSED_WORDS, RAM_IDSTR, SECTION_END, SECTION_FOOTER, SECTION_PART, SECTION_START,
+    LIBVIRT_UNUSED_WORDS, MAX_IDSTR_BYTES, RAM_IDSTR, SECTION_END, SECTION_FOOTER, SECTION_PART,
+    SECTION_START,
 };
 use super::{SaveFileError, SaveFileLayout, LIBVIRT_HEADER_BYTES};
 use crate::chunk::{is_zero, Chunk, CHUNK_SIZE_U64};
@@ -48,7 +49,9 @@ impl<W: Write> SaveFileWriter<W> {
         domain_xml: Option<&str>,
     ) -> Result<Self, SaveFileError> {
         layout.validate()?;
-        let rebuilt = domain_xml.map(|xml| layout.rebuilt_xml_area(xml)).transpose()?;
+        let rebuilt = domain_xml
+            .map(|xml| layout.rebuilt_xml_area(xml))
+            .transpose()?;
         let (xml_area, cookie_offset) = match &rebuilt {
             Some((area, offset)) => (area.as_slice(), *offset),
             None => (layout.xml_area.as_slice(), layout.cookie_offset),
@@ -61,7 +64,13 @@ impl<W: Write> SaveFileWriter<W> {
 
         let mut head = Vec::with_capacity(LIBVIRT_HEADER_BYTES);
         head.extend_from_slice(LIBVIRT_MAGIC);
-        for v in [layout.libvirt_version, data_len, layout.was_running, 0, cookie_offset] {
+        for v in [
+            layout.libvirt_version,
+            data_len,
+            layout.was_running,
+            0,
+            cookie_offset,
+        ] {
             head.extend_from_slice(&v.to_le_bytes());
         }
         head.resize(head.len() + LIBVIRT_UNUSED_WORDS * 4, 0);
@@ -95,7 +104,11 @@ impl<W: Write> SaveFileWriter<W> {
             out: writer,
             written: 0,
             section_id: id,
-            names: layout.blocks.iter().map(|b| b.name.as_bytes().to_vec()).collect(),
+            names: layout
+                .blocks
+                .iter()
+                .map(|b| b.name.as_bytes().to_vec())
+                .collect(),
             first_pages,
             total_pages: next_first,
             last_block: None,
@@ -111,8 +124,15 @@ impl<W: Write> SaveFileWriter<W> {
     /// record; CONTINUE when the previous record was in the same block. Returns the byte
     /// offset in the output of the page's 4096 data bytes for a PAGE record, `None` for a
     /// ZERO record.
-    pub fn write_page(&mut self, global_page: u64, data: &Chunk) -> Result<Option<u64>, SaveFileError> {
-        let out_of_range = SaveFileError::PageOutOfRange { index: global_page, pages: self.total_pages };
+    pub fn write_page(
+        &mut self,
+        global_page: u64,
+        data: &Chunk,
+    ) -> Result<Option<u64>, SaveFileError> {
+        let out_of_range = SaveFileError::PageOutOfRange {
+            index: global_page,
+            pages: self.total_pages,
+        };
         if global_page >= self.total_pages {
             return Err(out_of_range);
         }
@@ -131,15 +151,21 @@ impl<W: Write> SaveFileWriter<W> {
         if continues {
             header |= FLAG_CONTINUE;
         }
-        let mut rec = Vec::with_capacity(8 + 1 + 255 + 1);
-        rec.extend_from_slice(&header.to_be_bytes());
+        // Header, optional name, optional fill byte: at most 8 + 1 + 255 + 1 bytes.
+        let mut rec = [0u8; 8 + 1 + MAX_IDSTR_BYTES + 1];
+        let mut len = 8;
+        rec[..8].copy_from_slice(&header.to_be_bytes());
         if !continues {
-            push_name(&mut rec, self.names.get(block).map(Vec::as_slice).unwrap_or_default());
+            let name = self.names.get(block).map(Vec::as_slice).unwrap_or_default();
+            let name = name.get(..MAX_IDSTR_BYTES).unwrap_or(name);
+            rec[8] = u8::try_from(name.len()).unwrap_or(u8::MAX);
+            rec[9..9 + name.len()].copy_from_slice(name);
+            len += 1 + name.len();
         }
         if zero {
-            rec.push(0);
+            len += 1; // fill byte 0, already there
         }
-        self.put(&rec)?;
+        self.put(&rec[..len])?;
         self.last_block = Some(block);
         if zero {
             return Ok(None);
@@ -154,7 +180,9 @@ impl<W: Write> SaveFileWriter<W> {
         self.written
     }
 
-    /// The inner writer (e.g. to flush it and read back a page already written).
+    /// The inner writer (e.g. to flush it and read back a page already written). Do not
+    /// write through it: the stream and the offsets [`write_page`](Self::write_page)
+    /// returns would no longer match.
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.out
     }

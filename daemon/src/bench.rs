@@ -1,0 +1,303 @@
+//! `cloudletd bench`: measures the overlay engine (base creation, encode, decode, index
+//! lookups, peak memory) on a generated workload that mimics the reference customization
+//! of `shared/design/host-setup.md`, scaled to a chosen guest. Real VMs are measured by
+//! the end-to-end benchmark; this one isolates the engine.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cloudlet_engine::base::{create_base, Base, BasePaths};
+use cloudlet_engine::chunk::{hash_chunk, ImageKind};
+use cloudlet_engine::decode::{decode, DecodeOutputs};
+use cloudlet_engine::disk::{DiskOutputFormat, DiskSource};
+use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
+use cloudlet_engine::format::OverlayReader;
+use cloudlet_engine::progress::NoProgress;
+use cloudlet_engine::testkit::{generate, Rng, WorkloadSpec};
+use serde::Serialize;
+
+/// Flags of `cloudletd bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Guest disk size in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub disk_mib: u64,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub ram_mib: u64,
+    /// Extra data the customization writes to disk (half random, half compressible), in
+    /// MiB, on top of the reference customization; it also lands in the page cache.
+    #[arg(long, default_value_t = 0)]
+    pub extra_mib: u64,
+    /// Timed runs of encode and decode (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// zstd level.
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Scratch directory (needs room for ~3x disk + 3x RAM).
+    #[arg(long, default_value = "/var/tmp")]
+    pub dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Measured figures.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    disk_mib: u64,
+    ram_mib: u64,
+    modified_mib: f64,
+    base_create_s: f64,
+    base_create_peak_rss_mib: f64,
+    index_entries: u64,
+    index_lookups_per_s: f64,
+    overlay_bytes: u64,
+    overlay_mb: f64,
+    encode_s: f64,
+    encode_modified_mb_per_s: f64,
+    encode_input_mb_per_s: f64,
+    encode_peak_rss_mib: f64,
+    decode_s: f64,
+    decode_modified_mb_per_s: f64,
+    decode_output_mb_per_s: f64,
+    decode_peak_rss_mib: f64,
+    counts_memory: String,
+    counts_disk: String,
+}
+
+/// Runs the benchmark and prints its report.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let scratch = tempfile_dir(&args.dir)?;
+    let result = bench_in(args, scratch.path());
+    drop(scratch);
+    let report = result?;
+    let out = if args.json {
+        serde_json::to_string_pretty(&report)?
+    } else {
+        table(&report)
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
+    let mut spec = WorkloadSpec::reference(args.disk_mib << 20, args.ram_mib << 20);
+    spec.disk_random_bytes += (args.extra_mib << 20) / 2;
+    spec.disk_text_bytes += (args.extra_mib << 20) / 2;
+    tracing::info!(?spec, "generating workload");
+    let work = generate(dir, &spec).context("generating the workload")?;
+
+    let base_dir = dir.join("base");
+    std::fs::create_dir(&base_dir)?;
+    let paths = BasePaths::in_dir(&base_dir);
+    std::fs::rename(&work.base_disk, &paths.disk)?;
+    std::fs::copy(&paths.disk, &work.base_disk)?;
+    reset_peak_rss();
+    let started = Instant::now();
+    let summary = create_base(&paths, work.base_save.as_deref()).context("creating the base")?;
+    let base_create = started.elapsed();
+    let base_rss = peak_rss_mib();
+    let base = Base::open(&paths)?;
+
+    // Index lookups: half hits (hashes of base chunks), half misses.
+    let lookups = 1_000_000u64;
+    let mut rng = Rng::new(7);
+    let probes: Vec<_> = (0..lookups)
+        .map(|i| {
+            if i % 2 == 0 {
+                let kind = if rng.below(2) == 0 {
+                    ImageKind::Disk
+                } else {
+                    ImageKind::Memory
+                };
+                let n = base.hashes().len(kind).max(1);
+                let loc = cloudlet_engine::hashlist::Location {
+                    kind,
+                    index: rng.below(n),
+                };
+                base.hash_at(loc).copied().unwrap_or_default()
+            } else {
+                hash_chunk(&rng.next_u64().to_le_bytes())
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    let hits = probes.iter().filter(|h| base.find(h).is_some()).count();
+    let lookup_time = started.elapsed();
+    tracing::info!(hits, "index lookups done");
+
+    let disk = DiskSource::raw_ranges(&work.custom_disk, &work.written_ranges)?;
+    let input = EncodeInput {
+        memory: work.custom_save.as_deref(),
+        disk: &disk,
+    };
+    let options = EncodeOptions {
+        zstd_level: args.zstd_level,
+        threads: args.threads,
+        properties: vec![],
+    };
+    let overlay = dir.join("bench.overlay");
+    let mut encode_times = Vec::new();
+    let mut encode_rss = 0f64;
+    let mut last = None;
+    for _ in 0..args.runs.max(1) {
+        reset_peak_rss();
+        let started = Instant::now();
+        let s = encode(&base, &input, &overlay, &options, &NoProgress).context("encoding")?;
+        encode_times.push(started.elapsed());
+        encode_rss = encode_rss.max(peak_rss_mib());
+        last = Some(s);
+    }
+    let summary_enc = last.context("no encode run")?;
+
+    let mut decode_times = Vec::new();
+    let mut decode_rss = 0f64;
+    let out_disk = dir.join("synth.qcow2");
+    let out_mem = dir.join("synth.save");
+    for _ in 0..args.runs.max(1) {
+        let _ = std::fs::remove_file(&out_disk);
+        let _ = std::fs::remove_file(&out_mem);
+        reset_peak_rss();
+        let started = Instant::now();
+        let reader = OverlayReader::open(BufReader::with_capacity(1 << 20, File::open(&overlay)?))?;
+        let outputs = DecodeOutputs {
+            disk: &out_disk,
+            disk_format: DiskOutputFormat::Qcow2,
+            memory: &out_mem,
+            domain_xml: None,
+            durable: false,
+            threads: args.threads,
+        };
+        decode(reader, &base, &outputs, &NoProgress).context("decoding")?;
+        decode_times.push(started.elapsed());
+        decode_rss = decode_rss.max(peak_rss_mib());
+    }
+    let save_size = std::fs::metadata(&out_mem).map(|m| m.len()).unwrap_or(0);
+    let input_bytes = work
+        .custom_save
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len())
+        + disk
+            .candidates()
+            .iter()
+            .map(|r| (r.end - r.start) * 4096)
+            .sum::<u64>();
+
+    let enc = median(&mut encode_times);
+    let dec = median(&mut decode_times);
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let meta = &summary_enc.meta;
+    let counts = |k| {
+        let c = meta.counts(k);
+        format!(
+            "unchanged {} zero {} base-ref {} self-ref {} delta {} raw {}",
+            c.unchanged, c.zero, c.base_ref, c.self_ref, c.delta, c.raw
+        )
+    };
+    Ok(BenchReport {
+        disk_mib: args.disk_mib,
+        ram_mib: args.ram_mib,
+        modified_mib: work.modified_bytes as f64 / f64::from(1u32 << 20),
+        base_create_s: base_create.as_secs_f64(),
+        base_create_peak_rss_mib: base_rss,
+        index_entries: summary.indexed_chunks,
+        index_lookups_per_s: lookups as f64 / lookup_time.as_secs_f64(),
+        overlay_bytes: summary_enc.file_size,
+        overlay_mb: mb(summary_enc.file_size),
+        encode_s: enc.as_secs_f64(),
+        encode_modified_mb_per_s: mb(work.modified_bytes) / enc.as_secs_f64(),
+        encode_input_mb_per_s: mb(input_bytes) / enc.as_secs_f64(),
+        encode_peak_rss_mib: encode_rss,
+        decode_s: dec.as_secs_f64(),
+        decode_modified_mb_per_s: mb(work.modified_bytes) / dec.as_secs_f64(),
+        decode_output_mb_per_s: mb(save_size + meta.counts(ImageKind::Disk).modified() * 4096)
+            / dec.as_secs_f64(),
+        decode_peak_rss_mib: decode_rss,
+        counts_memory: counts(ImageKind::Memory),
+        counts_disk: counts(ImageKind::Disk),
+    })
+}
+
+fn table(r: &BenchReport) -> String {
+    format!(
+        "workload: {disk} MiB disk, {ram} MiB RAM, {modified:.1} MiB modified\n\
+         base creation      {bc:>8.2} s   peak RSS {brss:.0} MiB   ({entries} index entries)\n\
+         index lookups      {lk:>8.0} /s\n\
+         overlay            {ov:>8.2} MB\n\
+         encode             {es:>8.3} s   {emb:>7.0} MB/s modified   {eib:>7.0} MB/s input   peak RSS {erss:.0} MiB\n\
+         decode             {ds:>8.3} s   {dmb:>7.0} MB/s modified   {dob:>7.0} MB/s output  peak RSS {drss:.0} MiB\n\
+         memory records     {cm}\n\
+         disk records       {cd}",
+        disk = r.disk_mib,
+        ram = r.ram_mib,
+        modified = r.modified_mib,
+        bc = r.base_create_s,
+        brss = r.base_create_peak_rss_mib,
+        entries = r.index_entries,
+        lk = r.index_lookups_per_s,
+        ov = r.overlay_mb,
+        es = r.encode_s,
+        emb = r.encode_modified_mb_per_s,
+        eib = r.encode_input_mb_per_s,
+        erss = r.encode_peak_rss_mib,
+        ds = r.decode_s,
+        dmb = r.decode_modified_mb_per_s,
+        dob = r.decode_output_mb_per_s,
+        drss = r.decode_peak_rss_mib,
+        cm = r.counts_memory,
+        cd = r.counts_disk,
+    )
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
+/// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak RSS (VmHWM) since the last reset, in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir(parent: &Path) -> anyhow::Result<Scratch> {
+    let dir = parent.join(format!("cloudlet-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(Scratch(dir))
+}

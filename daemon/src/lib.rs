@@ -1,0 +1,89 @@
+//! `cloudletd`: the cloudlet daemon. It owns a data directory (catalogue + image files),
+//! serves the HTTP API, and runs the overlay engine on its blocking pool.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod bench;
+pub mod config;
+pub mod store;
+
+use std::future::Future;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Shared state of the running daemon.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The catalogue.
+    pub store: store::Store,
+    /// The data directory.
+    pub data: store::DataDir,
+    /// Effective configuration.
+    pub config: std::sync::Arc<Config>,
+}
+
+/// Opens the data directory and catalogue, repairs what a crash interrupted.
+pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
+    let data = store::DataDir::create(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let store = store::Store::open(&data.database())
+        .await
+        .with_context(|| format!("opening catalogue {}", data.database().display()))?;
+    store::reconcile::reconcile(&store, &data)
+        .await
+        .context("repairing the data directory")?;
+    Ok(AppState {
+        store,
+        data,
+        config: std::sync::Arc::new(config),
+    })
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr().context("listener address")?;
+    tracing::info!(%addr, data_dir = %state.data.root().display(), "cloudletd listening");
+    let store = state.store.clone();
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+    store.close().await;
+    tracing::info!("cloudletd stopped");
+    Ok(())
+}
+
+/// Runs the daemon with `config` until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let state = open_state(config).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    serve(state, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

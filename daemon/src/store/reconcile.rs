@@ -1,0 +1,149 @@
+//! Startup repair: whatever a crash interrupted is finished or undone, so the catalogue
+//! never points at a missing file and no half-written file survives.
+//!
+//! - bases and overlays left `creating` or `deleting`: files and row removed;
+//! - files and directories in the data dir that no row owns: removed;
+//! - `incoming/` emptied (uploads and work in progress);
+//! - sessions left in a non-final state: marked failed (the VM layer, which knows about
+//!   libvirt domains, destroys their VMs).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use super::bases::state;
+use super::{DataDir, Store, StoreError};
+
+/// What reconciliation did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Repairs {
+    /// Rows removed.
+    pub rows_removed: u64,
+    /// Files or directories removed.
+    pub paths_removed: u64,
+    /// Sessions marked failed.
+    pub sessions_failed: u64,
+}
+
+/// Runs every repair.
+pub async fn reconcile(store: &Store, data: &DataDir) -> Result<Repairs, StoreError> {
+    let mut repairs = Repairs::default();
+    for o in store.overlays(None).await? {
+        if o.state != state::READY {
+            remove_path(Path::new(&o.file_path), &mut repairs);
+            store.delete_overlay(&o.id).await?;
+            repairs.rows_removed += 1;
+        }
+    }
+    for b in store.bases().await? {
+        if b.state != state::READY && store.overlays(Some(&b.id)).await?.is_empty() {
+            remove_path(Path::new(&b.dir), &mut repairs);
+            store.delete_base(&b.id).await?;
+            repairs.rows_removed += 1;
+        }
+    }
+    let bases: HashSet<String> = store.bases().await?.into_iter().map(|b| b.dir).collect();
+    remove_unowned(
+        &data.bases(),
+        |p| bases.contains(&p.display().to_string()),
+        &mut repairs,
+    );
+    let overlays: HashSet<String> = store
+        .overlays(None)
+        .await?
+        .into_iter()
+        .map(|o| o.file_path)
+        .collect();
+    remove_unowned(
+        &data.overlays(),
+        |p| overlays.contains(&p.display().to_string()),
+        &mut repairs,
+    );
+    remove_unowned(&data.incoming(), |_| false, &mut repairs);
+
+    for mut s in store.active_sessions().await? {
+        s.state = "failed".into();
+        s.error = Some("the daemon restarted while this session was active".into());
+        store.update_session(&s).await?;
+        repairs.sessions_failed += 1;
+    }
+    if repairs != Repairs::default() {
+        tracing::warn!(?repairs, "repaired state left by an interrupted run");
+    }
+    Ok(repairs)
+}
+
+fn remove_unowned(dir: &Path, owned: impl Fn(&Path) -> bool, repairs: &mut Repairs) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !owned(&path) {
+            remove_path(&path, repairs);
+        }
+    }
+}
+
+fn remove_path(path: &Path, repairs: &mut Repairs) {
+    let result = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match result {
+        Ok(()) => repairs.paths_removed += 1,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::bases::sample_base;
+    use crate::store::sessions::SessionRecord;
+
+    #[tokio::test]
+    async fn interrupted_work_is_undone_and_ready_data_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::create(&tmp.path().join("d")).unwrap();
+        let store = Store::open(&data.database()).await.unwrap();
+
+        let mut ready = sample_base("ready1", "ready");
+        ready.dir = data.base_dir("ready1").display().to_string();
+        std::fs::create_dir(&ready.dir).unwrap();
+        std::fs::write(Path::new(&ready.dir).join("disk.raw"), b"x").unwrap();
+        store.insert_base(&ready).await.unwrap();
+
+        let mut half = sample_base("half1", "half");
+        half.state = state::CREATING.into();
+        half.dir = data.base_dir("half1").display().to_string();
+        std::fs::create_dir(&half.dir).unwrap();
+        store.insert_base(&half).await.unwrap();
+
+        std::fs::create_dir(data.base_dir("orphan")).unwrap();
+        std::fs::write(data.overlays().join(".x.overlay.tmp-1-2"), b"partial").unwrap();
+        std::fs::write(data.incoming().join("upload"), b"partial").unwrap();
+        let session = SessionRecord::new("synthesis", Some("ready1".into()));
+        store.insert_session(&session).await.unwrap();
+
+        let r = reconcile(&store, &data).await.unwrap();
+        assert_eq!(
+            r,
+            Repairs {
+                rows_removed: 1,
+                paths_removed: 4,
+                sessions_failed: 1
+            }
+        );
+        assert!(Path::new(&ready.dir).join("disk.raw").exists());
+        assert!(!Path::new(&half.dir).exists());
+        assert!(store.base("half1").await.is_err());
+        assert_eq!(store.session(&session.id).await.unwrap().state, "failed");
+        assert_eq!(
+            reconcile(&store, &data).await.unwrap(),
+            Repairs::default(),
+            "second run has nothing to do"
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! The `sessions` table: every base, overlay and synthesis session, with its state and
+//! the timing of each step.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::types::Json;
+
+use super::db::{Store, StoreError};
+
+/// Session states that mean "over".
+pub const FINAL_STATES: [&str; 3] = ["finished", "stopped", "failed"];
+
+/// One session.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+pub struct SessionRecord {
+    /// UUIDv7.
+    pub id: String,
+    /// `base`, `overlay` or `synthesis`.
+    pub kind: String,
+    /// Current state.
+    pub state: String,
+    /// Base it works on.
+    pub base_id: Option<String>,
+    /// Overlay it made or used.
+    pub overlay_id: Option<String>,
+    /// libvirt domain name (`cloudlet-<id>`).
+    pub vm_name: Option<String>,
+    /// Per-session directory.
+    pub run_dir: Option<String>,
+    /// Serial console Unix socket.
+    pub console_path: Option<String>,
+    /// VNC port on loopback.
+    pub vnc_port: Option<i64>,
+    /// Guest port → host port.
+    pub host_ports: Json<BTreeMap<u16, u16>>,
+    /// Step → milliseconds.
+    pub timings: Json<BTreeMap<String, u64>>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// RFC 3339, when it reached a final state.
+    pub ended_at: Option<String>,
+}
+
+const COLUMNS: &str = "id, kind, state, base_id, overlay_id, vm_name, run_dir, console_path, \
+    vnc_port, host_ports, timings, error, created_at, updated_at, ended_at";
+
+impl SessionRecord {
+    /// A new session in state `starting`.
+    pub fn new(kind: &str, base_id: Option<String>) -> Self {
+        let id = super::new_id();
+        let now = super::now_rfc3339();
+        Self {
+            vm_name: Some(format!("cloudlet-{id}")),
+            id,
+            kind: kind.into(),
+            state: "starting".into(),
+            base_id,
+            overlay_id: None,
+            run_dir: None,
+            console_path: None,
+            vnc_port: None,
+            host_ports: Json(BTreeMap::new()),
+            timings: Json(BTreeMap::new()),
+            error: None,
+            created_at: now.clone(),
+            updated_at: now,
+            ended_at: None,
+        }
+    }
+}
+
+impl Store {
+    /// Inserts a session.
+    pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&s.id)
+        .bind(&s.kind)
+        .bind(&s.state)
+        .bind(&s.base_id)
+        .bind(&s.overlay_id)
+        .bind(&s.vm_name)
+        .bind(&s.run_dir)
+        .bind(&s.console_path)
+        .bind(s.vnc_port)
+        .bind(&s.host_ports)
+        .bind(&s.timings)
+        .bind(&s.error)
+        .bind(&s.created_at)
+        .bind(&s.updated_at)
+        .bind(&s.ended_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Writes back every mutable field of a session (state, ports, timings, error...);
+    /// stamps `updated_at`, and `ended_at` on reaching a final state.
+    pub async fn update_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        let now = super::now_rfc3339();
+        let ended = FINAL_STATES
+            .contains(&s.state.as_str())
+            .then(|| s.ended_at.clone().unwrap_or(now.clone()));
+        let done = sqlx::query(
+            "UPDATE sessions SET state = ?, overlay_id = ?, run_dir = ?, console_path = ?, vnc_port = ?, \
+             host_ports = ?, timings = ?, error = ?, updated_at = ?, ended_at = ? WHERE id = ?",
+        )
+        .bind(&s.state)
+        .bind(&s.overlay_id)
+        .bind(&s.run_dir)
+        .bind(&s.console_path)
+        .bind(s.vnc_port)
+        .bind(&s.host_ports)
+        .bind(&s.timings)
+        .bind(&s.error)
+        .bind(&now)
+        .bind(ended)
+        .bind(&s.id)
+        .execute(self.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("session {}", s.id),
+            });
+        }
+        Ok(())
+    }
+
+    /// One session by id.
+    pub async fn session(&self, id: &str) -> Result<SessionRecord, StoreError> {
+        sqlx::query_as::<_, SessionRecord>(&format!("SELECT {COLUMNS} FROM sessions WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("session {id}"),
+            })
+    }
+
+    /// Every session, oldest first.
+    pub async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(sqlx::query_as::<_, SessionRecord>(&format!(
+            "SELECT {COLUMNS} FROM sessions ORDER BY created_at, id"
+        ))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Sessions not in a final state.
+    pub async fn active_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(sqlx::query_as::<_, SessionRecord>(&format!(
+            "SELECT {COLUMNS} FROM sessions WHERE state NOT IN ('finished', 'stopped', 'failed') ORDER BY created_at"
+        ))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Removes finished sessions' rows (Elijah's `clear-session`); returns how many.
+    pub async fn clear_finished_sessions(&self) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM sessions WHERE state IN ('finished', 'stopped', 'failed')")
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::db::test_store;
+
+    #[tokio::test]
+    async fn lifecycle_with_timings_and_ports() {
+        let (store, _dir) = test_store().await;
+        let mut s = SessionRecord::new("synthesis", None);
+        store.insert_session(&s).await.unwrap();
+        assert_eq!(store.active_sessions().await.unwrap().len(), 1);
+        s.state = "running".into();
+        s.host_ports.0.insert(22, 40022);
+        s.timings.0.insert("decode".into(), 120);
+        store.update_session(&s).await.unwrap();
+        let got = store.session(&s.id).await.unwrap();
+        assert_eq!(got.host_ports.0.get(&22), Some(&40022));
+        assert_eq!(got.timings.0.get("decode"), Some(&120));
+        assert!(got.ended_at.is_none());
+        s.state = "failed".into();
+        s.error = Some("boom".into());
+        store.update_session(&s).await.unwrap();
+        let got = store.session(&s.id).await.unwrap();
+        assert!(got.ended_at.is_some());
+        assert!(store.active_sessions().await.unwrap().is_empty());
+        assert_eq!(store.clear_finished_sessions().await.unwrap(), 1);
+        assert!(store.sessions().await.unwrap().is_empty());
+        assert!(matches!(
+            store.update_session(&s).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+}

@@ -1,0 +1,206 @@
+//! The real `cloudletd` binary, started on a free loopback port with a temporary data
+//! directory; stopped (SIGTERM) and cleaned up on drop.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// Path of a workspace binary, building it once if the test run did not.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("target dir")?
+        .to_path_buf();
+    let path = profile_dir.join(name);
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(crate::repo_root()).args([
+                "build",
+                "-p",
+                "cloudletd",
+                "-p",
+                "cloudlet",
+                "--bins",
+            ]);
+            if profile == "release" {
+                cmd.arg("--release");
+            }
+            match cmd.status() {
+                Ok(s) if s.success() => Ok(()),
+                Ok(s) => Err(format!("cargo build of the binaries failed: {s}")),
+                Err(e) => Err(format!("cannot run cargo: {e}")),
+            }
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    Ok(path)
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _tmp: Option<TempDir>,
+    log: PathBuf,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TempDir {
+    /// A new empty directory under the system temp dir.
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(crate::unique_name(tag));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Daemon {
+    /// Starts a daemon with a fresh data directory.
+    pub fn start(tag: &str) -> anyhow::Result<Self> {
+        let tmp = TempDir::new(tag)?;
+        let data_dir = tmp.0.join("data");
+        let mut d = Self::start_in(&data_dir, &[])?;
+        d._tmp = Some(tmp);
+        Ok(d)
+    }
+
+    /// Starts a daemon on `data_dir` with extra environment variables.
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let addr = free_port()?;
+        let log = data_dir.with_extension("log");
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let child = Command::new(binary("cloudletd")?)
+            .env("CLOUDLET_LISTEN", addr.to_string())
+            .env("CLOUDLET_DATA_DIR", data_dir)
+            .env("CLOUDLET_DOMAIN_TYPE", "qemu")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting cloudletd")?;
+        let mut daemon = Self {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            addr,
+            _tmp: None,
+            log,
+        };
+        daemon.wait_healthy(Duration::from_secs(30))?;
+        Ok(daemon)
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let ok = crate::wait_until(timeout, || {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(Err(status));
+                }
+            }
+            match get(self.addr, "/health") {
+                Ok((200, _)) => Some(Ok(())),
+                _ => None,
+            }
+        });
+        match ok {
+            Some(Ok(())) => Ok(()),
+            Some(Err(status)) => bail!(
+                "cloudletd exited ({status}) before answering:\n{}",
+                self.log_text()
+            ),
+            None => bail!(
+                "cloudletd did not answer /health within {timeout:?}:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path`; (status, body).
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        get(self.addr, path)
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("daemon already stopped")?;
+        crate::run("kill", &["-TERM", &child.id().to_string()])?;
+        let status = crate::wait_until(Duration::from_secs(20), || child.try_wait().ok().flatten());
+        match status {
+            Some(s) => Ok(s),
+            None => {
+                let _ = child.kill();
+                bail!("cloudletd did not stop within 20 s of SIGTERM")
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// A minimal HTTP/1.1 GET (the API client arrives with the REST API).
+pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
