@@ -69,6 +69,8 @@ pub struct BenchReport {
     decode_modified_mb_per_s: f64,
     decode_output_mb_per_s: f64,
     decode_peak_rss_mib: f64,
+    encode_phases: String,
+    decode_phases: String,
     counts_memory: String,
     counts_disk: String,
 }
@@ -109,6 +111,8 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
     let base_create = started.elapsed();
     let base_rss = peak_rss_mib();
     let base = Base::open(&paths)?;
+    // Let the workload's gigabytes reach the disk now, not in the middle of a measurement.
+    settle();
 
     // Index lookups: half hits (hashes of base chunks), half misses.
     let lookups = 1_000_000u64;
@@ -152,6 +156,7 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
     let mut encode_rss = 0f64;
     let mut last = None;
     for _ in 0..args.runs.max(1) {
+        settle();
         reset_peak_rss();
         let started = Instant::now();
         let s = encode(&base, &input, &overlay, &options, &NoProgress).context("encoding")?;
@@ -162,15 +167,18 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
     let summary_enc = last.context("no encode run")?;
 
     let mut decode_times = Vec::new();
+    let mut decode_summary = None;
     let mut decode_rss = 0f64;
     let out_disk = dir.join("synth.qcow2");
     let out_mem = dir.join("synth.save");
     for _ in 0..args.runs.max(1) {
         let _ = std::fs::remove_file(&out_disk);
         let _ = std::fs::remove_file(&out_mem);
+        settle();
         reset_peak_rss();
         let started = Instant::now();
         let reader = OverlayReader::open(BufReader::with_capacity(1 << 20, File::open(&overlay)?))?;
+        tracing::info!(open = ?started.elapsed(), "overlay opened");
         let outputs = DecodeOutputs {
             disk: &out_disk,
             disk_format: DiskOutputFormat::Qcow2,
@@ -179,7 +187,8 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
             durable: false,
             threads: args.threads,
         };
-        decode(reader, &base, &outputs, &NoProgress).context("decoding")?;
+        decode_summary = Some(decode(reader, &base, &outputs, &NoProgress).context("decoding")?);
+        tracing::info!(total = ?started.elapsed(), "decoded");
         decode_times.push(started.elapsed());
         decode_rss = decode_rss.max(peak_rss_mib());
     }
@@ -225,6 +234,21 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
         decode_output_mb_per_s: mb(save_size + meta.counts(ImageKind::Disk).modified() * 4096)
             / dec.as_secs_f64(),
         decode_peak_rss_mib: decode_rss,
+        encode_phases: format!(
+            "memory {:.3} s, disk {:.3} s, write {:.3} s",
+            summary_enc.memory_time.as_secs_f64(),
+            summary_enc.disk_time.as_secs_f64(),
+            summary_enc.finish_time.as_secs_f64()
+        ),
+        decode_phases: decode_summary.map_or_else(String::new, |d| {
+            format!(
+                "read {:.3} s, rebuild {:.3} s, apply {:.3} s, base pages + finish {:.3} s",
+                d.read_time.as_secs_f64(),
+                d.rebuild_time.as_secs_f64(),
+                d.apply_time.as_secs_f64(),
+                d.finish_time.as_secs_f64()
+            )
+        }),
         counts_memory: counts(ImageKind::Memory),
         counts_disk: counts(ImageKind::Disk),
     })
@@ -238,6 +262,8 @@ fn table(r: &BenchReport) -> String {
          overlay            {ov:>8.2} MB\n\
          encode             {es:>8.3} s   {emb:>7.0} MB/s modified   {eib:>7.0} MB/s input   peak RSS {erss:.0} MiB\n\
          decode             {ds:>8.3} s   {dmb:>7.0} MB/s modified   {dob:>7.0} MB/s output  peak RSS {drss:.0} MiB\n\
+         encode phases      {ep}\n\
+         decode phases      {dp}\n\
          memory records     {cm}\n\
          disk records       {cd}",
         disk = r.disk_mib,
@@ -256,9 +282,17 @@ fn table(r: &BenchReport) -> String {
         dmb = r.decode_modified_mb_per_s,
         dob = r.decode_output_mb_per_s,
         drss = r.decode_peak_rss_mib,
+        ep = r.encode_phases,
+        dp = r.decode_phases,
         cm = r.counts_memory,
         cd = r.counts_disk,
     )
+}
+
+/// Waits for dirty pages to be written back (`sync`), so writeback of earlier steps does not
+/// land inside a timed step.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 fn median(times: &mut [Duration]) -> Duration {

@@ -360,6 +360,19 @@ impl Base {
         }
     }
 
+    /// Reads consecutive memory pages starting at `first` into `buf` (a multiple of 4 KiB).
+    pub fn read_memory_pages(&self, first: u64, buf: &mut [u8]) -> Result<(), BaseError> {
+        let pages = buf.len() as u64 / CHUNK_SIZE_U64;
+        match &self.memory {
+            Some((file, _)) if first.saturating_add(pages) <= self.hashes.memory_pages() => file
+                .read_exact_at(buf, first * CHUNK_SIZE_U64)
+                .map_err(BaseError::io(&self.paths.memory_pages)),
+            _ => Err(BaseError::Inconsistent(format!(
+                "memory pages {first}.. are outside the base"
+            ))),
+        }
+    }
+
     /// Reads the base memory page image sequentially from the start (for writing every
     /// unchanged page during synthesis).
     pub fn memory_pages_reader(&self) -> Result<impl Read + '_, BaseError> {

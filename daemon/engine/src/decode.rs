@@ -171,7 +171,9 @@ fn decode_in_pool<R: Read + Send>(
         has_memory: meta.memory.is_some(),
         ..Default::default()
     };
+    let setup = Instant::now();
     let mut out = Outputs::create(&meta, base, outputs)?;
+    tracing::debug!(elapsed = ?setup.elapsed(), "outputs created");
     let self_ref_targets = self_ref_targets(&meta)?;
     let mut written_at: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
 
@@ -478,10 +480,15 @@ impl Outputs {
                     .memory
                     .as_mut()
                     .ok_or_else(|| DecodeError::Incompatible("no memory".into()))?;
+                // Flush only when the page is still in the write buffer: most references
+                // point at pages written long before.
+                let flushed = w.bytes_written() - w.get_mut().buffer().len() as u64;
                 let buffered = w.get_mut();
-                buffered
-                    .flush()
-                    .map_err(io_err(Path::new("memory snapshot")))?;
+                if position + CHUNK_SIZE_BYTES as u64 > flushed {
+                    buffered
+                        .flush()
+                        .map_err(io_err(Path::new("memory snapshot")))?;
+                }
                 let file = buffered.get_ref();
                 file.file()
                     .read_exact_at(buf, position)
@@ -511,16 +518,7 @@ impl Outputs {
         if let (Some(mut w), Some(pages), Some(m)) =
             (self.memory.take(), self.memory_pages.take(), &meta.memory)
         {
-            let mut base_pages = base.memory_pages_reader()?;
-            let mut page = [0u8; CHUNK_SIZE_BYTES];
-            for index in 0..m.layout.page_count() {
-                base_pages
-                    .read_exact(&mut page)
-                    .map_err(out_err(&base.paths().memory_pages))?;
-                if !pages.contains(index) {
-                    w.write_page(index, &page).map_err(DecodeError::SaveFile)?;
-                }
-            }
+            write_unchanged_pages(&mut w, &pages, base, m.layout.page_count())?;
             let buffered = w.finish(&m.device_state).map_err(DecodeError::SaveFile)?;
             let file = buffered.into_inner().map_err(|e| DecodeError::Output {
                 path: outputs.memory.display().to_string(),
@@ -530,17 +528,70 @@ impl Outputs {
                 .map_err(out_err(outputs.memory))?;
         }
         if let Some(disk) = self.disk.take() {
-            if outputs.durable {
-                disk.finish().map_err(out_err(outputs.disk))?;
-            } else if let DiskSink::Qcow2(w) = disk {
-                w.finish().map_err(DecodeError::Qcow2)?;
-            }
+            disk.finish(outputs.durable)
+                .map_err(out_err(outputs.disk))?;
             self.disk_tmp
                 .commit(outputs.disk)
                 .map_err(out_err(outputs.disk))?;
         }
         Ok(())
     }
+}
+
+/// Pages read from the base per positional read.
+const BASE_RUN_PAGES: u64 = 256;
+const BASE_RUN_BYTES: usize = 256 * CHUNK_SIZE_BYTES;
+
+/// Writes every page the overlay did not set, from the base: zero pages (known from the
+/// hash list) without reading anything, the others in runs of consecutive pages.
+fn write_unchanged_pages<W: Write>(
+    w: &mut SaveFileWriter<W>,
+    overlay_pages: &Bitmap,
+    base: &Base,
+    page_count: u64,
+) -> Result<(), DecodeError> {
+    let zero_hash = crate::chunk::zero_chunk_hash();
+    let is_zero = |i: u64| {
+        base.hash_at(Location {
+            kind: ImageKind::Memory,
+            index: i,
+        }) == Some(&zero_hash)
+    };
+    let zero_page = [0u8; CHUNK_SIZE_BYTES];
+    let mut run = vec![0u8; BASE_RUN_BYTES];
+    let mut index = 0;
+    while index < page_count {
+        if overlay_pages.contains(index) {
+            index += 1;
+            continue;
+        }
+        if is_zero(index) {
+            w.write_page(index, &zero_page)
+                .map_err(DecodeError::SaveFile)?;
+            index += 1;
+            continue;
+        }
+        let mut end = index + 1;
+        while end < page_count
+            && end - index < BASE_RUN_PAGES
+            && !overlay_pages.contains(end)
+            && !is_zero(end)
+        {
+            end += 1;
+        }
+        let len = usize::try_from(end - index).unwrap_or(0) * CHUNK_SIZE_BYTES;
+        let bytes = &mut run[..len];
+        base.read_memory_pages(index, bytes)?;
+        for (offset, page) in bytes.chunks_exact(CHUNK_SIZE_BYTES).enumerate() {
+            let page: &Chunk = page
+                .try_into()
+                .map_err(|_| DecodeError::Incompatible("page size".into()))?;
+            w.write_page(index + offset as u64, page)
+                .map_err(DecodeError::SaveFile)?;
+        }
+        index = end;
+    }
+    Ok(())
 }
 
 /// A temporary output path, removed on drop unless committed (renamed to its final name).

@@ -231,11 +231,12 @@ impl DiskSink {
         }
     }
 
-    /// Flushes everything to stable storage.
-    pub fn finish(self) -> io::Result<()> {
+    /// Completes the image; with `durable`, flushes it to stable storage.
+    pub fn finish(self, durable: bool) -> io::Result<()> {
         match self {
-            DiskSink::Qcow2(w) => w.finish().map(drop).map_err(io::Error::other),
-            DiskSink::Raw { file, .. } => file.sync_all(),
+            DiskSink::Qcow2(w) => w.finish_with(durable).map(drop).map_err(io::Error::other),
+            DiskSink::Raw { file, .. } if durable => file.sync_all(),
+            DiskSink::Raw { .. } => Ok(()),
         }
     }
 }

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::base::{Base, BaseError};
 use crate::chunk::{zero_chunk_hash, Chunk, ChunkHash, ImageKind, CHUNK_SIZE_BYTES};
-use crate::diff::{classify, Class};
+use crate::diff::{classify, delta_against_base, Class};
 use crate::disk::{DiskError, DiskSource};
 use crate::format::{
     Encoding, FormatError, MemorySnapshot, OverlayMeta, OverlayWriter, Record, SEGMENT_MAX_RECORDS,
@@ -170,6 +170,16 @@ fn encode_in_pool(
     })
 }
 
+/// What step B decided for one chunk of a batch.
+enum Plan {
+    /// Unchanged: nothing to record.
+    Skip,
+    /// Record with this payload-free encoding.
+    Emit(Encoding),
+    /// Stored with a payload: delta or raw, decided in step C.
+    Store,
+}
+
 /// A segment assembled but not yet compressed.
 struct PendingSegment {
     first_record: u64,
@@ -237,29 +247,51 @@ impl<'a> Builder<'a> {
         }
         let pages = layout.page_count();
         progress.stage("memory", Some(pages));
-        let mut seen = crate::format::Bitmap::new(pages)?;
-        let mut batch = Batch::new();
-        loop {
-            batch.clear();
-            while batch.len() < BATCH_CHUNKS {
-                let (index, buf) = batch.slot();
-                match reader.next_page(buf).map_err(save_err)? {
-                    Some(i) => {
-                        *index = i;
-                        if !seen.insert(i) {
-                            return Err(save_err(SaveFileError::DuplicatePage { index: i }));
+        // A reader thread parses the save file while this one classifies the previous
+        // batch: parsing is sequential, classification parallel, and they overlap.
+        let (seen, reader) = std::thread::scope(|scope| -> Result<_, EncodeError> {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+            let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Batch>();
+            let producer = scope.spawn(move || -> Result<_, SaveFileError> {
+                let mut seen =
+                    crate::format::Bitmap::new(pages).map_err(|_| SaveFileError::TooLarge {
+                        what: "guest RAM",
+                        size: pages,
+                        limit: crate::limits::MAX_RAM_BYTES / CHUNK_SIZE_BYTES as u64,
+                    })?;
+                loop {
+                    let mut batch = empty_rx.try_recv().unwrap_or_else(|_| Batch::new());
+                    batch.clear();
+                    while batch.len() < BATCH_CHUNKS {
+                        let (index, buf) = batch.slot();
+                        match reader.next_page(buf)? {
+                            Some(i) => {
+                                *index = i;
+                                if !seen.insert(i) {
+                                    return Err(SaveFileError::DuplicatePage { index: i });
+                                }
+                                batch.commit();
+                            }
+                            None => break,
                         }
-                        batch.commit();
                     }
-                    None => break,
+                    if batch.len() == 0 || full_tx.send(batch).is_err() {
+                        return Ok((seen, reader));
+                    }
                 }
+            });
+            for mut batch in full_rx.iter() {
+                self.add_batch(ImageKind::Memory, &mut batch, |_, _| Ok(()))?;
+                progress.inc(batch.len() as u64);
+                let _ = empty_tx.send(batch);
             }
-            if batch.len() == 0 {
-                break;
+            match producer.join() {
+                Ok(result) => result.map_err(save_err),
+                Err(_) => Err(EncodeError::Mismatch(
+                    "save-file reader thread panicked".into(),
+                )),
             }
-            self.add_batch(ImageKind::Memory, &batch, |_, _| Ok(()))?;
-            progress.inc(batch.len() as u64);
-        }
+        })?;
         // Pages the stream never sent are zero in the restored VM.
         let zero = zero_chunk_hash();
         for index in 0..pages {
@@ -269,7 +301,7 @@ impl<'a> Builder<'a> {
                     index,
                 });
                 if base_hash.is_some_and(|h| *h != zero) {
-                    self.push(ImageKind::Memory, index, Class::Zero, zero, None)?;
+                    self.push(ImageKind::Memory, index, Encoding::Zero, zero, &[])?;
                 }
             }
         }
@@ -294,7 +326,7 @@ impl<'a> Builder<'a> {
                     batch.commit();
                     next += 1;
                 }
-                self.add_batch(ImageKind::Disk, &batch, |index, buf| {
+                self.add_batch(ImageKind::Disk, &mut batch, |index, buf| {
                     disk.read_chunk(index, buf)
                 })?;
                 progress.inc(batch.len() as u64);
@@ -303,69 +335,86 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// Classifies a batch in parallel (reading each chunk with `read` first, for sources
-    /// that are not already in the batch), then records it in order.
+    /// Records a batch: (A) read and classify in parallel, (B) in order, turn new chunks
+    /// seen before into self-references, (C) delta-encode the rest in parallel, (D) record
+    /// in order. Doing B before C spares xdelta3 work on chunks that dedup anyway.
     fn add_batch(
         &mut self,
         kind: ImageKind,
-        batch: &Batch,
+        batch: &mut Batch,
         read: impl Fn(u64, &mut Chunk) -> Result<(), DiskError> + Sync,
     ) -> Result<(), EncodeError> {
         let base = self.base;
-        let classified: Vec<(Class, ChunkHash, Option<Box<Chunk>>)> = batch
-            .items()
-            .par_iter()
+        let classes: Vec<(Class, ChunkHash)> = batch
+            .items_mut()
+            .par_iter_mut()
             .map(|(index, data)| -> Result<_, EncodeError> {
-                let mut chunk = data.clone();
-                read(*index, &mut chunk)?;
-                let (class, hash) = classify(base, kind, *index, &chunk)?;
-                let keep = matches!(class, Class::Raw).then_some(chunk);
-                Ok((class, hash, keep))
+                read(*index, data)?;
+                Ok(classify(base, kind, *index, data))
             })
             .collect::<Result<_, _>>()?;
-        for ((index, _), (class, hash, data)) in batch.items().iter().zip(classified) {
+
+        let mut next_record = self.records.len() as u64;
+        let plans: Vec<Plan> = classes
+            .iter()
+            .map(|(class, hash)| {
+                let plan = match class {
+                    Class::Unchanged => return Plan::Skip,
+                    Class::Zero => Plan::Emit(Encoding::Zero),
+                    Class::BaseRef(loc) => Plan::Emit(Encoding::BaseRef(*loc)),
+                    Class::New => match self.stored.get(hash) {
+                        Some(&earlier) => Plan::Emit(Encoding::SelfRef(earlier)),
+                        None => {
+                            self.stored.insert(*hash, next_record);
+                            Plan::Store
+                        }
+                    },
+                };
+                next_record += 1;
+                plan
+            })
+            .collect();
+
+        let deltas: Vec<Option<Vec<u8>>> = batch
+            .items()
+            .par_iter()
+            .zip(&plans)
+            .map(|((index, data), plan)| match plan {
+                Plan::Store => delta_against_base(base, kind, *index, data),
+                _ => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+
+        for ((((index, data), plan), delta), (_, hash)) in
+            batch.items().iter().zip(plans).zip(deltas).zip(classes)
+        {
             self.examined += 1;
-            self.push(kind, *index, class, hash, data.as_deref())?;
+            match (plan, delta) {
+                (Plan::Skip, _) => match kind {
+                    ImageKind::Memory => self.unchanged_memory += 1,
+                    ImageKind::Disk => self.unchanged_disk += 1,
+                },
+                (Plan::Emit(encoding), _) => self.push(kind, *index, encoding, hash, &[])?,
+                (Plan::Store, Some(delta)) => {
+                    let len = u32::try_from(delta.len()).unwrap_or(u32::MAX);
+                    self.push(kind, *index, Encoding::Delta(len), hash, &delta)?;
+                }
+                (Plan::Store, None) => self.push(kind, *index, Encoding::Raw, hash, &data[..])?,
+            }
         }
         Ok(())
     }
 
+    /// Appends one record and its payload; closes the segment when it is full.
     fn push(
         &mut self,
         kind: ImageKind,
         index: u64,
-        class: Class,
+        encoding: Encoding,
         hash: ChunkHash,
-        raw: Option<&Chunk>,
+        payload: &[u8],
     ) -> Result<(), EncodeError> {
-        let record_no = self.records.len() as u64;
-        let encoding = match class {
-            Class::Unchanged => {
-                match kind {
-                    ImageKind::Memory => self.unchanged_memory += 1,
-                    ImageKind::Disk => self.unchanged_disk += 1,
-                }
-                return Ok(());
-            }
-            Class::Zero => Encoding::Zero,
-            Class::BaseRef(loc) => Encoding::BaseRef(loc),
-            Class::Delta(_) | Class::Raw if self.stored.contains_key(&hash) => {
-                Encoding::SelfRef(self.stored.get(&hash).copied().unwrap_or_default())
-            }
-            Class::Delta(delta) => {
-                self.stored.insert(hash, record_no);
-                self.segment_payload.extend_from_slice(&delta);
-                Encoding::Delta(u32::try_from(delta.len()).unwrap_or(u32::MAX))
-            }
-            Class::Raw => {
-                let Some(data) = raw else {
-                    return Err(EncodeError::Mismatch("raw chunk without data".into()));
-                };
-                self.stored.insert(hash, record_no);
-                self.segment_payload.extend_from_slice(data);
-                Encoding::Raw
-            }
-        };
+        self.segment_payload.extend_from_slice(payload);
         self.records.push(Record {
             kind,
             index,
@@ -478,5 +527,8 @@ impl Batch {
     }
     fn items(&self) -> &[(u64, Box<Chunk>)] {
         &self.items[..self.len]
+    }
+    fn items_mut(&mut self) -> &mut [(u64, Box<Chunk>)] {
+        &mut self.items[..self.len]
     }
 }

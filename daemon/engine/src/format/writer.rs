@@ -92,17 +92,21 @@ impl OverlayWriter {
             .into_inner()
             .map_err(|e| FormatError::Io(e.into_error()))?;
         (|| -> io::Result<()> {
-            let mut w = BufWriter::with_capacity(1 << 20, &mut out);
+            let mut w = BufWriter::new(&mut out);
             w.write_all(&header)?;
             w.write_all(&compressed)?;
+            w.flush()?;
+            drop(w);
             scratch.flush()?;
             let mut payload_file = scratch.file();
             payload_file.rewind()?;
-            let copied = io::copy(&mut payload_file, &mut w)?;
+            // File to file: the kernel copies (copy_file_range), no user-space buffer.
+            let mut out_file = out.file();
+            let copied = io::copy(&mut payload_file, &mut out_file)?;
             if copied != payload_len {
                 return Err(io::Error::other("payload scratch file changed size"));
             }
-            w.flush()
+            Ok(())
         })()
         .map_err(FormatError::Io)?;
         out.commit().map_err(FormatError::Io)?;

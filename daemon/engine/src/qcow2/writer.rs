@@ -152,6 +152,13 @@ impl Qcow2Writer {
     /// writes the header and fsyncs the file. Returns the file (positioned at 0, open for
     /// reading and writing).
     pub fn finish(self) -> Result<File, Qcow2Error> {
+        self.finish_with(true)
+    }
+
+    /// [`finish`](Self::finish), with the fsyncs only when `durable`: an image for a VM that
+    /// is about to run is worthless after a crash anyway, and the fsyncs cost more than
+    /// writing it.
+    pub fn finish_with(self, durable: bool) -> Result<File, Qcow2Error> {
         let l2_count = count_l2_tables(self.clusters.keys());
         let l1_size = self.virtual_size.div_ceil(L2_ENTRIES * CLUSTER_SIZE);
         let layout = Layout::compute(self.next_cluster, l2_count, l1_size);
@@ -244,9 +251,13 @@ impl Qcow2Writer {
 
         // Drop anything a failed chunk write may have left past the last cluster.
         self.file.set_len(layout.total_clusters * CLUSTER_SIZE)?;
-        self.file.sync_data()?;
+        if durable {
+            self.file.sync_data()?;
+        }
         self.file.write_all_at(&header, 0)?;
-        self.file.sync_all()?;
+        if durable {
+            self.file.sync_all()?;
+        }
         Ok(self.file)
     }
 
