@@ -7,6 +7,18 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Default config file location.
+///
+/// Example file (every key optional):
+///
+/// ```toml
+/// listen = "127.0.0.1:8021"
+/// data_dir = "/var/lib/cloudlet"
+/// libvirt_uri = "qemu:///system"
+/// domain_type = "kvm"        # or "qemu" (TCG)
+/// zstd_level = 3
+/// threads = 0
+/// import_dirs = ["/srv/images"]
+/// ```
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cloudlet/cloudletd.toml";
 
 /// Errors loading the configuration.
@@ -67,6 +79,10 @@ pub struct Config {
     pub zstd_level: i32,
     /// Worker threads for encoding and decoding, 0 = one per core (`CLOUDLET_THREADS`).
     pub threads: usize,
+    /// Directories a request may name local files in (disk images, kernels, save files,
+    /// overlays); nothing outside them is read on a request's behalf
+    /// (`CLOUDLET_IMPORT_DIRS`, colon-separated). Empty: no local imports.
+    pub import_dirs: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -78,6 +94,7 @@ impl Default for Config {
             domain_type: DomainType::Kvm,
             zstd_level: 3,
             threads: 0,
+            import_dirs: Vec::new(),
         }
     }
 }
@@ -146,6 +163,13 @@ impl Config {
         if let Some(v) = get("CLOUDLET_THREADS") {
             self.threads = parse("threads", &v)?;
         }
+        if let Some(v) = get("CLOUDLET_IMPORT_DIRS") {
+            self.import_dirs = v
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
         Ok(())
     }
 
@@ -161,6 +185,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "zstd_level",
                 reason: "must be 1..=19".into(),
+            });
+        }
+        if let Some(d) = self.import_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(ConfigError::Invalid {
+                key: "import_dirs",
+                reason: format!("{} is not an absolute path", d.display()),
             });
         }
         if self.libvirt_uri.is_empty() {

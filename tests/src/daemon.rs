@@ -183,16 +183,34 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-/// A minimal HTTP/1.1 GET (the API client arrives with the REST API).
+/// A minimal HTTP/1.1 GET.
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    request(addr, "GET", path, None, &[])
+}
+
+/// A minimal HTTP/1.1 request (the typed API client arrives with the REST API issue):
+/// `content_type` + `body` when given; returns (status, body).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
+    // VM flows answer when the VM is ready: allow minutes under TCG.
+    s.set_read_timeout(Some(Duration::from_secs(600)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes())?;
+    // The daemon may answer (an error) before reading the whole body: keep the answer.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text
         .split_whitespace()
         .nth(1)
@@ -203,4 +221,37 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+impl Daemon {
+    /// A JSON request; (status, parsed body or Null).
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let ct = body.map(|_| "application/json");
+        let (status, text) = request(self.addr, method, path, ct, bytes.as_bytes())?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    /// Uploads raw bytes; (status, parsed body).
+    pub fn upload(&self, path: &str, bytes: &[u8]) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (status, text) = request(
+            self.addr,
+            "POST",
+            path,
+            Some("application/octet-stream"),
+            bytes,
+        )?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        ))
+    }
 }

@@ -44,10 +44,25 @@ pub struct SessionRecord {
     pub updated_at: String,
     /// RFC 3339, when it reached a final state.
     pub ended_at: Option<String>,
+    /// What the session needs to finish its work (flow-specific JSON).
+    pub params: Json<serde_json::Value>,
+    /// Results of customization script lines: command, output, status.
+    pub script_results: Json<Vec<ScriptLineResult>>,
+}
+
+/// One customization script line run in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScriptLineResult {
+    /// The line.
+    pub command: String,
+    /// What it printed.
+    pub output: String,
+    /// Its exit status (0: success).
+    pub status: i32,
 }
 
 const COLUMNS: &str = "id, kind, state, base_id, overlay_id, vm_name, run_dir, console_path, \
-    vnc_port, host_ports, timings, error, created_at, updated_at, ended_at";
+    vnc_port, host_ports, timings, error, created_at, updated_at, ended_at, params, script_results";
 
 impl SessionRecord {
     /// A new session in state `starting`.
@@ -70,6 +85,8 @@ impl SessionRecord {
             created_at: now.clone(),
             updated_at: now,
             ended_at: None,
+            params: Json(serde_json::Value::Object(Default::default())),
+            script_results: Json(Vec::new()),
         }
     }
 }
@@ -78,7 +95,7 @@ impl Store {
     /// Inserts a session.
     pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&s.id)
         .bind(&s.kind)
@@ -95,6 +112,8 @@ impl Store {
         .bind(&s.created_at)
         .bind(&s.updated_at)
         .bind(&s.ended_at)
+        .bind(&s.params)
+        .bind(&s.script_results)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -109,7 +128,8 @@ impl Store {
             .then(|| s.ended_at.clone().unwrap_or(now.clone()));
         let done = sqlx::query(
             "UPDATE sessions SET state = ?, overlay_id = ?, run_dir = ?, console_path = ?, vnc_port = ?, \
-             host_ports = ?, timings = ?, error = ?, updated_at = ?, ended_at = ? WHERE id = ?",
+             host_ports = ?, timings = ?, error = ?, updated_at = ?, ended_at = ?, params = ?, \
+             script_results = ? WHERE id = ?",
         )
         .bind(&s.state)
         .bind(&s.overlay_id)
@@ -121,6 +141,8 @@ impl Store {
         .bind(&s.error)
         .bind(&now)
         .bind(ended)
+        .bind(&s.params)
+        .bind(&s.script_results)
         .bind(&s.id)
         .execute(self.pool())
         .await?;

@@ -1,0 +1,430 @@
+//! Base VMs: create one from a disk image (boot, customize, save, hash), register an
+//! existing disk + save file, delete one.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+
+use super::{blocking, error_chain, validate_name, ServiceError, StepTimer};
+use crate::store::bases::{state, BaseRecord};
+use crate::store::sessions::{ScriptLineResult, SessionRecord};
+use crate::virt::{domain_xml, Console, VmSpec};
+use crate::AppState;
+use cloudlet_engine::base::{create_base, BasePaths};
+
+/// How long a freshly started VM may take to print its ready marker.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long one customization script line may run.
+pub const SCRIPT_LINE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `cloudlet base DISK`: boot a disk image so that it can be set up, then save it as a base.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBase {
+    /// Unique name of the base.
+    pub name: String,
+    /// Disk image (raw or qcow2) inside an import directory; the base keeps its own copy.
+    pub disk: PathBuf,
+    /// Kernel for direct kernel boot (else the disk boots by itself).
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs for direct kernel boot.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for direct kernel boot.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest TCP ports the application will listen on (forwarded for every session).
+    #[serde(default)]
+    pub guest_ports: Vec<u16>,
+    /// A console line the guest prints when it is ready; wait for it before the script.
+    #[serde(default)]
+    pub ready_marker: Option<String>,
+    /// Shell lines run in the guest over the serial console, in order; the first failing
+    /// line fails the session.
+    #[serde(default)]
+    pub script: Vec<String>,
+    /// Save the base right after the script (else wait for `finish`).
+    #[serde(default)]
+    pub finish: bool,
+}
+
+fn default_memory_mib() -> u64 {
+    1024
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+
+/// What a base session remembers until it finishes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BaseParams {
+    pub name: String,
+    pub source_path: String,
+    pub spec: VmSpec,
+    pub guest_ports: Vec<u16>,
+    pub dir: PathBuf,
+}
+
+/// `add-base`: register an existing disk and memory snapshot.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBase {
+    /// Unique name.
+    pub name: String,
+    /// Raw disk image the snapshot was taken with.
+    pub disk: PathBuf,
+    /// libvirt save file of the booted VM.
+    pub save_file: PathBuf,
+    /// Guest TCP ports of the application.
+    #[serde(default)]
+    pub guest_ports: Vec<u16>,
+}
+
+impl AppState {
+    /// Starts a base session: copies the disk into a new base directory, boots it, runs the
+    /// script; with `finish`, saves the base too.
+    pub async fn create_base(&self, req: CreateBase) -> Result<SessionRecord, ServiceError> {
+        validate_name(&req.name)?;
+        if !self
+            .store
+            .find_bases(&req.name)
+            .await?
+            .iter()
+            .all(|b| b.name != req.name)
+        {
+            return Err(ServiceError::Conflict(format!(
+                "a base named `{}` exists",
+                req.name
+            )));
+        }
+        let disk = self.import_path(&req.disk)?;
+        let kernel = req
+            .kernel
+            .as_deref()
+            .map(|p| self.import_path(p))
+            .transpose()?;
+        let initrd = req
+            .initrd
+            .as_deref()
+            .map(|p| self.import_path(p))
+            .transpose()?;
+        if req.memory_mib < 16 || req.vcpus == 0 || req.vcpus > 64 {
+            return Err(ServiceError::InvalidRequest(
+                "memory_mib must be >= 16 and vcpus 1..=64".into(),
+            ));
+        }
+
+        let mut session = SessionRecord::new("base", None);
+        let vm_name = session.vm_name.clone().unwrap_or_default();
+        // The base directory is named after the session: the VM runs on its final files (a
+        // direct-boot kernel path in the saved XML stays valid); a daemon restart removes it.
+        let dir = self.data.bases().join(&session.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServiceError::internal("creating base directory", e))?;
+        session.run_dir = Some(dir.display().to_string());
+        self.store.insert_session(&session).await?;
+
+        let mut timer = StepTimer::default();
+        let result = async {
+            let paths = BasePaths::in_dir(&dir);
+            let copy_started = Instant::now();
+            import_disk(&disk, &paths.disk).await?;
+            let kernel = copy_boot_file(kernel.as_deref(), &dir, "vmlinuz")?;
+            let initrd = copy_boot_file(initrd.as_deref(), &dir, "initrd.img")?;
+            timer.record("copy_disk", copy_started);
+            let spec = VmSpec {
+                name: vm_name.clone(),
+                uuid: None,
+                domain_type: self.config.domain_type,
+                memory_mib: req.memory_mib,
+                vcpus: req.vcpus,
+                kernel,
+                initrd,
+                cmdline: req.cmdline.clone(),
+                disk: paths.disk.clone(),
+                disk_format: "raw".into(),
+                console_socket: dir.join("console.sock"),
+                vnc: true,
+            };
+            let mut console = timer
+                .time("boot", async {
+                    self.hv.start(&domain_xml::render(&spec)).await?;
+                    let mut console = Console::connect(&spec.console_socket, BOOT_TIMEOUT).await?;
+                    if let Some(marker) = &req.ready_marker {
+                        console.wait_for_line(marker, BOOT_TIMEOUT).await?;
+                    }
+                    Ok::<_, ServiceError>(console)
+                })
+                .await?;
+            session.console_path = Some(spec.console_socket.display().to_string());
+            session.vnc_port = self
+                .hv
+                .vnc_port(&vm_name)
+                .await
+                .ok()
+                .flatten()
+                .map(i64::from);
+            let params = BaseParams {
+                name: req.name.clone(),
+                source_path: req.disk.display().to_string(),
+                spec,
+                guest_ports: req.guest_ports.clone(),
+                dir: dir.clone(),
+            };
+            session.params = Json(
+                serde_json::to_value(&params).map_err(|e| ServiceError::internal("params", e))?,
+            );
+            session.state = "running".into();
+            timer.merge_into(&mut session);
+            self.store.update_session(&session).await?;
+            run_script(&mut console, &req.script, &mut session).await?;
+            Ok::<_, ServiceError>(())
+        }
+        .await;
+        self.settle_start(&mut session, &timer, result).await?;
+        if req.finish {
+            return self.finish_session(&session.id).await;
+        }
+        Ok(session)
+    }
+
+    /// Saves a running base session's VM and turns it into a base.
+    pub(crate) async fn finish_base(
+        &self,
+        session: &mut SessionRecord,
+    ) -> Result<(), ServiceError> {
+        let params: BaseParams = serde_json::from_value(session.params.0.clone())
+            .map_err(|e| ServiceError::internal("session params", e))?;
+        let vm = session.vm_name.clone().unwrap_or_default();
+        let paths = BasePaths::in_dir(&params.dir);
+        let save = params.dir.join("memory.save");
+        let mut timer = StepTimer::default();
+        session.state = "saving".into();
+        self.store.update_session(session).await?;
+        timer.time("save", self.hv.save(&vm, &save)).await?;
+        session.state = "encoding".into();
+        self.store.update_session(session).await?;
+        let started = Instant::now();
+        let summary = {
+            let (paths, save) = (paths.clone(), save.clone());
+            blocking(move || {
+                create_base(&paths, Some(&save))
+                    .map_err(|e| ServiceError::internal("hashing the base", error_chain(&e)))
+            })
+            .await?
+        };
+        let _ = std::fs::remove_file(&save); // the canonical form (page image + meta) replaces it
+        timer.record("hash", started);
+        let record = base_record(&params, &paths, &summary, domain_xml::render(&params.spec));
+        self.store.insert_base(&record).await?;
+        session.base_id = Some(record.id.clone());
+        timer.merge_into(session);
+        Ok(())
+    }
+
+    /// Registers an existing disk + save file as a base (Elijah's `add-base`).
+    pub async fn add_base(&self, req: AddBase) -> Result<BaseRecord, ServiceError> {
+        validate_name(&req.name)?;
+        let disk = self.import_path(&req.disk)?;
+        let save = self.import_path(&req.save_file)?;
+        let key = crate::store::new_id();
+        let dir = self.data.bases().join(&key);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServiceError::internal("creating base directory", e))?;
+        let result = async {
+            let paths = BasePaths::in_dir(&dir);
+            import_disk(&disk, &paths.disk).await?;
+            let summary = {
+                let (paths, save) = (paths.clone(), save.clone());
+                blocking(move || {
+                    create_base(&paths, Some(&save))
+                        .map_err(|e| ServiceError::InvalidRequest(error_chain(&e)))
+                })
+                .await?
+            };
+            let (layout, _) = {
+                let meta = paths.memory_meta.clone();
+                blocking(move || {
+                    cloudlet_engine::base::read_memory_meta(&meta)
+                        .map_err(|e| ServiceError::internal("memory meta", e))
+                })
+                .await?
+            };
+            let xml = layout
+                .domain_xml()
+                .map_err(|e| ServiceError::InvalidRequest(error_chain(&e)))?
+                .to_string();
+            let params = BaseParams {
+                name: req.name.clone(),
+                source_path: req.disk.display().to_string(),
+                spec: spec_placeholder(&paths),
+                guest_ports: req.guest_ports.clone(),
+                dir: dir.clone(),
+            };
+            let record = base_record(&params, &paths, &summary, xml);
+            self.store.insert_base(&record).await?;
+            Ok(record)
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    /// Deletes a base; refused while overlays or active sessions use it, unless `force`
+    /// (which deletes its overlays and stops its sessions too).
+    pub async fn delete_base(
+        &self,
+        selector: &str,
+        force: bool,
+    ) -> Result<BaseRecord, ServiceError> {
+        let base = self.resolve_base(selector).await?;
+        let overlays = self.store.overlays(Some(&base.id)).await?;
+        let sessions: Vec<SessionRecord> = self
+            .store
+            .active_sessions()
+            .await?
+            .into_iter()
+            .filter(|s| s.base_id.as_deref() == Some(&base.id))
+            .collect();
+        if !force && (!overlays.is_empty() || !sessions.is_empty()) {
+            return Err(ServiceError::Conflict(format!(
+                "base `{}` is used by {} overlay(s) and {} running session(s); use force to delete them too",
+                base.name,
+                overlays.len(),
+                sessions.len()
+            )));
+        }
+        for s in sessions {
+            self.stop_session(&s.id).await?;
+        }
+        for o in overlays {
+            self.delete_overlay(&o.id).await?;
+        }
+        self.store.set_base_state(&base.id, state::DELETING).await?;
+        if let Err(e) = std::fs::remove_dir_all(&base.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(ServiceError::internal("removing base files", e));
+            }
+        }
+        self.store.delete_base(&base.id).await?;
+        Ok(base)
+    }
+}
+
+/// Runs customization lines in order; records each result; fails on the first error.
+pub(crate) async fn run_script(
+    console: &mut Console,
+    script: &[String],
+    session: &mut SessionRecord,
+) -> Result<(), ServiceError> {
+    for line in script {
+        let out = console.run(line, SCRIPT_LINE_TIMEOUT).await?;
+        session.script_results.0.push(ScriptLineResult {
+            command: line.clone(),
+            output: out.output.clone(),
+            status: out.status,
+        });
+        if out.status != 0 {
+            return Err(ServiceError::ScriptFailed {
+                command: line.clone(),
+                status: out.status,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Copies a disk image to `dest` as raw (qcow2 is converted), sparse.
+async fn import_disk(src: &Path, dest: &Path) -> Result<(), ServiceError> {
+    let format = if cloudlet_engine::qcow2::Qcow2Image::open(src).is_ok() {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", format, "-O", "raw"])
+        .arg(src)
+        .arg(dest)
+        .output()
+        .await
+        .map_err(|e| ServiceError::internal("running qemu-img", e))?;
+    if !out.status.success() {
+        return Err(ServiceError::InvalidRequest(format!(
+            "cannot read disk image {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn copy_boot_file(
+    src: Option<&Path>,
+    dir: &Path,
+    name: &str,
+) -> Result<Option<PathBuf>, ServiceError> {
+    let Some(src) = src else { return Ok(None) };
+    let dest = dir.join(name);
+    std::fs::copy(src, &dest).map_err(|e| ServiceError::internal("copying boot file", e))?;
+    Ok(Some(dest))
+}
+
+fn spec_placeholder(paths: &BasePaths) -> VmSpec {
+    VmSpec {
+        name: String::new(),
+        uuid: None,
+        domain_type: crate::config::DomainType::Qemu,
+        memory_mib: 0,
+        vcpus: 1,
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        disk: paths.disk.clone(),
+        disk_format: "raw".into(),
+        console_socket: PathBuf::new(),
+        vnc: false,
+    }
+}
+
+fn base_record(
+    params: &BaseParams,
+    paths: &BasePaths,
+    summary: &cloudlet_engine::base::BaseSummary,
+    domain_xml: String,
+) -> BaseRecord {
+    let s = |p: &Path| p.display().to_string();
+    let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    BaseRecord {
+        id: cloudlet_engine::decode::hex(&summary.id),
+        name: params.name.clone(),
+        state: state::READY.into(),
+        source_path: Some(params.source_path.clone()),
+        dir: s(&params.dir),
+        disk_path: s(&paths.disk),
+        memory_pages_path: (summary.memory_pages > 0).then(|| s(&paths.memory_pages)),
+        memory_meta_path: (summary.memory_pages > 0).then(|| s(&paths.memory_meta)),
+        hash_list_path: s(&paths.hash_list),
+        index_path: s(&paths.index),
+        disk_size: i(summary.disk_size),
+        memory_size: i(summary.memory_pages * 4096),
+        chunk_size: 4096,
+        disk_chunks: i(summary.disk_size.div_ceil(4096)),
+        memory_pages: i(summary.memory_pages),
+        domain_xml,
+        vcpus: i64::from(params.spec.vcpus),
+        guest_ports: Json(params.guest_ports.clone()),
+        created_at: crate::store::now_rfc3339(),
+    }
+}

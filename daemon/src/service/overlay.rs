@@ -1,0 +1,338 @@
+//! Overlay sessions: resume the base on a copy-on-write disk, customize it, save it, and
+//! encode the difference into an overlay file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+
+use super::base::run_script;
+use super::{blocking, error_chain, ServiceError, StepTimer};
+use crate::store::bases::BaseRecord;
+use crate::store::overlays::OverlayRecord;
+use crate::store::sessions::SessionRecord;
+use crate::virt::{domain_xml, forward_port, Console};
+use crate::AppState;
+use cloudlet_engine::base::{write_base_save_file, Base, BasePaths};
+use cloudlet_engine::chunk::ImageKind;
+use cloudlet_engine::disk::DiskSource;
+use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
+use cloudlet_engine::progress::NoProgress;
+
+const RESUME_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `cloudlet overlay BASE`: resume the base so that an application can be installed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOverlay {
+    /// The base: id, unique id prefix, name or source disk path.
+    pub base: String,
+    /// Disk-only overlay (Elijah `-d`): no memory; synthesis boots the disk.
+    #[serde(default)]
+    pub disk_only: bool,
+    /// Guest TCP ports the application listens on, besides the base's.
+    #[serde(default)]
+    pub guest_ports: Vec<u16>,
+    /// Shell lines run in the guest over the serial console, in order.
+    #[serde(default)]
+    pub script: Vec<String>,
+    /// Save and encode right after the script (else wait for `finish`).
+    #[serde(default)]
+    pub finish: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OverlayParams {
+    disk_only: bool,
+    guest_ports: Vec<u16>,
+}
+
+/// The base's files as the engine names them.
+pub(crate) fn base_paths(base: &BaseRecord) -> BasePaths {
+    BasePaths::in_dir(Path::new(&base.dir))
+}
+
+/// Opens a base's engine view on the blocking pool.
+pub(crate) async fn open_base(base: &BaseRecord) -> Result<Base, ServiceError> {
+    let paths = base_paths(base);
+    blocking(move || {
+        Base::open(&paths).map_err(|e| ServiceError::internal("opening base", error_chain(&e)))
+    })
+    .await
+}
+
+/// Guest ports of a base plus extra ones, sorted, unique.
+pub(crate) fn merge_ports(base: &BaseRecord, extra: &[u16]) -> Vec<u16> {
+    let mut ports: Vec<u16> = base.guest_ports.0.iter().chain(extra).copied().collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+impl AppState {
+    /// Starts an overlay session.
+    pub async fn create_overlay(&self, req: CreateOverlay) -> Result<SessionRecord, ServiceError> {
+        let base = self.resolve_base(&req.base).await?;
+        if base.memory_pages == 0 {
+            return Err(ServiceError::InvalidRequest(format!(
+                "base `{}` has no memory snapshot to resume",
+                base.name
+            )));
+        }
+        let mut session = SessionRecord::new("overlay", Some(base.id.clone()));
+        let vm = session.vm_name.clone().unwrap_or_default();
+        let dir = self.data.session_dir(&session.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServiceError::internal("creating session directory", e))?;
+        session.run_dir = Some(dir.display().to_string());
+        let ports = merge_ports(&base, &req.guest_ports);
+        session.params = Json(
+            serde_json::to_value(OverlayParams {
+                disk_only: req.disk_only,
+                guest_ports: ports.clone(),
+            })
+            .map_err(|e| ServiceError::internal("params", e))?,
+        );
+        self.store.insert_session(&session).await?;
+
+        let mut timer = StepTimer::default();
+        let result = async {
+            let started = Instant::now();
+            let engine_base = open_base(&base).await?;
+            let disk = dir.join("disk.qcow2");
+            let console_path = dir.join("console.sock");
+            create_cow_disk(&base_paths(&base).disk, &disk).await?;
+            let resume = dir.join("resume.save");
+            {
+                let (disk, console_path, resume, vm, base_dir) = (
+                    disk.clone(),
+                    console_path.clone(),
+                    resume.clone(),
+                    vm.clone(),
+                    PathBuf::from(&base.dir),
+                );
+                blocking(move || {
+                    let layout = engine_base
+                        .memory_layout()
+                        .ok_or_else(|| ServiceError::InvalidRequest("base has no memory".into()))?;
+                    let saved = layout
+                        .domain_xml()
+                        .map_err(|e| ServiceError::internal("base xml", e))?;
+                    let xml = domain_xml::retarget(
+                        saved,
+                        &vm,
+                        Some(&new_uuid()),
+                        &disk,
+                        "qcow2",
+                        &console_path,
+                    )?;
+                    let xml = set_boot_files(&xml, &base_dir);
+                    write_base_save_file(&engine_base, &resume, Some(&xml)).map_err(|e| {
+                        ServiceError::internal("writing the base snapshot", error_chain(&e))
+                    })
+                })
+                .await?;
+            }
+            timer.record("prepare", started);
+            timer.time("resume", self.hv.restore(&resume)).await?;
+            let _ = std::fs::remove_file(&resume); // QEMU has loaded it
+            session.console_path = Some(console_path.display().to_string());
+            session.vnc_port = self.hv.vnc_port(&vm).await.ok().flatten().map(i64::from);
+            let started = Instant::now();
+            for port in &ports {
+                let host = forward_port(&self.hv, &vm, *port).await?;
+                session.host_ports.0.insert(*port, host);
+            }
+            timer.record("ports", started);
+            session.state = "running".into();
+            timer.merge_into(&mut session);
+            self.store.update_session(&session).await?;
+            if !req.script.is_empty() {
+                let mut console = Console::connect(&console_path, RESUME_TIMEOUT).await?;
+                console.wait_ready(RESUME_TIMEOUT).await?;
+                run_script(&mut console, &req.script, &mut session).await?;
+            }
+            Ok(())
+        }
+        .await;
+        self.settle_start(&mut session, &timer, result).await?;
+        if req.finish {
+            return self.finish_session(&session.id).await;
+        }
+        Ok(session)
+    }
+
+    /// Saves the customized VM and encodes the overlay.
+    pub(crate) async fn finish_overlay(
+        &self,
+        session: &mut SessionRecord,
+    ) -> Result<(), ServiceError> {
+        let params: OverlayParams = serde_json::from_value(session.params.0.clone())
+            .map_err(|e| ServiceError::internal("session params", e))?;
+        let base_id = session
+            .base_id
+            .clone()
+            .ok_or_else(|| ServiceError::Internal("overlay session without base".into()))?;
+        let base = self.store.base(&base_id).await?;
+        let dir = PathBuf::from(session.run_dir.clone().unwrap_or_default());
+        let vm = session.vm_name.clone().unwrap_or_default();
+        let save = dir.join("custom.save");
+        let mut timer = StepTimer::default();
+        session.state = "saving".into();
+        self.store.update_session(session).await?;
+        timer.time("save", self.hv.save(&vm, &save)).await?;
+
+        session.state = "encoding".into();
+        self.store.update_session(session).await?;
+        let overlay_id = crate::store::new_id();
+        let out = self.data.overlay_file(&overlay_id);
+        let started = Instant::now();
+        let engine_base = open_base(&base).await?;
+        let options = EncodeOptions {
+            zstd_level: self.config.zstd_level,
+            threads: self.config.threads,
+            properties: vec![(
+                "guest-ports".into(),
+                params
+                    .guest_ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )],
+        };
+        let summary = {
+            let (out, base_disk, disk_only) =
+                (out.clone(), base_paths(&base).disk, params.disk_only);
+            blocking(move || {
+                let disk = DiskSource::qcow2(&dir.join("disk.qcow2"), &base_disk).map_err(|e| {
+                    ServiceError::internal("reading the customized disk", error_chain(&e))
+                })?;
+                let input = EncodeInput {
+                    memory: (!disk_only).then_some(save.as_path()),
+                    disk: &disk,
+                };
+                encode(&engine_base, &input, &out, &options, &NoProgress)
+                    .map_err(|e| ServiceError::internal("encoding the overlay", error_chain(&e)))
+            })
+            .await?
+        };
+        timer.record("encode", started);
+        let info = summary.meta.info(summary.file_size);
+        let mut stats =
+            serde_json::to_value(&info).map_err(|e| ServiceError::internal("stats", e))?;
+        if let Some(obj) = stats.as_object_mut() {
+            obj.insert("encode_ms".into(), serde_json::json!(timer_ms(started)));
+        }
+        let record = OverlayRecord {
+            id: overlay_id.clone(),
+            base_id: base.id.clone(),
+            name: None,
+            state: "ready".into(),
+            file_path: out.display().to_string(),
+            file_size: i64::try_from(summary.file_size).unwrap_or(i64::MAX),
+            disk_only: params.disk_only,
+            modified_memory_pages: i64::try_from(summary.meta.counts(ImageKind::Memory).modified())
+                .unwrap_or(0),
+            modified_disk_chunks: i64::try_from(summary.meta.counts(ImageKind::Disk).modified())
+                .unwrap_or(0),
+            stats: Json(stats),
+            guest_ports: Json(params.guest_ports.clone()),
+            session_id: Some(session.id.clone()),
+            created_at: crate::store::now_rfc3339(),
+        };
+        if let Err(e) = self.store.insert_overlay(&record).await {
+            let _ = std::fs::remove_file(&out);
+            return Err(e.into());
+        }
+        session.overlay_id = Some(overlay_id);
+        timer.merge_into(session);
+        Ok(())
+    }
+
+    /// Deletes an overlay and its file.
+    pub async fn delete_overlay(&self, id: &str) -> Result<OverlayRecord, ServiceError> {
+        super::validate_id(id)?;
+        let overlay = self.store.overlay(id).await?;
+        self.store.set_overlay_state(id, "deleting").await?;
+        if let Err(e) = std::fs::remove_file(&overlay.file_path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(ServiceError::internal("removing overlay file", e));
+            }
+        }
+        self.store.delete_overlay(id).await?;
+        Ok(overlay)
+    }
+}
+
+fn timer_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A fresh random UUID for a domain (each session's VM gets its own, so that several can
+/// run from one base at once).
+pub(crate) fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Points direct-boot `<kernel>` / `<initrd>` at this cloudlet's copies in the base
+/// directory (the XML may come from another cloudlet, or a base directory elsewhere).
+pub(crate) fn set_boot_files(xml: &str, base_dir: &Path) -> String {
+    let mut out = xml.to_string();
+    for (tag, file) in [("kernel", "vmlinuz"), ("initrd", "initrd.img")] {
+        let path = base_dir.join(file);
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        if let (Some(a), Some(b)) = (out.find(&open), out.find(&close)) {
+            if a < b && path.exists() {
+                let value = domain_xml::escape(&path.display().to_string()).into_owned();
+                out.replace_range(a + open.len()..b, &value);
+            }
+        }
+    }
+    out
+}
+
+/// `qemu-img create -f qcow2 -b BASE -F raw DISK`: the copy-on-write disk a resumed base
+/// writes to.
+pub(crate) async fn create_cow_disk(base_disk: &Path, disk: &Path) -> Result<(), ServiceError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base_disk)
+        .arg(disk)
+        .output()
+        .await
+        .map_err(|e| ServiceError::internal("running qemu-img", e))?;
+    if !out.status.success() {
+        return Err(ServiceError::internal(
+            "qemu-img create",
+            String::from_utf8_lossy(&out.stderr).trim(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_files_are_repointed_only_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vmlinuz"), b"k").unwrap();
+        let xml =
+            "<os><kernel>/elsewhere/vmlinuz</kernel><initrd>/elsewhere/initrd.img</initrd></os>";
+        let out = set_boot_files(xml, dir.path());
+        assert!(
+            out.contains(&format!(
+                "<kernel>{}/vmlinuz</kernel>",
+                dir.path().display()
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains("<initrd>/elsewhere/initrd.img</initrd>"),
+            "{out}"
+        );
+    }
+}

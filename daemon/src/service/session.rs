@@ -1,0 +1,157 @@
+//! Sessions: the VM of a base, overlay or synthesis session, and its life cycle.
+//!
+//! ```text
+//! base / overlay:  starting → running ─finish→ saving → encoding → finished
+//! synthesis:       starting → decoding → restoring → running ─stop→ stopped
+//! any:             ─error→ failed (VM destroyed, work files removed)   ─stop→ stopped
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{ServiceError, StepTimer};
+use crate::store::sessions::SessionRecord;
+use crate::virt::{CommandOutput, Console};
+use crate::AppState;
+
+const CONSOLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AppState {
+    /// After the starting steps of a session: on error, undo everything and record why.
+    pub(crate) async fn settle_start(
+        &self,
+        session: &mut SessionRecord,
+        timer: &StepTimer,
+        result: Result<(), ServiceError>,
+    ) -> Result<(), ServiceError> {
+        timer.merge_into(session);
+        match result {
+            Ok(()) => {
+                self.store.update_session(session).await?;
+                Ok(())
+            }
+            Err(e) => {
+                self.fail_session(session, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks a session failed: destroys its VM and removes its work files.
+    pub(crate) async fn fail_session(&self, session: &mut SessionRecord, error: &ServiceError) {
+        tracing::warn!(session = %session.id, error = %error, "session failed");
+        self.teardown(session).await;
+        session.state = "failed".into();
+        session.error = Some(error.to_string());
+        if let Err(e) = self.store.update_session(session).await {
+            tracing::error!(session = %session.id, error = %e, "cannot record failed session");
+        }
+    }
+
+    /// Destroys the session's VM and removes its directory (unless the directory became a
+    /// base).
+    async fn teardown(&self, session: &SessionRecord) {
+        if let Some(vm) = &session.vm_name {
+            if let Err(e) = self.hv.destroy(vm).await {
+                tracing::warn!(vm, error = %e, "cannot destroy VM");
+            }
+        }
+        if let Some(dir) = &session.run_dir {
+            let owned_by_base = match &session.base_id {
+                Some(id) if session.kind == "base" => self.store.base(id).await.is_ok(),
+                _ => false,
+            };
+            if !owned_by_base {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    /// Finishes a base or overlay session: save the VM, build the base or overlay.
+    pub async fn finish_session(&self, id: &str) -> Result<SessionRecord, ServiceError> {
+        let mut session = self.session(id).await?;
+        if session.state != "running" {
+            return Err(ServiceError::Conflict(format!(
+                "session {id} is {}, not running",
+                session.state
+            )));
+        }
+        let result = match session.kind.as_str() {
+            "base" => self.finish_base(&mut session).await,
+            "overlay" => self.finish_overlay(&mut session).await,
+            _ => {
+                return Err(ServiceError::InvalidRequest(
+                    "a synthesis session is stopped, not finished".into(),
+                ))
+            }
+        };
+        match result {
+            Ok(()) => {
+                // The VM is gone (saved); its scratch files too, unless they are the base.
+                if session.kind == "overlay" {
+                    if let Some(dir) = &session.run_dir {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                }
+                session.state = "finished".into();
+                self.store.update_session(&session).await?;
+                Ok(session)
+            }
+            Err(e) => {
+                self.fail_session(&mut session, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops a session: destroys its VM and removes its files (a base being created is
+    /// abandoned). Stopping a session that is over is a no-op.
+    pub async fn stop_session(&self, id: &str) -> Result<SessionRecord, ServiceError> {
+        let mut session = self.session(id).await?;
+        if crate::store::sessions::FINAL_STATES.contains(&session.state.as_str()) {
+            return Ok(session);
+        }
+        self.teardown(&session).await;
+        session.state = "stopped".into();
+        self.store.update_session(&session).await?;
+        Ok(session)
+    }
+
+    /// Runs one shell line in a running session's guest over its serial console.
+    pub async fn run_in_session(
+        &self,
+        id: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ServiceError> {
+        let session = self.session(id).await?;
+        if session.state != "running" {
+            return Err(ServiceError::Conflict(format!(
+                "session {id} is {}, not running",
+                session.state
+            )));
+        }
+        let path = session
+            .console_path
+            .as_deref()
+            .ok_or_else(|| ServiceError::Conflict("session has no console".into()))?;
+        let mut console = Console::connect(Path::new(path), CONSOLE_CONNECT_TIMEOUT).await?;
+        Ok(console.run(command, timeout).await?)
+    }
+
+    /// Destroys the VMs of sessions a previous run of the daemon left active (their rows
+    /// were marked failed by the store's reconciliation).
+    pub async fn reap_orphan_vms(&self) -> Result<u64, ServiceError> {
+        let mut reaped = 0;
+        for vm in self.hv.list_with_prefix("cloudlet-").await? {
+            let session_id = vm.trim_start_matches("cloudlet-");
+            if let Ok(s) = self.store.session(session_id).await {
+                if s.state == "failed" && self.hv.destroy(&vm).await.unwrap_or(false) {
+                    tracing::warn!(vm, "destroyed a VM left by a previous run");
+                    reaped += 1;
+                }
+            }
+        }
+        Ok(reaped)
+    }
+}

@@ -1,0 +1,264 @@
+//! The three flows through the real daemon, on real VMs (libvirt + QEMU/TCG): create a base
+//! from the fixture guest, customize it into an overlay (files, a TCP server, a process
+//! counting in memory), synthesize it from an upload, and check the synthesized VM resumed
+//! exactly where the customized one was saved. Bad overlays are refused with nothing left
+//! running.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use cloudlet_e2e::daemon::TempDir;
+use cloudlet_e2e::{domains_with_prefix, fixture_guest, require_host, Daemon};
+use serde_json::json;
+
+const CUSTOMIZE: [&str; 6] = [
+    "dd if=/dev/urandom of=/mnt/data/random.bin bs=1024 count=4096 2>/dev/null",
+    "cp /mnt/data/random.bin /mnt/data/random-copy.bin && cp /bin/busybox /mnt/data/busybox.copy",
+    "seq 1 20000 > /mnt/data/numbers.txt && sync",
+    "(i=0; while :; do i=$((i+1)); echo $i > /counter; sleep 0.1; done) >/dev/null 2>&1 & echo $! > /counter.pid",
+    "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &",
+    "true",
+];
+const SUMS: &str = "cd /mnt/data && md5sum random.bin random-copy.bin busybox.copy numbers.txt";
+
+fn run(d: &Daemon, session: &str, command: &str) -> String {
+    let (status, out) = d
+        .json(
+            "POST",
+            &format!("/api/v1/sessions/{session}/run"),
+            Some(&json!({ "command": command })),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["status"], 0, "`{command}` failed: {out}");
+    out["output"].as_str().unwrap().trim().to_string()
+}
+
+/// Connects to a forwarded port and reads the greeting (retries while the guest's server
+/// loop restarts `nc`).
+fn greeting(port: u64) -> String {
+    for _ in 0..50 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", u16::try_from(port).unwrap())) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            if !text.is_empty() {
+                return text.trim().to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("nothing answered on 127.0.0.1:{port}");
+}
+
+fn session_vms(d: &Daemon) -> Vec<String> {
+    let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
+    let ours: Vec<String> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["vm_name"].as_str().map(String::from))
+        .collect();
+    domains_with_prefix("cloudlet-")
+        .into_iter()
+        .filter(|d| ours.contains(d))
+        .collect()
+}
+
+#[test]
+fn base_overlay_synthesis_through_the_daemon() {
+    if !require_host("base_overlay_synthesis_through_the_daemon") {
+        return;
+    }
+    let guest = fixture_guest().unwrap();
+    let tmp = TempDir::new("flows").unwrap();
+    let import = format!("{}:{}", guest.dir.display(), tmp.0.display());
+    let d = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
+    let f = |name: &str| guest.dir.join(name).display().to_string();
+
+    // 1. base: boot the fixture disk, wait for its shell, save, hash.
+    let (status, base_session) = d
+        .json(
+            "POST",
+            "/api/v1/bases",
+            Some(&json!({
+                "name": "tiny", "disk": f("disk.img"), "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
+                "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": 96, "vcpus": 1,
+                "guest_ports": [8080], "ready_marker": "CLOUDLET-GUEST-READY", "finish": true
+            })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{base_session}\n{}", d.log_text());
+    assert_eq!(base_session["state"], "finished");
+    let base_id = base_session["base_id"].as_str().unwrap().to_string();
+    let (_, bases) = d.json("GET", "/api/v1/bases", None).unwrap();
+    assert_eq!(bases.as_array().unwrap().len(), 1);
+    assert_eq!(bases[0]["id"], base_id.as_str());
+    assert_eq!(
+        d.json("GET", "/api/v1/bases/tiny", None).unwrap().1["id"],
+        base_id.as_str()
+    );
+
+    // 2. overlay: resume the base, customize with a script, check the app, finish.
+    let (status, ov) = d
+        .json(
+            "POST",
+            "/api/v1/overlays",
+            Some(&json!({ "base": "tiny", "script": CUSTOMIZE })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{ov}\n{}", d.log_text());
+    assert_eq!(ov["state"], "running");
+    assert!(
+        ov["script_results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == 0),
+        "{ov}"
+    );
+    let ov_id = ov["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        greeting(ov["host_ports"]["8080"].as_u64().unwrap()),
+        "hello-from-guest"
+    );
+    let sums = run(&d, &ov_id, SUMS);
+    let pid = run(&d, &ov_id, "cat /counter.pid");
+    std::thread::sleep(Duration::from_millis(300));
+    let counter_before: u64 = run(&d, &ov_id, "cat /counter").parse().unwrap();
+    let (status, done) = d
+        .json("POST", &format!("/api/v1/sessions/{ov_id}/finish"), None)
+        .unwrap();
+    assert_eq!(status, 200, "{done}\n{}", d.log_text());
+    assert_eq!(done["state"], "finished");
+    let overlay_id = done["overlay_id"].as_str().unwrap().to_string();
+    let (_, overlay) = d
+        .json("GET", &format!("/api/v1/overlays/{overlay_id}"), None)
+        .unwrap();
+    let overlay_file = overlay["file_path"].as_str().unwrap().to_string();
+    let bytes = std::fs::read(&overlay_file).unwrap();
+    eprintln!("overlay: {} bytes, stats {}", bytes.len(), overlay["stats"]);
+    eprintln!("base session timings {}", base_session["timings"]);
+    eprintln!("overlay session timings {}", done["timings"]);
+
+    // 3. synthesis from an upload: resumed, same files, same process, counter continued.
+    let (status, syn) = d
+        .upload("/api/v1/synthesis/upload?base=tiny", &bytes)
+        .unwrap();
+    assert_eq!(status, 201, "{syn}\n{}", d.log_text());
+    assert_eq!(syn["state"], "running");
+    eprintln!("synthesis timings {}", syn["timings"]);
+    let syn_id = syn["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        greeting(syn["host_ports"]["8080"].as_u64().unwrap()),
+        "hello-from-guest"
+    );
+    assert_eq!(run(&d, &syn_id, SUMS), sums);
+    assert_eq!(
+        run(&d, &syn_id, &format!("kill -0 {pid} && echo alive")),
+        "alive"
+    );
+    let after: u64 = run(&d, &syn_id, "cat /counter").parse().unwrap();
+    assert!(
+        after >= counter_before,
+        "counter went back: {counter_before} → {after}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let later: u64 = run(&d, &syn_id, "cat /counter").parse().unwrap();
+    assert!(later > after, "counter stopped: {after} → {later}");
+
+    // Synthesis from the stored overlay, by id, works too.
+    let (status, syn2) = d
+        .json(
+            "POST",
+            "/api/v1/synthesis",
+            Some(&json!({ "base": base_id, "overlay_id": overlay_id })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{syn2}");
+    assert_eq!(run(&d, syn2["id"].as_str().unwrap(), SUMS), sums);
+
+    // 4. bad overlays: refused with a clear error, no VM left behind.
+    let vms_before = session_vms(&d);
+    let mut corrupt = bytes.clone();
+    let at = corrupt.len() - 1000;
+    corrupt[at] ^= 0x10;
+    let (status, err) = d
+        .upload("/api/v1/synthesis/upload?base=tiny", &corrupt)
+        .unwrap();
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["code"], "overlay-corrupt", "{err}");
+    let (status, err) = d
+        .upload(
+            "/api/v1/synthesis/upload?base=tiny",
+            &bytes[..bytes.len() / 2],
+        )
+        .unwrap();
+    assert_eq!(status, 422, "{err}");
+    let (status, err) = d
+        .upload(
+            "/api/v1/synthesis/upload?base=tiny",
+            b"not an overlay at all",
+        )
+        .unwrap();
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (422, Some("overlay-corrupt")),
+        "{err}"
+    );
+
+    // An overlay for another base: register the fixture's own snapshot as a second base.
+    let (status, other) = d
+        .json("POST", "/api/v1/bases/add", Some(&json!({ "name": "other", "disk": f("guest-disk.img"), "save_file": f("guest.save") })))
+        .unwrap();
+    assert_eq!(status, 201, "{other}");
+    let (status, err) = d
+        .upload("/api/v1/synthesis/upload?base=other", &bytes)
+        .unwrap();
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (422, Some("overlay-base-mismatch")),
+        "{err}"
+    );
+    assert_eq!(
+        session_vms(&d),
+        vms_before,
+        "a refused synthesis left a VM running"
+    );
+
+    // 5. paths outside the import directories are refused.
+    let (status, err) = d
+        .json(
+            "POST",
+            "/api/v1/synthesis",
+            Some(&json!({ "base": "tiny", "overlay_path": "/etc/passwd" })),
+        )
+        .unwrap();
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (403, Some("path-not-allowed")),
+        "{err}"
+    );
+
+    // 6. clean up: deleting a base with overlays needs force; stopping sessions removes VMs.
+    let (status, _) = d.json("DELETE", "/api/v1/bases/tiny", None).unwrap();
+    assert_eq!(status, 409);
+    for id in [&syn_id, syn2["id"].as_str().unwrap()] {
+        let (status, s) = d
+            .json("POST", &format!("/api/v1/sessions/{id}/stop"), None)
+            .unwrap();
+        assert_eq!((status, s["state"].as_str()), (200, Some("stopped")));
+    }
+    let (status, _) = d
+        .json("DELETE", "/api/v1/bases/tiny?force=true", None)
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(!std::path::Path::new(&overlay_file).exists());
+    assert!(
+        session_vms(&d).is_empty(),
+        "VMs left: {:?}",
+        session_vms(&d)
+    );
+}
