@@ -197,6 +197,18 @@ pub fn request(
     content_type: Option<&str>,
     body: &[u8],
 ) -> anyhow::Result<(u16, String)> {
+    let (status, bytes) = request_bytes(addr, method, path, content_type, body)?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// As [`request`], with the body as bytes (chunked transfer decoded).
+pub fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     // VM flows answer when the VM is ready: allow minutes under TCG.
     s.set_read_timeout(Some(Duration::from_secs(600)))?;
@@ -210,17 +222,34 @@ pub fn request(
     let _ = s.write_all(body);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let headers = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = headers
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no HTTP status")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let mut rest = &raw[split + 4..];
+    if !headers.contains("transfer-encoding: chunked") {
+        return Ok((status, rest.to_vec()));
+    }
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
+        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16)?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok((status, out));
+        }
+        out.extend_from_slice(rest.get(..size).context("truncated chunk")?);
+        rest = rest.get(size + 2..).context("truncated chunk")?;
+    }
 }
 
 impl Daemon {

@@ -242,7 +242,45 @@ fn base_overlay_synthesis_through_the_daemon() {
         "{err}"
     );
 
-    // 6. clean up: deleting a base with overlays needs force; stopping sessions removes VMs.
+    // 6. export the base, import it into a second cloudlet, synthesize the overlay there.
+    let (status, archive) =
+        cloudlet_e2e::daemon::request_bytes(d.addr, "GET", "/api/v1/bases/tiny/export", None, &[])
+            .unwrap();
+    assert_eq!(status, 200);
+    let other_cloudlet = Daemon::start_in(&tmp.0.join("data2"), &[]).unwrap();
+    let (status, imported) = other_cloudlet
+        .upload("/api/v1/bases/import?name=tiny-copy", &archive)
+        .unwrap();
+    assert_eq!(status, 201, "{imported}");
+    assert_eq!(
+        imported["id"],
+        base_id.as_str(),
+        "a base's id is its content: equal on every cloudlet"
+    );
+    let mut damaged = archive.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 1;
+    let (status, err) = other_cloudlet
+        .upload("/api/v1/bases/import?name=broken", &damaged)
+        .unwrap();
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("invalid-request")),
+        "{err}"
+    );
+    let (status, remote) = other_cloudlet
+        .upload("/api/v1/synthesis/upload?base=tiny-copy", &bytes)
+        .unwrap();
+    assert_eq!(status, 201, "{remote}\n{}", other_cloudlet.log_text());
+    let remote_id = remote["id"].as_str().unwrap().to_string();
+    assert_eq!(run(&other_cloudlet, &remote_id, SUMS), sums);
+    let (status, _) = other_cloudlet
+        .json("POST", &format!("/api/v1/sessions/{remote_id}/stop"), None)
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(other_cloudlet);
+
+    // 7. clean up: deleting a base with overlays needs force; stopping sessions removes VMs.
     let (status, _) = d.json("DELETE", "/api/v1/bases/tiny", None).unwrap();
     assert_eq!(status, 409);
     for id in [&syn_id, syn2["id"].as_str().unwrap()] {

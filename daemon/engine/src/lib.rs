@@ -20,6 +20,7 @@
 // still linted without this (clippy checks the non-test build too).
 #![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
+pub mod archive;
 pub mod atomic;
 pub mod base;
 pub mod chunk;

@@ -43,7 +43,9 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/bases", get(list_bases).post(create_base))
         .route("/bases/add", post(add_base))
+        .route("/bases/import", post(import_base))
         .route("/bases/{selector}", get(get_base).delete(delete_base))
+        .route("/bases/{selector}/export", get(export_base))
         .route("/overlays", get(list_overlays).post(create_overlay))
         .route("/overlays/{id}", get(get_overlay).delete(delete_overlay))
         .route("/synthesis", post(synthesize))
@@ -115,6 +117,44 @@ async fn delete_base(
 ) -> ApiResult<Json<BaseRecord>> {
     let force = q.get("force").is_some_and(|v| v == "true" || v == "1");
     Ok(Json(s.delete_base(&selector, force).await?))
+}
+
+/// Streams the base archive as it is written (no temporary file).
+async fn export_base(
+    State(s): State<AppState>,
+    Path(selector): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    s.resolve_base(&selector).await?; // answer 404 before streaming starts
+    let (writer, reader) = tokio::io::duplex(1 << 20);
+    let sink = tokio_util::io::SyncIoBridge::new(writer);
+    tokio::spawn(async move {
+        if let Err(e) = s.export_base(&selector, sink).await {
+            tracing::error!(error = %e, "export failed mid-stream");
+        }
+    });
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    Ok(axum::response::Response::builder()
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .map_err(|e| ServiceError::internal("response", e))?)
+}
+
+#[derive(Debug, Deserialize)]
+struct ImportQuery {
+    name: Option<String>,
+}
+
+async fn import_base(
+    State(s): State<AppState>,
+    Query(q): Query<ImportQuery>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<BaseRecord>)> {
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    Ok((
+        StatusCode::CREATED,
+        Json(s.import_base(reader, q.name).await?),
+    ))
 }
 
 async fn list_overlays(State(s): State<AppState>) -> ApiResult<Json<Vec<OverlayRecord>>> {

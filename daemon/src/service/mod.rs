@@ -6,6 +6,7 @@ pub mod base;
 pub mod overlay;
 pub mod session;
 pub mod synthesis;
+pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

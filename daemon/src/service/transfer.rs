@@ -1,0 +1,140 @@
+//! Moving a base between cloudlets as one file (`export-base` / `import-base`), streamed
+//! both ways; the archive format is the engine's (`cloudlet_engine::archive`).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+
+use super::{blocking, error_chain, validate_name, ServiceError};
+use crate::store::bases::{state, BaseRecord};
+use crate::AppState;
+use cloudlet_engine::archive::{export_base, import_base};
+use cloudlet_engine::base::BasePaths;
+
+/// What an archive carries besides the files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ArchiveMeta {
+    id: String,
+    name: String,
+    guest_ports: Vec<u16>,
+    vcpus: i64,
+    domain_xml: String,
+    source_path: Option<String>,
+}
+
+impl AppState {
+    /// Writes base `selector` as one archive to `out` (on the blocking pool).
+    pub async fn export_base<W: Write + Send + 'static>(
+        &self,
+        selector: &str,
+        out: W,
+    ) -> Result<BaseRecord, ServiceError> {
+        let base = self.resolve_base(selector).await?;
+        let meta = ArchiveMeta {
+            id: base.id.clone(),
+            name: base.name.clone(),
+            guest_ports: base.guest_ports.0.clone(),
+            vcpus: base.vcpus,
+            domain_xml: base.domain_xml.clone(),
+            source_path: base.source_path.clone(),
+        };
+        let meta =
+            serde_json::to_vec(&meta).map_err(|e| ServiceError::internal("archive meta", e))?;
+        let dir = PathBuf::from(&base.dir);
+        blocking(move || {
+            export_base(&dir, &meta, out)
+                .map_err(|e| ServiceError::internal("exporting base", error_chain(&e)))
+        })
+        .await?;
+        Ok(base)
+    }
+
+    /// Imports a base archive read from `input`, under `name` (or the name it was exported
+    /// with). Verified completely before the base appears.
+    pub async fn import_base<R: Read + Send + 'static>(
+        &self,
+        input: R,
+        name: Option<String>,
+    ) -> Result<BaseRecord, ServiceError> {
+        if let Some(n) = &name {
+            validate_name(n)?;
+        }
+        let key = crate::store::new_id();
+        let work = self.data.incoming().join(&key);
+        std::fs::create_dir_all(&work)
+            .map_err(|e| ServiceError::internal("creating import directory", e))?;
+        let result = async {
+            let (meta, id) = {
+                let work = work.clone();
+                blocking(move || {
+                    import_base(input, &work).map_err(|e| {
+                        if e.is_invalid_input() {
+                            ServiceError::InvalidRequest(error_chain(&e))
+                        } else {
+                            ServiceError::internal("importing base", error_chain(&e))
+                        }
+                    })
+                })
+                .await?
+            };
+            let meta: ArchiveMeta = serde_json::from_slice(&meta)
+                .map_err(|e| ServiceError::InvalidRequest(format!("base archive metadata: {e}")))?;
+            let id = cloudlet_engine::decode::hex(&id);
+            if id != meta.id {
+                return Err(ServiceError::InvalidRequest(format!(
+                    "base archive claims id {} but its files have id {id}",
+                    meta.id
+                )));
+            }
+            if self.store.base(&id).await.is_ok() {
+                return Err(ServiceError::Conflict(format!(
+                    "base {id} is already on this cloudlet"
+                )));
+            }
+            let name = name.unwrap_or(meta.name.clone());
+            validate_name(&name)?;
+            let dir = self.data.bases().join(&key);
+            std::fs::rename(&work, &dir)
+                .map_err(|e| ServiceError::internal("moving imported base", e))?;
+            let paths = BasePaths::in_dir(&dir);
+            let list = cloudlet_engine::hashlist::HashList::open(&paths.hash_list)
+                .map_err(|e| ServiceError::internal("hash list", e))?;
+            let s = |p: &std::path::Path| p.display().to_string();
+            let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let has_memory = list.memory_pages() > 0;
+            let record = BaseRecord {
+                id,
+                name,
+                state: state::READY.into(),
+                source_path: meta.source_path,
+                dir: s(&dir),
+                disk_path: s(&paths.disk),
+                memory_pages_path: has_memory.then(|| s(&paths.memory_pages)),
+                memory_meta_path: has_memory.then(|| s(&paths.memory_meta)),
+                hash_list_path: s(&paths.hash_list),
+                index_path: s(&paths.index),
+                disk_size: i(list.disk_size()),
+                memory_size: i(list.memory_pages() * 4096),
+                chunk_size: 4096,
+                disk_chunks: i(list.disk_chunks()),
+                memory_pages: i(list.memory_pages()),
+                domain_xml: meta.domain_xml,
+                vcpus: meta.vcpus,
+                guest_ports: Json(meta.guest_ports),
+                created_at: crate::store::now_rfc3339(),
+            };
+            if let Err(e) = self.store.insert_base(&record).await {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+            Ok(record)
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        result
+    }
+}
