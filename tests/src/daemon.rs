@@ -153,6 +153,14 @@ impl Daemon {
         get(self.addr, path)
     }
 
+    /// Kills the daemon (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the daemon with SIGTERM and waits for it.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
         let mut child = self.child.take().context("daemon already stopped")?;

@@ -300,3 +300,105 @@ fn base_overlay_synthesis_through_the_daemon() {
         session_vms(&d)
     );
 }
+
+/// Runs `command` until it succeeds (a booting VM's shell is not there yet).
+fn run_when_up(d: &Daemon, session: &str, command: &str) -> String {
+    for _ in 0..60 {
+        let body = json!({ "command": command, "timeout_s": 5 });
+        if let Ok((200, out)) = d.json(
+            "POST",
+            &format!("/api/v1/sessions/{session}/run"),
+            Some(&body),
+        ) {
+            if out["status"] == 0 {
+                return out["output"].as_str().unwrap().trim().to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("`{command}` never succeeded in session {session}");
+}
+
+#[test]
+fn disk_only_overlay_boots_and_a_restart_cleans_up() {
+    if !require_host("disk_only_overlay_boots_and_a_restart_cleans_up") {
+        return;
+    }
+    let guest = fixture_guest().unwrap();
+    let tmp = TempDir::new("diskonly").unwrap();
+    let import = guest.dir.display().to_string();
+    let data = tmp.0.join("data");
+    let mut d = Daemon::start_in(&data, &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
+    let f = |name: &str| guest.dir.join(name).display().to_string();
+    let (status, base) = d
+        .json(
+            "POST",
+            "/api/v1/bases",
+            Some(&json!({
+                "name": "tiny", "disk": f("disk.img"), "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
+                "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": 96,
+                "ready_marker": "CLOUDLET-GUEST-READY", "finish": true
+            })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{base}");
+
+    // Elijah's -d: only the disk changes travel; synthesis boots the VM from that disk.
+    let script = [
+        "echo disk-only-$((6*7)) > /mnt/data/marker.txt && sync",
+        "echo in-memory > /memory-only",
+    ];
+    let (status, ov) = d
+        .json(
+            "POST",
+            "/api/v1/overlays",
+            Some(&json!({ "base": "tiny", "disk_only": true, "script": script, "finish": true })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{ov}");
+    let (_, overlay) = d
+        .json(
+            "GET",
+            &format!("/api/v1/overlays/{}", ov["overlay_id"].as_str().unwrap()),
+            None,
+        )
+        .unwrap();
+    assert_eq!(overlay["disk_only"], true);
+    assert_eq!(overlay["stats"]["has_memory"], false);
+    let (status, syn) = d
+        .json(
+            "POST",
+            "/api/v1/synthesis",
+            Some(&json!({ "base": "tiny", "overlay_id": overlay["id"] })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{syn}\n{}", d.log_text());
+    assert!(
+        syn["timings"]["boot"].is_u64(),
+        "a disk-only synthesis boots: {syn}"
+    );
+    let syn_id = syn["id"].as_str().unwrap();
+    assert_eq!(
+        run_when_up(&d, syn_id, "cat /mnt/data/marker.txt"),
+        "disk-only-42"
+    );
+    assert_eq!(
+        run_when_up(&d, syn_id, "test -e /memory-only || echo fresh-boot"),
+        "fresh-boot"
+    );
+
+    // A daemon killed with VMs running: the next start fails those sessions and destroys
+    // their VMs.
+    let vm = syn["vm_name"].as_str().unwrap().to_string();
+    assert_eq!(domains_with_prefix(&vm), vec![vm.clone()]);
+    d.kill();
+    let d = Daemon::start_in(&data, &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
+    let (_, s) = d
+        .json("GET", &format!("/api/v1/sessions/{syn_id}"), None)
+        .unwrap();
+    assert_eq!(s["state"], "failed", "{s}");
+    assert!(
+        domains_with_prefix(&vm).is_empty(),
+        "VM {vm} survived the restart"
+    );
+}

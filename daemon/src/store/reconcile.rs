@@ -3,7 +3,7 @@
 //!
 //! - bases and overlays left `creating` or `deleting`: files and row removed;
 //! - files and directories in the data dir that no row owns: removed;
-//! - `incoming/` emptied (uploads and work in progress);
+//! - `incoming/` and `sessions/` emptied (uploads, work in progress, VM files);
 //! - sessions left in a non-final state: marked failed (the VM layer, which knows about
 //!   libvirt domains, destroys their VMs).
 
@@ -66,6 +66,8 @@ pub async fn reconcile(store: &Store, data: &DataDir) -> Result<Repairs, StoreEr
         store.update_session(&s).await?;
         repairs.sessions_failed += 1;
     }
+    // No session is active now: their work files (VM disks, save files) are worthless.
+    remove_unowned(&data.sessions(), |_| false, &mut repairs);
     if repairs != Repairs::default() {
         tracing::warn!(?repairs, "repaired state left by an interrupted run");
     }
