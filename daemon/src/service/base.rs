@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
+use super::session::session_params;
 use super::{blocking, error_chain, validate_name, ServiceError, StepTimer};
 use crate::store::bases::{state, BaseRecord};
 use crate::store::sessions::{ScriptLineResult, SessionRecord};
@@ -203,17 +204,11 @@ impl AppState {
         &self,
         session: &mut SessionRecord,
     ) -> Result<(), ServiceError> {
-        let params: BaseParams = serde_json::from_value(session.params.0.clone())
-            .map_err(|e| ServiceError::internal("session params", e))?;
-        let vm = session.vm_name.clone().unwrap_or_default();
+        let params: BaseParams = session_params(session)?;
         let paths = BasePaths::in_dir(&params.dir);
         let save = params.dir.join("memory.save");
         let mut timer = StepTimer::default();
-        session.state = "saving".into();
-        self.store.update_session(session).await?;
-        timer.time("save", self.hv.save(&vm, &save)).await?;
-        session.state = "encoding".into();
-        self.store.update_session(session).await?;
+        self.save_session_vm(session, &save, &mut timer).await?;
         let started = Instant::now();
         let summary = {
             let (paths, save) = (paths.clone(), save.clone());

@@ -168,23 +168,16 @@ impl AppState {
         &self,
         session: &mut SessionRecord,
     ) -> Result<(), ServiceError> {
-        let params: OverlayParams = serde_json::from_value(session.params.0.clone())
-            .map_err(|e| ServiceError::internal("session params", e))?;
+        let params: OverlayParams = super::session::session_params(session)?;
         let base_id = session
             .base_id
             .clone()
             .ok_or_else(|| ServiceError::Internal("overlay session without base".into()))?;
         let base = self.store.base(&base_id).await?;
         let dir = PathBuf::from(session.run_dir.clone().unwrap_or_default());
-        let vm = session.vm_name.clone().unwrap_or_default();
         let save = dir.join("custom.save");
         let mut timer = StepTimer::default();
-        session.state = "saving".into();
-        self.store.update_session(session).await?;
-        timer.time("save", self.hv.save(&vm, &save)).await?;
-
-        session.state = "encoding".into();
-        self.store.update_session(session).await?;
+        self.save_session_vm(session, &save, &mut timer).await?;
         let overlay_id = crate::store::new_id();
         let out = self.data.overlay_file(&overlay_id);
         let started = Instant::now();

@@ -16,7 +16,32 @@ use crate::AppState;
 
 const CONSOLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The flow-specific parameters a session stored when it started.
+pub(crate) fn session_params<T: serde::de::DeserializeOwned>(
+    session: &SessionRecord,
+) -> Result<T, ServiceError> {
+    serde_json::from_value(session.params.0.clone())
+        .map_err(|e| ServiceError::internal("session params", e))
+}
+
 impl AppState {
+    /// Saves a base or overlay session's VM to `path` (the VM stops), recording the state
+    /// changes and the step's time; the session is then `encoding`.
+    pub(crate) async fn save_session_vm(
+        &self,
+        session: &mut SessionRecord,
+        path: &Path,
+        timer: &mut StepTimer,
+    ) -> Result<(), ServiceError> {
+        let vm = session.vm_name.clone().unwrap_or_default();
+        session.state = "saving".into();
+        self.store.update_session(session).await?;
+        timer.time("save", self.hv.save(&vm, path)).await?;
+        session.state = "encoding".into();
+        self.store.update_session(session).await?;
+        Ok(())
+    }
+
     /// After the starting steps of a session: on error, undo everything and record why.
     pub(crate) async fn settle_start(
         &self,

@@ -71,11 +71,13 @@ pub fn render(spec: &VmSpec) -> String {
     // reads zeros for every base block (ext4 checksum errors in the guest). Without the
     // element libvirt probes the backing chain from the qcow2 header, which is what we want.
     // See shared/design/host-setup.md, "Snapshots and overlays by hand".
+    // discard='unmap' passes guest TRIM through: discarded ranges become zero clusters in
+    // the overlay qcow2, which the encoder records as modified-to-zero.
     let _ = write!(
         x,
         concat!(
             "    <disk type='file' device='disk'>\n",
-            "      <driver name='qemu' type='{format}'/>\n",
+            "      <driver name='qemu' type='{format}' discard='unmap'/>\n",
             "      <source file='{disk}'/>\n",
             "      <target dev='vda' bus='virtio'/>\n",
             "    </disk>\n",

@@ -53,7 +53,15 @@ pub struct Qcow2Writer {
     clusters: BTreeMap<u64, u32>,
     /// Next free host cluster (cluster 0 is the header).
     next_cluster: u64,
+    /// Data of the newest clusters, `pending_first..next_cluster`, not yet written: new
+    /// clusters are consecutive in the file, so they go out in large writes.
+    pending: Vec<u8>,
+    /// Host cluster of `pending`'s first byte.
+    pending_first: u64,
 }
+
+/// Bytes of new clusters gathered before one write.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 impl Qcow2Writer {
     /// Creates `path`, which must not exist, for a qcow2 v3 image of `virtual_size` bytes
@@ -106,7 +114,29 @@ impl Qcow2Writer {
             backing_format: backing_format.to_owned(),
             clusters: BTreeMap::new(),
             next_cluster: 1,
+            pending: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            pending_first: 1,
         })
+    }
+
+    /// Where cluster `cluster`'s bytes sit in the write buffer, if they are still there.
+    fn pending_range(&self, cluster: u64) -> Option<std::ops::Range<usize>> {
+        if cluster < self.pending_first || cluster >= self.next_cluster {
+            return None;
+        }
+        let start = usize::try_from((cluster - self.pending_first) * CLUSTER_SIZE).ok()?;
+        Some(start..start + CHUNK_SIZE_BYTES)
+    }
+
+    /// Writes the buffered clusters out.
+    fn flush_pending(&mut self) -> Result<(), Qcow2Error> {
+        if !self.pending.is_empty() {
+            self.file
+                .write_all_at(&self.pending, self.pending_first * CLUSTER_SIZE)?;
+            self.pending.clear();
+        }
+        self.pending_first = self.next_cluster;
+        Ok(())
     }
 
     /// Writes the 4 KiB chunk at guest chunk index `index` (guest offset `index * 4096`).
@@ -116,16 +146,22 @@ impl Qcow2Writer {
     pub fn write_chunk(&mut self, index: u64, data: &Chunk) -> Result<(), Qcow2Error> {
         self.check_index(index)?;
         if let Some(&cluster) = self.clusters.get(&index) {
-            self.file
-                .write_all_at(data, u64::from(cluster) * CLUSTER_SIZE)?;
+            match self.pending_range(u64::from(cluster)) {
+                Some(range) => self.pending[range].copy_from_slice(data),
+                None => self
+                    .file
+                    .write_all_at(data, u64::from(cluster) * CLUSTER_SIZE)?,
+            }
             return Ok(());
         }
         let cluster = u32::try_from(self.next_cluster)
             .map_err(|_| Qcow2Error::invalid_argument("too many chunks for one qcow2 image"))?;
-        self.file
-            .write_all_at(data, self.next_cluster * CLUSTER_SIZE)?;
+        self.pending.extend_from_slice(data);
         self.clusters.insert(index, cluster);
         self.next_cluster += 1;
+        if self.pending.len() >= WRITE_BUFFER_BYTES {
+            self.flush_pending()?;
+        }
         Ok(())
     }
 
@@ -135,8 +171,12 @@ impl Qcow2Writer {
         self.check_index(index)?;
         match self.clusters.get(&index) {
             Some(&cluster) => {
-                self.file
-                    .read_exact_at(buf, u64::from(cluster) * CLUSTER_SIZE)?;
+                match self.pending_range(u64::from(cluster)) {
+                    Some(range) => buf.copy_from_slice(&self.pending[range]),
+                    None => self
+                        .file
+                        .read_exact_at(buf, u64::from(cluster) * CLUSTER_SIZE)?,
+                }
                 Ok(true)
             }
             None => Ok(false),
@@ -158,7 +198,8 @@ impl Qcow2Writer {
     /// [`finish`](Self::finish), with the fsyncs only when `durable`: an image for a VM that
     /// is about to run is worthless after a crash anyway, and the fsyncs cost more than
     /// writing it.
-    pub fn finish_with(self, durable: bool) -> Result<File, Qcow2Error> {
+    pub fn finish_with(mut self, durable: bool) -> Result<File, Qcow2Error> {
+        self.flush_pending()?;
         let l2_count = count_l2_tables(self.clusters.keys());
         let l1_size = self.virtual_size.div_ceil(L2_ENTRIES * CLUSTER_SIZE);
         let layout = Layout::compute(self.next_cluster, l2_count, l1_size);
