@@ -63,5 +63,58 @@ pub fn delta_against_base(
     }
     let mut source = [0u8; CHUNK_SIZE_BYTES];
     base.read_chunk(same_position, &mut source)?;
+    if !worth_a_delta(data, &source) {
+        return Ok(None);
+    }
     Ok(delta::encode(data, &source))
+}
+
+/// A cheap guess whether xdelta3 can find anything: a slightly modified chunk agrees with
+/// its base chunk on most sampled words; a chunk that does not may still be a shifted copy
+/// (text with a line inserted), but not if it looks random (encrypted or compressed data,
+/// which xdelta3 then spends ~50 µs on for nothing).
+fn worth_a_delta(target: &Chunk, source: &Chunk) -> bool {
+    const SAMPLES: usize = 64;
+    const STRIDE: usize = CHUNK_SIZE_BYTES / SAMPLES;
+    let agree = (0..SAMPLES)
+        .filter(|i| target[i * STRIDE..i * STRIDE + 8] == source[i * STRIDE..i * STRIDE + 8])
+        .count();
+    if agree >= SAMPLES / 8 {
+        return true;
+    }
+    let mut seen = [false; 256];
+    for &b in target.iter().step_by(16) {
+        seen[usize::from(b)] = true;
+    }
+    // 256 samples of random bytes show ~160 distinct values; text and code far fewer.
+    seen.iter().filter(|&&s| s).count() < 128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worth_a_delta;
+    use crate::chunk::{Chunk, CHUNK_SIZE_BYTES};
+    use crate::testkit::{random_chunk, slightly_modified, text_chunk, Rng};
+
+    #[test]
+    fn delta_guess() {
+        let mut rng = Rng::new(5);
+        let base = text_chunk(1);
+        assert!(
+            worth_a_delta(&slightly_modified(&base, &mut rng), &base),
+            "small edit"
+        );
+        let mut shifted: Chunk = [b' '; CHUNK_SIZE_BYTES];
+        shifted[3..].copy_from_slice(&base[..CHUNK_SIZE_BYTES - 3]);
+        assert!(worth_a_delta(&shifted, &base), "shifted text");
+        assert!(
+            !worth_a_delta(&random_chunk(&mut rng), &base),
+            "random data"
+        );
+        let r = random_chunk(&mut rng);
+        assert!(
+            worth_a_delta(&slightly_modified(&r, &mut rng), &r),
+            "edited random data"
+        );
+    }
 }
