@@ -178,7 +178,6 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
         reset_peak_rss();
         let started = Instant::now();
         let reader = OverlayReader::open(BufReader::with_capacity(1 << 20, File::open(&overlay)?))?;
-        tracing::info!(open = ?started.elapsed(), "overlay opened");
         let outputs = DecodeOutputs {
             disk: &out_disk,
             disk_format: DiskOutputFormat::Qcow2,
@@ -188,7 +187,6 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
             threads: args.threads,
         };
         decode_summary = Some(decode(reader, &base, &outputs, &NoProgress).context("decoding")?);
-        tracing::info!(total = ?started.elapsed(), "decoded");
         decode_times.push(started.elapsed());
         decode_rss = decode_rss.max(peak_rss_mib());
     }

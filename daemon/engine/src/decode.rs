@@ -171,9 +171,7 @@ fn decode_in_pool<R: Read + Send>(
         has_memory: meta.memory.is_some(),
         ..Default::default()
     };
-    let setup = Instant::now();
     let mut out = Outputs::create(&meta, base, outputs)?;
-    tracing::debug!(elapsed = ?setup.elapsed(), "outputs created");
     let self_ref_targets = self_ref_targets(&meta)?;
     let mut written_at: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
 

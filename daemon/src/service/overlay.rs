@@ -80,12 +80,8 @@ impl AppState {
                 base.name
             )));
         }
-        let mut session = SessionRecord::new("overlay", Some(base.id.clone()));
+        let (mut session, dir) = self.new_session_with_dir("overlay", &base.id)?;
         let vm = session.vm_name.clone().unwrap_or_default();
-        let dir = self.data.session_dir(&session.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ServiceError::internal("creating session directory", e))?;
-        session.run_dir = Some(dir.display().to_string());
         let ports = merge_ports(&base, &req.guest_ports);
         session.params = Json(
             serde_json::to_value(OverlayParams {

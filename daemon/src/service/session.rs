@@ -25,6 +25,21 @@ pub(crate) fn session_params<T: serde::de::DeserializeOwned>(
 }
 
 impl AppState {
+    /// A new session of `kind` on `base_id` with its own work directory (created; recorded
+    /// as `run_dir`). Not yet stored: callers fill in their parameters first.
+    pub(crate) fn new_session_with_dir(
+        &self,
+        kind: &str,
+        base_id: &str,
+    ) -> Result<(SessionRecord, std::path::PathBuf), ServiceError> {
+        let mut session = SessionRecord::new(kind, Some(base_id.to_string()));
+        let dir = self.data.session_dir(&session.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServiceError::internal("creating session directory", e))?;
+        session.run_dir = Some(dir.display().to_string());
+        Ok((session, dir))
+    }
+
     /// Saves a base or overlay session's VM to `path` (the VM stops), recording the state
     /// changes and the step's time; the session is then `encoding`.
     pub(crate) async fn save_session_vm(

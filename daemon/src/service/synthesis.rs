@@ -75,13 +75,9 @@ impl AppState {
         reader: R,
         overlay_id: Option<String>,
     ) -> Result<SessionRecord, ServiceError> {
-        let mut session = SessionRecord::new("synthesis", Some(base.id.clone()));
+        let (mut session, dir) = self.new_session_with_dir("synthesis", &base.id)?;
         session.overlay_id = overlay_id;
         let vm = session.vm_name.clone().unwrap_or_default();
-        let dir = self.data.session_dir(&session.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ServiceError::internal("creating session directory", e))?;
-        session.run_dir = Some(dir.display().to_string());
         session.state = "decoding".into();
         self.store.insert_session(&session).await?;
 
