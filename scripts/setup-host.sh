@@ -13,7 +13,7 @@ fi
 # backports, and installing qemu-system-x86 7.2 alone removes it.
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   qemu-system-x86 qemu-utils pkg-config libclang-dev clang busybox-static cpio e2fsprogs
-  xdelta3 zstd xz-utils curl)
+  xdelta3 zstd xz-utils curl sqlite3)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,9 +1,20 @@
-//! `cloudlet`: the command line. Commands keep CMU Elijah's names; `info-overlay` works on
-//! a local file without a daemon. (Commands that drive the daemon arrive with its REST API.)
+//! `cloudlet`: the command line of a cloudlet. Commands keep CMU Elijah's names and drive
+//! the daemon `cloudletd` over its HTTP API; `info-overlay`, `completions` and `man` also
+//! work without one. Exit codes: 0 success, 1 error (one line `error: ...` on stderr, or
+//! `{"error":{..}}` with `--json`), 2 usage, and `run` exits with the guest command's status.
 #![forbid(unsafe_code)]
 
+mod api;
+mod client;
 mod commands;
+mod ctx;
+mod elijah;
+mod localfile;
 mod output;
+mod progress;
+mod report;
+mod resolve;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -11,21 +22,24 @@ use clap::Parser;
 
 /// cloudlet: VM synthesis for edge devices (Elijah-compatible command line).
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    /// Print JSON instead of human-readable output.
-    #[arg(long, global = true)]
-    json: bool,
+#[command(name = "cloudlet", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    global: ctx::GlobalArgs,
     #[command(subcommand)]
     command: commands::Command,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match commands::run(cli.command, cli.json) {
+    let ctx = ctx::Ctx::new(cli.global);
+    match commands::run(&cli.command, &ctx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if let Some(commands::GuestStatus(status)) = e.downcast_ref() {
+                return ExitCode::from(u8::try_from(*status).ok().filter(|s| *s != 0).unwrap_or(1));
+            }
+            report::error(&e, ctx.json());
             ExitCode::FAILURE
         }
     }

@@ -1,4 +1,7 @@
-//! Human output: sizes, aligned tables. JSON output is serde_json of the same structs.
+//! Human output: sizes, durations, aligned tables, a session's summary. Results go to
+//! stdout; warnings and progress to stderr. `--json` prints the daemon's JSON as received.
+
+use crate::api::Session;
 
 /// Prints to stdout (the one place the CLI writes results).
 #[allow(clippy::print_stdout)]
@@ -53,6 +56,102 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Prints a JSON value, pretty (the `--json` output of every command).
+pub fn print_json(value: &serde_json::Value) {
+    print(&serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+}
+
+/// A warning on stderr (never on stdout: it would corrupt `--json`).
+#[allow(clippy::print_stderr)]
+pub fn warn(text: &str) {
+    eprintln!("warning: {text}");
+}
+
+/// Milliseconds as "45 ms" or "1.2 s".
+pub fn duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+/// An RFC 3339 time shortened to the second, for tables.
+pub fn time(t: &str) -> String {
+    let t = t.replace('T', " ");
+    match t.find('.') {
+        Some(dot) => t[..dot].to_string(),
+        None => t.trim_end_matches('Z').to_string(),
+    }
+}
+
+/// A short content id (bases) for tables; ids are accepted by unique prefix. (Session and
+/// overlay ids are UUIDv7, whose first digits are a timestamp: shown in full.)
+pub fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// `127.0.0.1:<port>` of a session's VNC display.
+pub fn vnc(session: &Session) -> Option<String> {
+    session.vnc_port.map(|p| format!("127.0.0.1:{p}"))
+}
+
+/// A session as `key  value` lines: what it is, where to reach it, how long each step took.
+pub fn session(s: &Session) -> String {
+    let mut lines: Vec<(String, String)> = vec![
+        ("session".into(), s.id.clone()),
+        ("kind".into(), s.kind.clone()),
+        ("state".into(), s.state.clone()),
+    ];
+    let mut opt = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            lines.push((k.into(), v));
+        }
+    };
+    opt("base", s.base_id.clone());
+    opt("overlay", s.overlay_id.clone());
+    opt("vm", s.vm_name.clone());
+    if s.is_active() {
+        opt("vnc", vnc(s));
+        opt("console", s.console_path.clone());
+    }
+    opt("error", s.error.clone());
+    let mut text = String::new();
+    for (k, v) in &lines {
+        text.push_str(&format!("{k:<10} {v}\n"));
+    }
+    if s.is_active() {
+        for (guest, host) in &s.host_ports {
+            text.push_str(&format!(
+                "{:<10} guest {guest} \u{2192} 127.0.0.1:{host}\n",
+                "port"
+            ));
+        }
+    }
+    for r in &s.script_results {
+        let mark = if r.status == 0 {
+            "ok".to_string()
+        } else {
+            format!("exit {}", r.status)
+        };
+        text.push_str(&format!("{:<10} [{mark}] {}\n", "script", r.command));
+    }
+    if !s.timings.is_empty() {
+        text.push_str("timings\n");
+        let mut rows: Vec<Vec<String>> = s
+            .timings
+            .iter()
+            .map(|(step, ms)| vec![format!("  {step}"), duration_ms(*ms)])
+            .collect();
+        rows.push(vec![
+            "  total".into(),
+            duration_ms(s.timings.values().sum()),
+        ]);
+        text.push_str(&table(&rows));
+    }
+    text.trim_end().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +162,18 @@ mod tests {
         assert_eq!(size(999), "999 B");
         assert_eq!(size(4_320_000), "4.3 MB");
         assert_eq!(size(2_147_483_648), "2.1 GB");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_ms(45), "45 ms");
+        assert_eq!(duration_ms(1234), "1.2 s");
+    }
+
+    #[test]
+    fn times_are_shortened() {
+        assert_eq!(time("2026-11-25T10:11:12.345Z"), "2026-11-25 10:11:12");
+        assert_eq!(time("2026-11-25T10:11:12Z"), "2026-11-25 10:11:12");
     }
 
     #[test]

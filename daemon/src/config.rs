@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 /// zstd_level = 3
 /// threads = 0
 /// import_dirs = ["/srv/images"]
+/// token_file = "/etc/cloudlet/token"
+/// max_upload_bytes = 68719476736
+/// max_concurrent_syntheses = 2
+/// request_timeout_s = 3600
+/// body_idle_timeout_s = 60
+/// overlay_url_allow = ["https://overlays.example.org", "http://10.0.0.5:8000"]
 /// ```
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cloudlet/cloudletd.toml";
 
@@ -83,6 +89,24 @@ pub struct Config {
     /// overlays); nothing outside them is read on a request's behalf
     /// (`CLOUDLET_IMPORT_DIRS`, colon-separated). Empty: no local imports.
     pub import_dirs: Vec<PathBuf>,
+    /// File holding the API bearer token; created (mode 0600) on first start
+    /// (`CLOUDLET_TOKEN_FILE`).
+    pub token_file: PathBuf,
+    /// Largest request body accepted: overlay, base archive or file upload
+    /// (`CLOUDLET_MAX_UPLOAD_BYTES`). Larger ones get 413.
+    pub max_upload_bytes: u64,
+    /// Syntheses running at once; more get 503 with Retry-After
+    /// (`CLOUDLET_MAX_CONCURRENT_SYNTHESES`).
+    pub max_concurrent_syntheses: usize,
+    /// Longest a request may take, uploads included (`CLOUDLET_REQUEST_TIMEOUT_S`).
+    pub request_timeout_s: u64,
+    /// Longest a request body may stall before the request is dropped
+    /// (`CLOUDLET_BODY_IDLE_TIMEOUT_S`).
+    pub body_idle_timeout_s: u64,
+    /// Overlay URLs the daemon may fetch for synthesis: each entry is a
+    /// `scheme://host[:port]` origin (`CLOUDLET_OVERLAY_URL_ALLOW`, comma-separated).
+    /// Empty: fetching by URL is refused.
+    pub overlay_url_allow: Vec<String>,
 }
 
 impl Default for Config {
@@ -95,6 +119,12 @@ impl Default for Config {
             zstd_level: 3,
             threads: 0,
             import_dirs: Vec::new(),
+            token_file: PathBuf::from("/etc/cloudlet/token"),
+            max_upload_bytes: 64 << 30,
+            max_concurrent_syntheses: 2,
+            request_timeout_s: 3600,
+            body_idle_timeout_s: 60,
+            overlay_url_allow: Vec::new(),
         }
     }
 }
@@ -170,6 +200,29 @@ impl Config {
                 .map(PathBuf::from)
                 .collect();
         }
+        if let Some(v) = get("CLOUDLET_TOKEN_FILE") {
+            self.token_file = PathBuf::from(v);
+        }
+        if let Some(v) = get("CLOUDLET_MAX_UPLOAD_BYTES") {
+            self.max_upload_bytes = parse("max_upload_bytes", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_MAX_CONCURRENT_SYNTHESES") {
+            self.max_concurrent_syntheses = parse("max_concurrent_syntheses", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_REQUEST_TIMEOUT_S") {
+            self.request_timeout_s = parse("request_timeout_s", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_BODY_IDLE_TIMEOUT_S") {
+            self.body_idle_timeout_s = parse("body_idle_timeout_s", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_OVERLAY_URL_ALLOW") {
+            self.overlay_url_allow = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect();
+        }
         Ok(())
     }
 
@@ -193,6 +246,34 @@ impl Config {
                 reason: format!("{} is not an absolute path", d.display()),
             });
         }
+        if !self.token_file.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "token_file",
+                reason: "must be an absolute path".into(),
+            });
+        }
+        if self.max_concurrent_syntheses == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_concurrent_syntheses",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.request_timeout_s == 0 || self.body_idle_timeout_s == 0 {
+            return Err(ConfigError::Invalid {
+                key: "request_timeout_s",
+                reason: "timeouts must be at least 1 s".into(),
+            });
+        }
+        if let Some(o) = self
+            .overlay_url_allow
+            .iter()
+            .find(|o| parse_origin(o).is_none())
+        {
+            return Err(ConfigError::Invalid {
+                key: "overlay_url_allow",
+                reason: format!("`{o}` is not an http(s)://host[:port] origin"),
+            });
+        }
         if self.libvirt_uri.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "libvirt_uri",
@@ -206,6 +287,65 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
+}
+
+/// Every setting, its environment override and default (`cloudletd --help`).
+pub const SETTINGS_HELP: &str = "\
+Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
+  listen                    CLOUDLET_LISTEN                    127.0.0.1:8021
+      HTTP API address; keep it on loopback unless a firewall protects it.
+  data_dir                  CLOUDLET_DATA_DIR                  /var/lib/cloudlet
+      Catalogue (SQLite) and image files; the daemon owns everything in it.
+  libvirt_uri               CLOUDLET_LIBVIRT_URI               qemu:///system
+  domain_type               CLOUDLET_DOMAIN_TYPE               kvm
+      kvm (needs /dev/kvm) or qemu (TCG emulation).
+  zstd_level                CLOUDLET_ZSTD_LEVEL                3     (1..=19)
+  threads                   CLOUDLET_THREADS                   0     (0: one per core)
+  import_dirs               CLOUDLET_IMPORT_DIRS (a:b:c)       []
+      Directories requests may name local files in; anything else must be uploaded.
+  token_file                CLOUDLET_TOKEN_FILE                /etc/cloudlet/token
+      API bearer token, created (mode 0600) on first start; the CLI reads it there.
+  max_upload_bytes          CLOUDLET_MAX_UPLOAD_BYTES          68719476736 (64 GiB)
+  max_concurrent_syntheses  CLOUDLET_MAX_CONCURRENT_SYNTHESES  2     (more: 503 + Retry-After)
+  request_timeout_s         CLOUDLET_REQUEST_TIMEOUT_S         3600
+  body_idle_timeout_s       CLOUDLET_BODY_IDLE_TIMEOUT_S       60    (a stalled upload is dropped)
+  overlay_url_allow         CLOUDLET_OVERLAY_URL_ALLOW (a,b)   []
+      Origins (http(s)://host[:port]) synthesis may fetch overlays from.
+Log filter: CLOUDLET_LOG (default \"info\", e.g. \"cloudletd=debug\").
+`cloudletd print-config` shows the effective settings as TOML.";
+
+/// `scheme://host[:port]` → (scheme, host, port), lowercase; None unless http or https
+/// with a host and nothing after it.
+pub fn parse_origin(origin: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '@', '?', '#']) {
+        return None;
+    }
+    // `[v6]`, `[v6]:port`, `host`, `host:port`
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']')?;
+        let port = match after {
+            "" => default_port,
+            p => p.strip_prefix(':')?.parse().ok()?,
+        };
+        (addr, port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (rest, default_port),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((scheme, host.to_ascii_lowercase(), port))
 }
 
 #[cfg(test)]
@@ -250,5 +390,60 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().to_string().contains("zstd_level"));
         assert!(Config::load(Some(Path::new("/nonexistent/c.toml"))).is_err());
+        let c = Config {
+            overlay_url_allow: vec!["ftp://x".into()],
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("overlay_url_allow"));
+    }
+
+    #[test]
+    fn help_names_every_setting() {
+        let keys = Config::default().to_toml();
+        for line in keys.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap().trim();
+            assert!(
+                SETTINGS_HELP.contains(&format!("  {key} ")),
+                "{key} missing from --help"
+            );
+            let env = format!("CLOUDLET_{}", key.to_uppercase());
+            assert!(SETTINGS_HELP.contains(&env), "{env} missing from --help");
+        }
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            parse_origin("HTTPS://Overlays.example.org/"),
+            Some(("https".into(), "overlays.example.org".into(), 443))
+        );
+        assert_eq!(
+            parse_origin("http://10.0.0.5:8000"),
+            Some(("http".into(), "10.0.0.5".into(), 8000))
+        );
+        assert_eq!(
+            parse_origin("http://[::1]"),
+            Some(("http".into(), "::1".into(), 80))
+        );
+        assert_eq!(
+            parse_origin("https://[::1]:8443"),
+            Some(("https".into(), "::1".into(), 8443))
+        );
+        for bad in [
+            "http://[::1",
+            "http://[::1]x",
+            "file:///etc",
+            "http://",
+            "http://h/path",
+            "http://u@h",
+            "h:80",
+            "http://h:x",
+        ] {
+            assert_eq!(parse_origin(bad), None, "{bad}");
+        }
     }
 }

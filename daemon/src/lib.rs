@@ -7,6 +7,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod virt;
@@ -29,6 +30,14 @@ pub struct AppState {
     pub config: std::sync::Arc<Config>,
     /// libvirt.
     pub hv: virt::Hypervisor,
+    /// The API token.
+    pub token: api::auth::Token,
+    /// Syntheses allowed to run now (`max_concurrent_syntheses`).
+    pub synthesis_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Prometheus metrics.
+    pub metrics: std::sync::Arc<metrics::Metrics>,
+    /// Held while a base archive is built for download.
+    pub export_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Opens the data directory and catalogue, repairs what a crash interrupted.
@@ -41,12 +50,20 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     store::reconcile::reconcile(&store, &data)
         .await
         .context("repairing the data directory")?;
+    let token = api::auth::load_or_create(&config.token_file)
+        .with_context(|| format!("API token file {}", config.token_file.display()))?;
     let hv = virt::Hypervisor::new(&config.libvirt_uri);
     let state = AppState {
         store,
         data,
+        synthesis_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_syntheses,
+        )),
         config: std::sync::Arc::new(config),
         hv,
+        token,
+        metrics: std::sync::Arc::default(),
+        export_lock: std::sync::Arc::default(),
     };
     match state.hv.check().await {
         Ok(version) => {

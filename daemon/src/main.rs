@@ -7,13 +7,8 @@ use clap::{Parser, Subcommand};
 use cloudletd::Config;
 
 /// cloudlet daemon: base VMs, VM overlays and VM synthesis for edge devices.
-///
-/// Settings come from the TOML config file, overridden by CLOUDLET_* environment
-/// variables: CLOUDLET_LISTEN, CLOUDLET_DATA_DIR, CLOUDLET_LIBVIRT_URI,
-/// CLOUDLET_DOMAIN_TYPE (kvm|qemu), CLOUDLET_ZSTD_LEVEL, CLOUDLET_THREADS.
-/// Log filter: CLOUDLET_LOG (default "info").
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_long_help = cloudletd::config::SETTINGS_HELP)]
 struct Cli {
     /// Config file (default /etc/cloudlet/cloudletd.toml; missing is fine).
     #[arg(long, global = true, env = "CLOUDLET_CONFIG")]
@@ -30,6 +25,8 @@ enum Command {
     PrintConfig,
     /// Measure the overlay engine on a generated workload.
     Bench(cloudletd::bench::BenchArgs),
+    /// Print the OpenAPI document of the REST API (docs/openapi.json).
+    Openapi,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,5 +57,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => cloudletd::bench::run(&args),
+        Command::Openapi => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", cloudletd::api::openapi_json());
+            }
+            Ok(())
+        }
     }
 }

@@ -59,6 +59,10 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its API token (read from the token file it created).
+    pub token: String,
+    /// Its token file (`CLOUDLET_TOKEN_FILE`).
+    pub token_file: PathBuf,
     _tmp: Option<TempDir>,
     log: PathBuf,
 }
@@ -98,8 +102,10 @@ impl Daemon {
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent)?;
         }
+        let token_file = data_dir.with_extension("token");
         let child = Command::new(binary("cloudletd")?)
             .env("CLOUDLET_LISTEN", addr.to_string())
+            .env("CLOUDLET_TOKEN_FILE", &token_file)
             .env("CLOUDLET_DATA_DIR", data_dir)
             .env("CLOUDLET_DOMAIN_TYPE", "qemu")
             .envs(env.iter().copied())
@@ -111,10 +117,16 @@ impl Daemon {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             addr,
+            token: String::new(),
+            token_file,
             _tmp: None,
             log,
         };
         daemon.wait_healthy(Duration::from_secs(30))?;
+        daemon.token = std::fs::read_to_string(&daemon.token_file)
+            .context("reading the daemon's token file")?
+            .trim()
+            .to_string();
         Ok(daemon)
     }
 
@@ -143,14 +155,51 @@ impl Daemon {
         }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The daemon's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// GET `path`; (status, body).
+    /// GET `path` with the token; (status, body).
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        get(self.addr, path)
+        let (status, bytes) = self.send("GET", path, &[], &[])?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// The `Authorization` header with this daemon's token.
+    pub fn auth(&self) -> (&'static str, String) {
+        ("Authorization", format!("Bearer {}", self.token))
+    }
+
+    /// A request with the token and `headers`; (status, body).
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let reply = self.send_full(method, path, headers, body)?;
+        Ok((reply.status, reply.body))
+    }
+
+    /// As [`Self::send`], with the answer's headers.
+    pub fn send_full(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<Reply> {
+        let (key, value) = self.auth();
+        let mut all: Vec<(&str, &str)> = vec![(key, &value)];
+        all.extend_from_slice(headers);
+        send(self.addr, method, path, &all, body)
     }
 
     /// Kills the daemon (SIGKILL), as a crash would.
@@ -183,6 +232,7 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.token_file);
     }
 }
 
@@ -191,38 +241,56 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-/// A minimal HTTP/1.1 GET.
+/// A minimal HTTP/1.1 GET without a token.
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    request(addr, "GET", path, None, &[])
+    let reply = send(addr, "GET", path, &[], &[])?;
+    Ok((
+        reply.status,
+        String::from_utf8_lossy(&reply.body).into_owned(),
+    ))
 }
 
-/// A minimal HTTP/1.1 request (the typed API client arrives with the REST API issue):
-/// `content_type` + `body` when given; returns (status, body).
-pub fn request(
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header lines (`name: value` per line, names lowercased).
+    pub headers: String,
+    /// Body (chunked transfer decoded).
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(':'))
+                .map(str::trim)
+        })
+    }
+
+    /// The body as JSON (Null when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A minimal HTTP/1.1 request with `headers` and `body` (Content-Length always sent).
+pub fn send(
     addr: SocketAddr,
     method: &str,
     path: &str,
-    content_type: Option<&str>,
+    headers: &[(&str, &str)],
     body: &[u8],
-) -> anyhow::Result<(u16, String)> {
-    let (status, bytes) = request_bytes(addr, method, path, content_type, body)?;
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-/// As [`request`], with the body as bytes (chunked transfer decoded).
-pub fn request_bytes(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> anyhow::Result<(u16, Vec<u8>)> {
+) -> anyhow::Result<Reply> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     // VM flows answer when the VM is ready: allow minutes under TCG.
     s.set_read_timeout(Some(Duration::from_secs(600)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     s.write_all(head.as_bytes())?;
@@ -234,7 +302,14 @@ pub fn request_bytes(
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .context("no end of headers")?;
-    let headers = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    // Header names lowercased, values as sent.
+    let headers: String = String::from_utf8_lossy(&raw[..split])
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((name, value)) => format!("{}:{value}\n", name.to_ascii_lowercase()),
+            None => format!("{l}\n"),
+        })
+        .collect();
     let status = headers
         .split_whitespace()
         .nth(1)
@@ -242,7 +317,11 @@ pub fn request_bytes(
         .context("no HTTP status")?;
     let mut rest = &raw[split + 4..];
     if !headers.contains("transfer-encoding: chunked") {
-        return Ok((status, rest.to_vec()));
+        return Ok(Reply {
+            status,
+            headers,
+            body: rest.to_vec(),
+        });
     }
     let mut out = Vec::new();
     loop {
@@ -253,7 +332,11 @@ pub fn request_bytes(
         let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16)?;
         rest = &rest[line_end + 2..];
         if size == 0 {
-            return Ok((status, out));
+            return Ok(Reply {
+                status,
+                headers,
+                body: out,
+            });
         }
         out.extend_from_slice(rest.get(..size).context("truncated chunk")?);
         rest = rest.get(size + 2..).context("truncated chunk")?;
@@ -269,26 +352,23 @@ impl Daemon {
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let ct = body.map(|_| "application/json");
-        let (status, text) = request(self.addr, method, path, ct, bytes.as_bytes())?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        ))
+        let ct: &[(&str, &str)] = if body.is_some() {
+            &[("Content-Type", "application/json")]
+        } else {
+            &[]
+        };
+        let reply = self.send_full(method, path, ct, bytes.as_bytes())?;
+        Ok((reply.status, reply.json()))
     }
 
     /// Uploads raw bytes; (status, parsed body).
     pub fn upload(&self, path: &str, bytes: &[u8]) -> anyhow::Result<(u16, serde_json::Value)> {
-        let (status, text) = request(
-            self.addr,
+        let reply = self.send_full(
             "POST",
             path,
-            Some("application/octet-stream"),
+            &[("Content-Type", "application/octet-stream")],
             bytes,
         )?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        ))
+        Ok((reply.status, reply.json()))
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod console;
 pub mod daemon;
+pub mod synthetic;
 pub mod xml;
 
 use std::path::{Path, PathBuf};
@@ -188,4 +189,23 @@ pub fn domains_with_prefix(prefix: &str) -> Vec<String> {
         .filter(|n| n.starts_with(prefix))
         .map(str::to_string)
         .collect()
+}
+
+/// Connects to an application port forwarded to 127.0.0.1 and reads its greeting,
+/// retrying for 10 s (the guest's server loop restarts `nc` between connections).
+pub fn greeting(port: u64) -> anyhow::Result<String> {
+    use std::io::Read;
+    let port = u16::try_from(port)?;
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            if !text.is_empty() {
+                return Ok(text.trim().to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("nothing answered on 127.0.0.1:{port}")
 }

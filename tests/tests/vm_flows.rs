@@ -5,12 +5,10 @@
 //! running.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::io::Read;
-use std::net::TcpStream;
 use std::time::Duration;
 
 use cloudlet_e2e::daemon::TempDir;
-use cloudlet_e2e::{domains_with_prefix, fixture_guest, require_host, Daemon};
+use cloudlet_e2e::{domains_with_prefix, fixture_guest, greeting, require_host, Daemon};
 use serde_json::json;
 
 const CUSTOMIZE: [&str; 6] = [
@@ -34,23 +32,6 @@ fn run(d: &Daemon, session: &str, command: &str) -> String {
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["status"], 0, "`{command}` failed: {out}");
     out["output"].as_str().unwrap().trim().to_string()
-}
-
-/// Connects to a forwarded port and reads the greeting (retries while the guest's server
-/// loop restarts `nc`).
-fn greeting(port: u64) -> String {
-    for _ in 0..50 {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", u16::try_from(port).unwrap())) {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if !text.is_empty() {
-                return text.trim().to_string();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("nothing answered on 127.0.0.1:{port}");
 }
 
 fn session_vms(d: &Daemon) -> Vec<String> {
@@ -121,17 +102,42 @@ fn base_overlay_synthesis_through_the_daemon() {
     );
     let ov_id = ov["id"].as_str().unwrap().to_string();
     assert_eq!(
-        greeting(ov["host_ports"]["8080"].as_u64().unwrap()),
+        greeting(ov["host_ports"]["8080"].as_u64().unwrap()).unwrap(),
         "hello-from-guest"
     );
     let sums = run(&d, &ov_id, SUMS);
     let pid = run(&d, &ov_id, "cat /counter.pid");
     std::thread::sleep(Duration::from_millis(300));
     let counter_before: u64 = run(&d, &ov_id, "cat /counter").parse().unwrap();
-    let (status, done) = d
-        .json("POST", &format!("/api/v1/sessions/{ov_id}/finish"), None)
+    // Finish watched as a progress stream: save and encode steps, then the session.
+    let reply = d
+        .send_full(
+            "POST",
+            &format!("/api/v1/sessions/{ov_id}/finish"),
+            &[("Accept", "application/x-ndjson")],
+            &[],
+        )
         .unwrap();
-    assert_eq!(status, 200, "{done}\n{}", d.log_text());
+    assert_eq!(reply.status, 200);
+    let lines: Vec<serde_json::Value> = String::from_utf8(reply.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "step")
+        .filter_map(|l| l["step"].as_str())
+        .collect();
+    assert_eq!(steps, ["save", "encode"], "{lines:?}");
+    assert!(lines.iter().any(|l| l["type"] == "progress"), "{lines:?}");
+    let end = lines.last().unwrap();
+    assert_eq!(
+        (&end["type"], &end["status"]),
+        (&json!("result"), &json!(200)),
+        "{end}"
+    );
+    let done = end["body"].clone();
     assert_eq!(done["state"], "finished");
     let overlay_id = done["overlay_id"].as_str().unwrap().to_string();
     let (_, overlay) = d
@@ -140,6 +146,13 @@ fn base_overlay_synthesis_through_the_daemon() {
     let overlay_file = overlay["file_path"].as_str().unwrap().to_string();
     let bytes = std::fs::read(&overlay_file).unwrap();
     eprintln!("overlay: {} bytes, stats {}", bytes.len(), overlay["stats"]);
+    // Downloads: whole, and resumed from an offset.
+    let url = format!("/api/v1/overlays/{overlay_id}/file");
+    assert_eq!(d.send("GET", &url, &[], &[]).unwrap(), (200, bytes.clone()));
+    let tail = d
+        .send_full("GET", &url, &[("Range", "bytes=4096-")], &[])
+        .unwrap();
+    assert_eq!((tail.status, &tail.body[..]), (206, &bytes[4096..]));
     eprintln!("base session timings {}", base_session["timings"]);
     eprintln!("overlay session timings {}", done["timings"]);
 
@@ -152,7 +165,7 @@ fn base_overlay_synthesis_through_the_daemon() {
     eprintln!("synthesis timings {}", syn["timings"]);
     let syn_id = syn["id"].as_str().unwrap().to_string();
     assert_eq!(
-        greeting(syn["host_ports"]["8080"].as_u64().unwrap()),
+        greeting(syn["host_ports"]["8080"].as_u64().unwrap()).unwrap(),
         "hello-from-guest"
     );
     assert_eq!(run(&d, &syn_id, SUMS), sums);
@@ -243,9 +256,9 @@ fn base_overlay_synthesis_through_the_daemon() {
     );
 
     // 6. export the base, import it into a second cloudlet, synthesize the overlay there.
-    let (status, archive) =
-        cloudlet_e2e::daemon::request_bytes(d.addr, "GET", "/api/v1/bases/tiny/export", None, &[])
-            .unwrap();
+    let (status, archive) = d
+        .send("GET", "/api/v1/bases/tiny/export", &[], &[])
+        .unwrap();
     assert_eq!(status, 200);
     let other_cloudlet = Daemon::start_in(&tmp.0.join("data2"), &[]).unwrap();
     let (status, imported) = other_cloudlet

@@ -1,5 +1,6 @@
-//! `cloudlet info-overlay OVERLAY`: reads and verifies the overlay's header and metadata
-//! (and, with `--verify`, every payload segment) and prints its summary.
+//! `cloudlet info-overlay OVERLAY`: reads and verifies a local overlay file's header and
+//! metadata (and, with `--verify`, every payload segment) and prints its summary; for an
+//! OVERLAY that is no local file, shows the overlay the daemon stores under that id (prefix).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -8,12 +9,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use cloudlet_engine::format::OverlayReader;
 
+use crate::api::Overlay;
+use crate::ctx::Ctx;
 use crate::output;
+use crate::resolve;
 
 /// Flags of `info-overlay`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The overlay file.
+    /// The overlay file, or a stored overlay's id (unique prefix).
     pub overlay: PathBuf,
     /// Also read every payload segment and check its hash.
     #[arg(long)]
@@ -21,8 +25,15 @@ pub struct Args {
 }
 
 /// Runs the command.
-pub fn run(args: &Args, json: bool) -> anyhow::Result<()> {
+pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let json = ctx.json();
     let path = &args.overlay;
+    if !path.exists() && !path.to_string_lossy().contains('/') {
+        if args.verify {
+            anyhow::bail!("--verify reads a local file; the daemon verifies stored overlays when it synthesizes them");
+        }
+        return stored(&path.to_string_lossy(), ctx);
+    }
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let file_size = file
         .metadata()
@@ -104,6 +115,49 @@ pub fn run(args: &Args, json: bool) -> anyhow::Result<()> {
     text.push_str(&output::table(&rows));
     if args.verify {
         text.push_str("\nevery segment verified\n");
+    }
+    output::print(text.trim_end());
+    Ok(())
+}
+
+/// The daemon's record of a stored overlay.
+fn stored(prefix: &str, ctx: &Ctx) -> anyhow::Result<()> {
+    let overlay = resolve::overlay(ctx, prefix)?;
+    let value = ctx
+        .client()?
+        .get(&format!("/api/v1/overlays/{}", overlay.id))?;
+    if ctx.json() {
+        output::print_json(&value);
+        return Ok(());
+    }
+    let o: Overlay = serde_json::from_value(value)?;
+    let mut text = String::new();
+    for (k, v) in [
+        ("overlay", o.id.clone()),
+        ("name", o.name.clone().unwrap_or_else(|| "-".into())),
+        ("base", o.base_id.clone()),
+        ("file size", output::size(o.file_size)),
+        (
+            "content",
+            if o.disk_only {
+                "disk only"
+            } else {
+                "memory + disk"
+            }
+            .into(),
+        ),
+        ("mem pages", o.modified_memory_pages.to_string()),
+        ("disk chunks", o.modified_disk_chunks.to_string()),
+        ("created", output::time(&o.created_at)),
+    ] {
+        text.push_str(&format!("{k:<12} {v}\n"));
+    }
+    if let Some(stats) = o.stats.as_object() {
+        for (k, v) in stats {
+            if !v.is_object() && !v.is_array() {
+                text.push_str(&format!("{k:<12} {v}\n"));
+            }
+        }
     }
     output::print(text.trim_end());
     Ok(())

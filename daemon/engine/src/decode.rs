@@ -231,8 +231,9 @@ fn decode_in_pool<R: Read + Send>(
     Ok(summary)
 }
 
-/// Refuses an overlay made for another base or for another VM shape.
-fn check_fits(meta: &OverlayMeta, base: &Base) -> Result<(), DecodeError> {
+/// Refuses an overlay made for another base or for another VM shape (decode checks it
+/// too; callers use it to fail before any other work).
+pub fn check_fits(meta: &OverlayMeta, base: &Base) -> Result<(), DecodeError> {
     if &meta.base_id != base.id() {
         return Err(DecodeError::BaseMismatch {
             expected: hex(&meta.base_id),

@@ -98,7 +98,13 @@ pub fn test_layout(blocks: &[(&str, u64)]) -> SaveFileLayout {
     preamble.push(0x07);
     preamble.extend_from_slice(&13u32.to_be_bytes()); // machine.len()
     preamble.extend_from_slice(machine);
-    let mut xml_area = b"<domain type='qemu'><name>testkit</name></domain>\0".to_vec();
+    // Enough of a libvirt domain for the daemon to retarget it (disk, serial console).
+    let mut xml_area = b"<domain type='qemu'><name>testkit</name><devices>\
+        <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+        <source file='/testkit/disk.raw'/><target dev='vda' bus='virtio'/></disk>\
+        <serial type='unix'><source mode='bind' path='/testkit/console.sock'/></serial>\
+        </devices></domain>\0"
+        .to_vec();
     xml_area.resize(4096, 0);
     SaveFileLayout {
         libvirt_version: 2,

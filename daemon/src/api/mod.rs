@@ -1,34 +1,37 @@
 //! The HTTP API (axum only: handlers extract, call one service method, map the result).
-//! Routes under `/api/v1`; `docs/api.md` describes them.
+//! Routes under `/api/v1`, one file per resource; `docs/api.md` describes them and
+//! `docs/openapi.json` is generated from the annotations here (`cloudletd openapi`).
 
+pub mod auth;
+mod bases;
 mod error;
+mod extract;
+mod files;
+mod overlays;
+mod respond;
+mod sessions;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::TryStreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use utoipa::OpenApi;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
+pub use respond::NDJSON;
 
-use crate::service::base::{AddBase, CreateBase};
-use crate::service::overlay::CreateOverlay;
-use crate::service::synthesis::Synthesize;
 use crate::service::ServiceError;
-use crate::store::bases::BaseRecord;
-use crate::store::overlays::OverlayRecord;
-use crate::store::sessions::SessionRecord;
 use crate::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Body of `GET /health`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// Always "ok" when the daemon answers and its catalogue responds.
     pub status: &'static str,
@@ -38,30 +41,123 @@ pub struct Health {
     pub bases: usize,
 }
 
-/// Every route.
+/// The OpenAPI document of every route.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "cloudlet", description = "VM synthesis for edge devices: base VMs, VM overlays, synthesis sessions."),
+    paths(
+        health, metrics, openapi,
+        bases::list, bases::create, bases::add, bases::get, bases::delete, bases::export,
+        bases::import,
+        overlays::list, overlays::create, overlays::get, overlays::delete, overlays::download,
+        sessions::synthesize, sessions::synthesize_upload, sessions::list, sessions::clear,
+        sessions::get, sessions::finish, sessions::stop, sessions::run,
+        files::upload,
+    ),
+    components(schemas(crate::service::progress::Event)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "bases", description = "Base VMs"),
+        (name = "overlays", description = "VM overlays"),
+        (name = "synthesis", description = "Rebuilding and resuming a customized VM"),
+        (name = "sessions", description = "Running and past VM sessions"),
+        (name = "files", description = "Uploads"),
+        (name = "daemon", description = "Health, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.to_pretty_json().unwrap_or_default() + "\n"
+}
+
+/// Every route, with authentication, the request deadline and response metrics.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/bases", get(list_bases).post(create_base))
-        .route("/bases/add", post(add_base))
-        .route("/bases/import", post(import_base))
-        .route("/bases/{selector}", get(get_base).delete(delete_base))
-        .route("/bases/{selector}/export", get(export_base))
-        .route("/overlays", get(list_overlays).post(create_overlay))
-        .route("/overlays/{id}", get(get_overlay).delete(delete_overlay))
-        .route("/synthesis", post(synthesize))
-        .route("/synthesis/upload", post(synthesize_upload))
-        .route("/sessions", get(list_sessions).delete(clear_sessions))
-        .route("/sessions/{id}", get(get_session))
-        .route("/sessions/{id}/finish", post(finish_session))
-        .route("/sessions/{id}/stop", post(stop_session))
-        .route("/sessions/{id}/run", post(run_in_session));
+        .route("/bases", get(bases::list).post(bases::create))
+        .route("/bases/add", post(bases::add))
+        .route("/bases/import", post(bases::import))
+        .route("/bases/{selector}", get(bases::get).delete(bases::delete))
+        .route("/bases/{selector}/export", get(bases::export))
+        .route("/overlays", get(overlays::list).post(overlays::create))
+        .route(
+            "/overlays/{id}",
+            get(overlays::get).delete(overlays::delete),
+        )
+        .route("/overlays/{id}/file", get(overlays::download))
+        .route("/uploads", post(files::upload))
+        .route("/synthesis", post(sessions::synthesize))
+        .route("/synthesis/upload", post(sessions::synthesize_upload))
+        .route("/sessions", get(sessions::list).delete(sessions::clear))
+        .route("/sessions/{id}", get(sessions::get))
+        .route("/sessions/{id}/finish", post(sessions::finish))
+        .route("/sessions/{id}/stop", post(sessions::stop))
+        .route("/sessions/{id}/run", post(sessions::run))
+        .route("/openapi.json", get(openapi))
+        .method_not_allowed_fallback(method_not_allowed);
+    let protected = Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/health", get(health))
-        .nest("/api/v1", api)
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .with_state(state)
 }
 
-async fn health(State(state): State<AppState>) -> Result<Json<Health>, (StatusCode, String)> {
+/// Answers `timeout` when a request is not answered within `request_timeout_s` (the work
+/// itself runs on in its own task: see `respond`), and counts answers by status.
+async fn deadline(State(s): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = Duration::from_secs(s.config.request_timeout_s);
+    let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(r) => r,
+        // 504, not 408: a client must not simply resend (the work may still complete).
+        Err(_) => ApiError::from(ServiceError::Deadline(format!(
+            "no answer within {} s (setting request_timeout_s); the work may still complete: \
+             check the sessions",
+            limit.as_secs()
+        )))
+        .into_response(),
+    };
+    s.metrics.response(response.status().as_u16());
+    response
+}
+
+async fn not_found() -> ApiError {
+    ServiceError::NotFound("route".into()).into()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ServiceError::MethodNotAllowed.into()
+}
+
+/// Liveness and catalogue check; needs no token.
+#[utoipa::path(get, path = "/health", tag = "daemon",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     match state.store.bases().await {
         Ok(bases) => Ok(Json(Health {
             status: "ok",
@@ -70,202 +166,59 @@ async fn health(State(state): State<AppState>) -> Result<Json<Health>, (StatusCo
         })),
         Err(e) => {
             tracing::error!(error = ?e, "health check: catalogue unavailable");
-            Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "catalogue unavailable".into(),
-            ))
+            Err(ServiceError::Busy {
+                what: "the catalogue is unavailable".into(),
+                retry_after_s: 5,
+            }
+            .into())
         }
     }
 }
 
-async fn list_bases(State(s): State<AppState>) -> ApiResult<Json<Vec<BaseRecord>>> {
-    Ok(Json(
-        s.store
-            .bases()
-            .await?
-            .into_iter()
-            .filter(|b| b.state == "ready")
-            .collect(),
-    ))
-}
-
-async fn create_base(
-    State(s): State<AppState>,
-    Json(req): Json<CreateBase>,
-) -> ApiResult<(StatusCode, Json<SessionRecord>)> {
-    Ok((StatusCode::CREATED, Json(s.create_base(req).await?)))
-}
-
-async fn add_base(
-    State(s): State<AppState>,
-    Json(req): Json<AddBase>,
-) -> ApiResult<(StatusCode, Json<BaseRecord>)> {
-    Ok((StatusCode::CREATED, Json(s.add_base(req).await?)))
-}
-
-async fn get_base(
-    State(s): State<AppState>,
-    Path(selector): Path<String>,
-) -> ApiResult<Json<BaseRecord>> {
-    Ok(Json(s.resolve_base(&selector).await?))
-}
-
-async fn delete_base(
-    State(s): State<AppState>,
-    Path(selector): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<BaseRecord>> {
-    let force = q.get("force").is_some_and(|v| v == "true" || v == "1");
-    Ok(Json(s.delete_base(&selector, force).await?))
-}
-
-/// Streams the base archive as it is written (no temporary file).
-async fn export_base(
-    State(s): State<AppState>,
-    Path(selector): Path<String>,
-) -> ApiResult<axum::response::Response> {
-    s.resolve_base(&selector).await?; // answer 404 before streaming starts
-    let (writer, reader) = tokio::io::duplex(1 << 20);
-    let sink = tokio_util::io::SyncIoBridge::new(writer);
-    tokio::spawn(async move {
-        if let Err(e) = s.export_base(&selector, sink).await {
-            tracing::error!(error = %e, "export failed mid-stream");
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "daemon",
+    responses((status = 200, content_type = "text/plain", body = String)),
+    security(("bearer" = [])))]
+async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
+    let mut active: Vec<(String, i64)> = Vec::new();
+    for session in s.store.active_sessions().await? {
+        match active.iter_mut().find(|(k, _)| *k == session.kind) {
+            Some((_, n)) => *n += 1,
+            None => active.push((session.kind, 1)),
         }
-    });
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
-    Ok(axum::response::Response::builder()
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .map_err(|e| ServiceError::internal("response", e))?)
-}
-
-#[derive(Debug, Deserialize)]
-struct ImportQuery {
-    name: Option<String>,
-}
-
-async fn import_base(
-    State(s): State<AppState>,
-    Query(q): Query<ImportQuery>,
-    body: Body,
-) -> ApiResult<(StatusCode, Json<BaseRecord>)> {
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    Ok((
-        StatusCode::CREATED,
-        Json(s.import_base(reader, q.name).await?),
-    ))
-}
-
-async fn list_overlays(State(s): State<AppState>) -> ApiResult<Json<Vec<OverlayRecord>>> {
-    Ok(Json(s.store.overlays(None).await?))
-}
-
-async fn create_overlay(
-    State(s): State<AppState>,
-    Json(req): Json<CreateOverlay>,
-) -> ApiResult<(StatusCode, Json<SessionRecord>)> {
-    Ok((StatusCode::CREATED, Json(s.create_overlay(req).await?)))
-}
-
-async fn get_overlay(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<OverlayRecord>> {
-    crate::service::validate_id(&id)?;
-    Ok(Json(s.store.overlay(&id).await?))
-}
-
-async fn delete_overlay(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<OverlayRecord>> {
-    Ok(Json(s.delete_overlay(&id).await?))
-}
-
-async fn synthesize(
-    State(s): State<AppState>,
-    Json(req): Json<Synthesize>,
-) -> ApiResult<(StatusCode, Json<SessionRecord>)> {
-    Ok((StatusCode::CREATED, Json(s.synthesize(req).await?)))
-}
-
-#[derive(Debug, Deserialize)]
-struct UploadQuery {
-    base: String,
-}
-
-/// The edge-device path: the overlay is the request body, decoded as it streams in.
-async fn synthesize_upload(
-    State(s): State<AppState>,
-    Query(q): Query<UploadQuery>,
-    body: Body,
-) -> ApiResult<(StatusCode, Json<SessionRecord>)> {
-    let base = s.resolve_base(&q.base).await?;
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    Ok((
-        StatusCode::CREATED,
-        Json(s.synthesize_from(base, reader, None).await?),
-    ))
-}
-
-async fn list_sessions(State(s): State<AppState>) -> ApiResult<Json<Vec<SessionRecord>>> {
-    Ok(Json(s.store.sessions().await?))
-}
-
-async fn clear_sessions(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    let removed = s.store.clear_finished_sessions().await?;
-    Ok(Json(serde_json::json!({ "removed": removed })))
-}
-
-async fn get_session(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<SessionRecord>> {
-    Ok(Json(s.session(&id).await?))
-}
-
-async fn finish_session(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<SessionRecord>> {
-    Ok(Json(s.finish_session(&id).await?))
-}
-
-async fn stop_session(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<SessionRecord>> {
-    Ok(Json(s.stop_session(&id).await?))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunRequest {
-    command: String,
-    #[serde(default)]
-    timeout_s: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct RunResponse {
-    output: String,
-    status: i32,
-}
-
-async fn run_in_session(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    Json(req): Json<RunRequest>,
-) -> ApiResult<Json<RunResponse>> {
-    let timeout = Duration::from_secs(req.timeout_s.unwrap_or(60).clamp(1, 3600));
-    if req.command.contains('\n') {
-        return Err(ServiceError::InvalidRequest("command must be one line".into()).into());
     }
-    let out = s.run_in_session(&id, &req.command, timeout).await?;
-    Ok(Json(RunResponse {
-        output: out.output,
-        status: out.status,
-    }))
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(&active),
+    )
+        .into_response())
+}
+
+/// This API's OpenAPI document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "daemon",
+    responses((status = 200, content_type = "application/json", body = Object)),
+    security(("bearer" = [])))]
+async fn openapi() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_json(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn docs_openapi_json_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == super::openapi_json(),
+            "docs/openapi.json is stale: run `cargo run -p cloudletd -- openapi > docs/openapi.json`"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! existing disk + save file, delete one.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
@@ -21,18 +21,21 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 pub const SCRIPT_LINE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `cloudlet base DISK`: boot a disk image so that it can be set up, then save it as a base.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBase {
     /// Unique name of the base.
     pub name: String,
     /// Disk image (raw or qcow2) inside an import directory; the base keeps its own copy.
+    #[schema(value_type = String)]
     pub disk: PathBuf,
     /// Kernel for direct kernel boot (else the disk boots by itself).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub kernel: Option<PathBuf>,
     /// Initramfs for direct kernel boot.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub initrd: Option<PathBuf>,
     /// Kernel command line for direct kernel boot.
     #[serde(default)]
@@ -77,14 +80,16 @@ pub(crate) struct BaseParams {
 }
 
 /// `add-base`: register an existing disk and memory snapshot.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddBase {
     /// Unique name.
     pub name: String,
     /// Raw disk image the snapshot was taken with.
+    #[schema(value_type = String)]
     pub disk: PathBuf,
     /// libvirt save file of the booted VM.
+    #[schema(value_type = String)]
     pub save_file: PathBuf,
     /// Guest TCP ports of the application.
     #[serde(default)]
@@ -138,7 +143,7 @@ impl AppState {
         let mut timer = StepTimer::default();
         let result = async {
             let paths = BasePaths::in_dir(&dir);
-            let copy_started = Instant::now();
+            let copy_started = StepTimer::begin("copy_disk");
             import_disk(&disk, &paths.disk).await?;
             let kernel = copy_boot_file(kernel.as_deref(), &dir, "vmlinuz")?;
             let initrd = copy_boot_file(initrd.as_deref(), &dir, "initrd.img")?;
@@ -209,9 +214,9 @@ impl AppState {
         let save = params.dir.join("memory.save");
         let mut timer = StepTimer::default();
         self.save_session_vm(session, &save, &mut timer).await?;
-        let started = Instant::now();
+        let started = StepTimer::begin("hash");
         let summary = {
-            let (paths, save) = (paths.clone(), save.clone());
+            let (paths, save) = (paths.clone(), save.to_path_buf());
             blocking(move || {
                 create_base(&paths, Some(&save))
                     .map_err(|e| ServiceError::internal("hashing the base", error_chain(&e)))
@@ -240,7 +245,7 @@ impl AppState {
             let paths = BasePaths::in_dir(&dir);
             import_disk(&disk, &paths.disk).await?;
             let summary = {
-                let (paths, save) = (paths.clone(), save.clone());
+                let (paths, save) = (paths.clone(), save.to_path_buf());
                 blocking(move || {
                     create_base(&paths, Some(&save))
                         .map_err(|e| ServiceError::InvalidRequest(error_chain(&e)))
@@ -308,6 +313,7 @@ impl AppState {
             self.delete_overlay(&o.id).await?;
         }
         self.store.set_base_state(&base.id, state::DELETING).await?;
+        let _ = std::fs::remove_file(self.data.export_file(&base.id));
         if let Err(e) = std::fs::remove_dir_all(&base.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(ServiceError::internal("removing base files", e));

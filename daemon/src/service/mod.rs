@@ -3,7 +3,9 @@
 //! never HTTP ones. Engine work runs on the blocking pool; libvirt goes through `virt`.
 
 pub mod base;
+pub mod intake;
 pub mod overlay;
+pub mod progress;
 pub mod session;
 pub mod synthesis;
 pub mod transfer;
@@ -55,9 +57,41 @@ pub enum ServiceError {
         /// Its exit status.
         status: i32,
     },
+    /// An overlay URL outside the configured origins.
+    #[error("{0} is not an allowed overlay origin of this daemon (setting overlay_url_allow)")]
+    UrlNotAllowed(String),
+    /// Fetching an overlay URL failed.
+    #[error("fetching the overlay failed: {0}")]
+    FetchFailed(String),
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token (see the daemon's token_file)")]
+    Unauthorized,
+    /// A request body over the configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A request body stalled or a request ran past its deadline.
+    #[error("{0}")]
+    Timeout(String),
+    /// No answer within the request deadline (the work itself may still complete).
+    #[error("{0}")]
+    Deadline(String),
+    /// Too much work at once; retry later.
+    #[error("{what}; retry in {retry_after_s} s")]
+    Busy {
+        /// What is saturated.
+        what: String,
+        /// Seconds to wait.
+        retry_after_s: u64,
+    },
+    /// The route exists but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// libvirt or QEMU failed.
     #[error("hypervisor: {0}")]
     Hypervisor(String),
+    /// The data directory's file system is full.
+    #[error("{0}")]
+    NoSpace(String),
     /// Anything else (I/O on the host, database): details in the log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,7 +109,16 @@ impl ServiceError {
             ServiceError::OverlayCorrupt(_) => "overlay-corrupt",
             ServiceError::OverlayBaseMismatch(_) => "overlay-base-mismatch",
             ServiceError::ScriptFailed { .. } => "script-failed",
+            ServiceError::UrlNotAllowed(_) => "url-not-allowed",
+            ServiceError::FetchFailed(_) => "fetch-failed",
+            ServiceError::Unauthorized => "unauthorized",
+            ServiceError::TooLarge(_) => "too-large",
+            ServiceError::Timeout(_) => "timeout",
+            ServiceError::Busy { .. } => "busy",
+            ServiceError::Deadline(_) => "deadline",
+            ServiceError::MethodNotAllowed => "method-not-allowed",
             ServiceError::Hypervisor(_) => "hypervisor-error",
+            ServiceError::NoSpace(_) => "no-space",
             ServiceError::Internal(_) => "internal",
         }
     }
@@ -138,15 +181,27 @@ impl StepTimer {
         step: &str,
         f: F,
     ) -> T {
-        let started = Instant::now();
+        let started = Self::begin(step);
         let v = f.await;
         self.record(step, started);
         v
     }
 
+    /// Announces `step` to progress watchers; returns its start for [`Self::record`].
+    pub(crate) fn begin(step: &str) -> Instant {
+        progress::emit(progress::Event::Step {
+            step: step.to_string(),
+        });
+        Instant::now()
+    }
+
     pub(crate) fn record(&mut self, step: &str, started: Instant) {
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(step, ms, "session step done");
+        progress::emit(progress::Event::StepDone {
+            step: step.to_string(),
+            ms,
+        });
         self.0.insert(step.to_string(), ms);
     }
 
@@ -160,6 +215,9 @@ impl StepTimer {
 impl AppState {
     /// The base a user means: exact id, name or source path, else a unique id prefix.
     pub async fn resolve_base(&self, selector: &str) -> Result<BaseRecord, ServiceError> {
+        if selector.trim().is_empty() {
+            return Err(ServiceError::InvalidRequest("empty base selector".into()));
+        }
         let found = self.store.find_bases(selector).await?;
         let ready: Vec<BaseRecord> = found.into_iter().filter(|b| b.state == "ready").collect();
         match ready.len() {
@@ -175,10 +233,22 @@ impl AppState {
         }
     }
 
-    /// A local file a request names: must exist and lie inside an import directory
-    /// (after resolving symlinks and `..`).
-    pub fn import_path(&self, path: &Path) -> Result<PathBuf, ServiceError> {
+    /// A local file a request names: `upload:<id>` (a file sent to `POST /uploads`,
+    /// consumed when the returned guard drops), or a path that must exist and lie inside an
+    /// import directory (after resolving symlinks and `..`).
+    pub fn import_path(&self, path: &Path) -> Result<LocalInput, ServiceError> {
         let shown = path.display().to_string();
+        if let Some(id) = shown.strip_prefix(UPLOAD_PREFIX) {
+            validate_id(id)?;
+            let upload = self.data.upload_file(id);
+            if !upload.is_file() {
+                return Err(ServiceError::NotFound(format!("upload {id}")));
+            }
+            return Ok(LocalInput {
+                path: upload,
+                consume: true,
+            });
+        }
         let real =
             std::fs::canonicalize(path).map_err(|_| ServiceError::PathNotAllowed(shown.clone()))?;
         let allowed = self
@@ -190,7 +260,10 @@ impl AppState {
         if !allowed || !real.is_file() {
             return Err(ServiceError::PathNotAllowed(shown));
         }
-        Ok(real)
+        Ok(LocalInput {
+            path: real,
+            consume: false,
+        })
     }
 
     /// Loads a session.
@@ -198,6 +271,64 @@ impl AppState {
         validate_id(id)?;
         Ok(self.store.session(id).await?)
     }
+}
+
+/// How a request names an uploaded file instead of a local path.
+pub const UPLOAD_PREFIX: &str = "upload:";
+
+/// A file a request reads; an upload is deleted once the request is done with it.
+#[derive(Debug)]
+pub struct LocalInput {
+    path: PathBuf,
+    consume: bool,
+}
+
+impl LocalInput {
+    /// A file the daemon already owns (never deleted by this guard).
+    pub fn owned_by_daemon(path: PathBuf) -> Self {
+        Self {
+            path,
+            consume: false,
+        }
+    }
+}
+
+impl std::ops::Deref for LocalInput {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for LocalInput {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LocalInput {
+    fn drop(&mut self) {
+        if self.consume {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// An engine or I/O failure: a full data disk (anywhere in the error's sources) becomes
+/// `no-space`, anything else `internal`.
+pub(crate) fn failure(context: &str, e: &(dyn std::error::Error + 'static)) -> ServiceError {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull {
+                return ServiceError::NoSpace(format!(
+                    "{context}: the cloudlet's data disk is full"
+                ));
+            }
+        }
+        source = err.source();
+    }
+    ServiceError::internal(context, error_chain(e))
 }
 
 /// Ids are UUIDs or hex hashes: anything else is refused before it reaches a path or query.

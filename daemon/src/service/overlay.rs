@@ -12,18 +12,17 @@ use super::{blocking, error_chain, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::overlays::OverlayRecord;
 use crate::store::sessions::SessionRecord;
-use crate::virt::{domain_xml, forward_port, Console};
+use crate::virt::{confine, domain_xml, forward_port, Console};
 use crate::AppState;
 use cloudlet_engine::base::{write_base_save_file, Base, BasePaths};
 use cloudlet_engine::chunk::ImageKind;
 use cloudlet_engine::disk::DiskSource;
 use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
-use cloudlet_engine::progress::NoProgress;
 
 const RESUME_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `cloudlet overlay BASE`: resume the base so that an application can be installed.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOverlay {
     /// The base: id, unique id prefix, name or source disk path.
@@ -40,6 +39,10 @@ pub struct CreateOverlay {
     /// Save and encode right after the script (else wait for `finish`).
     #[serde(default)]
     pub finish: bool,
+    /// Do not pass guest TRIM through to the overlay disk (Elijah `-t`): freed blocks then
+    /// keep their old contents and travel in the overlay.
+    #[serde(default)]
+    pub no_trim: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,13 +97,14 @@ impl AppState {
 
         let mut timer = StepTimer::default();
         let result = async {
-            let started = Instant::now();
+            let started = StepTimer::begin("prepare");
             let engine_base = open_base(&base).await?;
             let disk = dir.join("disk.qcow2");
             let console_path = dir.join("console.sock");
             create_cow_disk(&base_paths(&base).disk, &disk).await?;
             let resume = dir.join("resume.save");
             {
+                let no_trim = req.no_trim;
                 let (disk, console_path, resume, vm, base_dir) = (
                     disk.clone(),
                     console_path.clone(),
@@ -124,6 +128,13 @@ impl AppState {
                         &console_path,
                     )?;
                     let xml = set_boot_files(&xml, &base_dir);
+                    let xml = domain_xml::set_disk_discard(
+                        &xml,
+                        if no_trim { "ignore" } else { "unmap" },
+                    )?;
+                    // A base's XML may come from an imported archive.
+                    let session_dir = disk.parent().unwrap_or(&base_dir);
+                    confine::check_confined(&xml, &[session_dir, &base_dir], None)?;
                     write_base_save_file(&engine_base, &resume, Some(&xml)).map_err(|e| {
                         ServiceError::internal("writing the base snapshot", error_chain(&e))
                     })
@@ -135,7 +146,7 @@ impl AppState {
             let _ = std::fs::remove_file(&resume); // QEMU has loaded it
             session.console_path = Some(console_path.display().to_string());
             session.vnc_port = self.hv.vnc_port(&vm).await.ok().flatten().map(i64::from);
-            let started = Instant::now();
+            let started = StepTimer::begin("ports");
             for port in &ports {
                 let host = forward_port(&self.hv, &vm, *port).await?;
                 session.host_ports.0.insert(*port, host);
@@ -176,7 +187,7 @@ impl AppState {
         self.save_session_vm(session, &save, &mut timer).await?;
         let overlay_id = crate::store::new_id();
         let out = self.data.overlay_file(&overlay_id);
-        let started = Instant::now();
+        let started = StepTimer::begin("encode");
         let engine_base = open_base(&base).await?;
         let options = EncodeOptions {
             zstd_level: self.config.zstd_level,
@@ -194,6 +205,7 @@ impl AppState {
         let summary = {
             let (out, base_disk, disk_only) =
                 (out.clone(), base_paths(&base).disk, params.disk_only);
+            let reporter = super::progress::engine_reporter();
             blocking(move || {
                 let disk = DiskSource::qcow2(&dir.join("disk.qcow2"), &base_disk).map_err(|e| {
                     ServiceError::internal("reading the customized disk", error_chain(&e))
@@ -202,7 +214,7 @@ impl AppState {
                     memory: (!disk_only).then_some(save.as_path()),
                     disk: &disk,
                 };
-                encode(&engine_base, &input, &out, &options, &NoProgress)
+                encode(&engine_base, &input, &out, &options, &reporter)
                     .map_err(|e| ServiceError::internal("encoding the overlay", error_chain(&e)))
             })
             .await?

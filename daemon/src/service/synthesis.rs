@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,15 +11,14 @@ use super::overlay::{merge_ports, new_uuid, open_base, set_boot_files};
 use super::{blocking, error_chain, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
-use crate::virt::{domain_xml, forward_port};
+use crate::virt::{confine, domain_xml, forward_port};
 use crate::AppState;
-use cloudlet_engine::decode::{decode, DecodeError, DecodeOutputs};
+use cloudlet_engine::decode::{check_fits, decode, DecodeError, DecodeOutputs};
 use cloudlet_engine::disk::DiskOutputFormat;
 use cloudlet_engine::format::OverlayReader;
-use cloudlet_engine::progress::NoProgress;
 
 /// `cloudlet synthesis BASE OVERLAY`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Synthesize {
     /// The base: id, unique id prefix, name or source disk path.
@@ -28,9 +26,14 @@ pub struct Synthesize {
     /// An overlay this cloudlet stores.
     #[serde(default)]
     pub overlay_id: Option<String>,
-    /// An overlay file inside an import directory.
+    /// An overlay file inside an import directory, or `upload:<id>`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub overlay_path: Option<PathBuf>,
+    /// An overlay the cloudlet downloads itself (Elijah's `synthesis_client -u URL`); its
+    /// origin must be in the daemon's `overlay_url_allow`.
+    #[serde(default)]
+    pub overlay_url: Option<String>,
 }
 
 /// Maps a decode failure to the error a client sees.
@@ -42,29 +45,105 @@ fn decode_error(e: DecodeError) -> ServiceError {
     }
 }
 
+/// A permit to run one synthesis (`max_concurrent_syntheses`), held until it ends.
+pub type SynthesisSlot = tokio::sync::OwnedSemaphorePermit;
+
 impl AppState {
-    /// Synthesizes from an overlay stored here or in an import directory.
+    /// Takes a synthesis slot, or answers `busy` at once (no queueing: a queued device
+    /// would hold its upload open and see a slow cloudlet instead of a retry hint).
+    pub fn synthesis_slot(&self) -> Result<SynthesisSlot, ServiceError> {
+        self.synthesis_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServiceError::Busy {
+                what: format!(
+                    "{} syntheses are running (setting max_concurrent_syntheses)",
+                    self.config.max_concurrent_syntheses
+                ),
+                retry_after_s: 2,
+            })
+    }
+
+    /// Synthesizes from an overlay stored here, in an import directory, uploaded, or at an
+    /// allowed URL.
     pub async fn synthesize(&self, req: Synthesize) -> Result<SessionRecord, ServiceError> {
-        let path = match (&req.overlay_id, &req.overlay_path) {
-            (Some(id), None) => {
+        // First, so that a `busy` answer leaves an uploaded overlay in place for the retry.
+        let slot = self.synthesis_slot()?;
+        let path = match (&req.overlay_id, &req.overlay_path, &req.overlay_url) {
+            (Some(id), None, None) => {
                 super::validate_id(id)?;
-                PathBuf::from(self.store.overlay(id).await?.file_path)
+                super::LocalInput::owned_by_daemon(PathBuf::from(
+                    self.store.overlay(id).await?.file_path,
+                ))
             }
-            (None, Some(p)) => self.import_path(p)?,
+            (None, Some(p), None) => self.import_path(p)?,
+            (None, None, Some(url)) => return self.synthesize_from_url(&req.base, url, slot).await,
             _ => {
                 return Err(ServiceError::InvalidRequest(
-                    "give exactly one of overlay_id and overlay_path".into(),
+                    "give exactly one of overlay_id, overlay_path and overlay_url".into(),
                 ))
             }
         };
         let base = self.resolve_base(&req.base).await?;
-        let file = File::open(&path).map_err(|e| ServiceError::internal("opening overlay", e))?;
+        let file = File::open(&*path).map_err(|e| ServiceError::internal("opening overlay", e))?;
         self.synthesize_from(
             base,
             BufReader::with_capacity(1 << 20, file),
             req.overlay_id,
+            slot,
         )
         .await
+    }
+
+    /// Downloads the overlay at `url` (an allowed origin; redirects only to allowed
+    /// origins) and synthesizes from it as it arrives.
+    async fn synthesize_from_url(
+        &self,
+        base: &str,
+        url: &str,
+        slot: SynthesisSlot,
+    ) -> Result<SessionRecord, ServiceError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| ServiceError::InvalidRequest(format!("overlay_url `{url}`: {e}")))?;
+        let allow = self.config.overlay_url_allow.clone();
+        if !origin_allowed(&allow, &parsed) {
+            return Err(ServiceError::UrlNotAllowed(url.to_string()));
+        }
+        let base = self.resolve_base(base).await?;
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() > 5 || !origin_allowed(&allow, attempt.url()) {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            // A server that accepts and then stalls is dropped like a stalled upload.
+            .read_timeout(std::time::Duration::from_secs(
+                self.config.body_idle_timeout_s,
+            ))
+            .build()
+            .map_err(|e| ServiceError::internal("HTTP client", e))?;
+        let response = client
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|e| ServiceError::FetchFailed(error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(ServiceError::FetchFailed(format!(
+                "{url} answered {}",
+                response.status()
+            )));
+        }
+        let declared = response.content_length();
+        let (reader, watch) = self.intake(response.bytes_stream());
+        if declared.is_some_and(|n| n > self.config.max_upload_bytes) {
+            return Err(watch.too_large());
+        }
+        self.synthesize_from(base, reader, None, slot)
+            .await
+            .map_err(|e| watch.explain(e))
     }
 
     /// Synthesizes from overlay bytes read from `reader` (a file, or an upload streaming
@@ -74,7 +153,9 @@ impl AppState {
         base: BaseRecord,
         reader: R,
         overlay_id: Option<String>,
+        _slot: SynthesisSlot,
     ) -> Result<SessionRecord, ServiceError> {
+        let clock = std::time::Instant::now();
         let (mut session, dir) = self.new_session_with_dir("synthesis", &base.id)?;
         session.overlay_id = overlay_id;
         let vm = session.vm_name.clone().unwrap_or_default();
@@ -83,7 +164,7 @@ impl AppState {
 
         let mut timer = StepTimer::default();
         let result = async {
-            let started = Instant::now();
+            let started = StepTimer::begin("decode");
             let engine_base = open_base(&base).await?;
             let disk = dir.join("disk.qcow2");
             let memory = dir.join("memory.save");
@@ -97,10 +178,12 @@ impl AppState {
                     PathBuf::from(&base.dir),
                     base.domain_xml.clone(),
                 );
+                let reporter = super::progress::engine_reporter();
                 blocking(move || {
                     let overlay =
                         OverlayReader::open(reader).map_err(|e| decode_error(e.into()))?;
                     let meta = overlay.meta();
+                    check_fits(meta, &engine_base).map_err(decode_error)?;
                     let ports: Vec<u16> = meta
                         .property("guest-ports")
                         .unwrap_or_default()
@@ -124,6 +207,9 @@ impl AppState {
                         &console,
                     )?;
                     let xml = set_boot_files(&xml, &base_dir);
+                    // The XML came with the overlay: it may open only this VM's files.
+                    let session_dir = disk.parent().unwrap_or(&base_dir);
+                    confine::check_confined(&xml, &[session_dir, &base_dir], None)?;
                     let has_memory = meta.memory.is_some();
                     let outputs = DecodeOutputs {
                         disk: &disk,
@@ -133,8 +219,8 @@ impl AppState {
                         durable: false,
                         threads: 0,
                     };
-                    let summary = decode(overlay, &engine_base, &outputs, &NoProgress)
-                        .map_err(decode_error)?;
+                    let summary =
+                        decode(overlay, &engine_base, &outputs, &reporter).map_err(decode_error)?;
                     Ok((has_memory, ports, (summary, xml)))
                 })
                 .await?
@@ -164,7 +250,7 @@ impl AppState {
             }
             session.console_path = Some(console.display().to_string());
             session.vnc_port = self.hv.vnc_port(&vm).await.ok().flatten().map(i64::from);
-            let started = Instant::now();
+            let started = StepTimer::begin("ports");
             for port in merge_ports(&base, &guest_ports) {
                 let host = forward_port(&self.hv, &vm, port).await?;
                 session.host_ports.0.insert(port, host);
@@ -174,9 +260,31 @@ impl AppState {
             Ok(())
         }
         .await;
-        self.settle_start(&mut session, &timer, result).await?;
+        let ok = result.is_ok();
+        let settled = self.settle_start(&mut session, &timer, result).await;
+        self.metrics
+            .synthesis_done(ok && settled.is_ok(), clock.elapsed(), &session.timings.0);
+        settled?;
         Ok(session)
     }
+}
+
+/// Whether `url`'s origin is one of `allow` (`scheme://host[:port]`).
+fn origin_allowed(allow: &[String], url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    // host_str() keeps an IPv6 literal's brackets; origins are compared without them.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let origin = (
+        url.scheme().to_string(),
+        host.to_ascii_lowercase(),
+        url.port_or_known_default().unwrap_or(0),
+    );
+    allow
+        .iter()
+        .filter_map(|a| crate::config::parse_origin(a))
+        .any(|a| a == origin)
 }
 
 fn ms(d: std::time::Duration) -> u64 {

@@ -13,6 +13,27 @@ use crate::AppState;
 use cloudlet_engine::archive::{export_base, import_base};
 use cloudlet_engine::base::BasePaths;
 
+/// A file stored by `POST /uploads`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Upload {
+    /// Name it in a request as `upload:<id>`.
+    pub id: String,
+    /// Bytes received.
+    pub size: u64,
+}
+
+fn archive_meta(base: &BaseRecord) -> Result<Vec<u8>, ServiceError> {
+    let meta = ArchiveMeta {
+        id: base.id.clone(),
+        name: base.name.clone(),
+        guest_ports: base.guest_ports.0.clone(),
+        vcpus: base.vcpus,
+        domain_xml: base.domain_xml.clone(),
+        source_path: base.source_path.clone(),
+    };
+    serde_json::to_vec(&meta).map_err(|e| ServiceError::internal("archive meta", e))
+}
+
 /// What an archive carries besides the files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ArchiveMeta {
@@ -32,16 +53,7 @@ impl AppState {
         out: W,
     ) -> Result<BaseRecord, ServiceError> {
         let base = self.resolve_base(selector).await?;
-        let meta = ArchiveMeta {
-            id: base.id.clone(),
-            name: base.name.clone(),
-            guest_ports: base.guest_ports.0.clone(),
-            vcpus: base.vcpus,
-            domain_xml: base.domain_xml.clone(),
-            source_path: base.source_path.clone(),
-        };
-        let meta =
-            serde_json::to_vec(&meta).map_err(|e| ServiceError::internal("archive meta", e))?;
+        let meta = archive_meta(&base)?;
         let dir = PathBuf::from(&base.dir);
         blocking(move || {
             export_base(&dir, &meta, out)
@@ -49,6 +61,66 @@ impl AppState {
         })
         .await?;
         Ok(base)
+    }
+
+    /// The archive of base `selector` as a file (for downloads with Content-Length and
+    /// Range): built on first request, kept until the base is deleted.
+    pub async fn export_file(&self, selector: &str) -> Result<(BaseRecord, PathBuf), ServiceError> {
+        let base = self.resolve_base(selector).await?;
+        let path = self.data.export_file(&base.id);
+        // One build at a time: concurrent first downloads wait for it instead of each
+        // writing a base-sized copy.
+        let _building = self.export_lock.lock().await;
+        if path.is_file() {
+            return Ok((base, path));
+        }
+        let meta = archive_meta(&base)?;
+        let (dir, out) = (PathBuf::from(&base.dir), path.clone());
+        // Cleanup on the blocking side: it completes even if the request is gone.
+        blocking(move || {
+            let part = out.with_extension("part");
+            let build = || {
+                let file = std::fs::File::create(&part)?;
+                let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+                export_base(&dir, &meta, &mut writer).map_err(std::io::Error::other)?;
+                let file = writer.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                std::fs::rename(&part, &out)
+            };
+            build().map_err(|e| {
+                let _ = std::fs::remove_file(&part);
+                super::failure("exporting the base", &e)
+            })
+        })
+        .await?;
+        Ok((base, path))
+    }
+
+    /// Stores an uploaded file for a later request, which names it `upload:<id>`.
+    pub async fn store_upload<R: Read + Send + 'static>(
+        &self,
+        mut input: R,
+    ) -> Result<Upload, ServiceError> {
+        let id = crate::store::new_id();
+        let path = self.data.upload_file(&id);
+        let part = path.with_extension("part");
+        // Cleanup happens on the blocking side: it runs to its end even when the request
+        // that started it is gone.
+        let size = blocking(move || {
+            let mut store = || {
+                let mut file = std::fs::File::create(&part)?;
+                let size = std::io::copy(&mut input, &mut file)?;
+                file.sync_all()?;
+                std::fs::rename(&part, &path)?;
+                Ok::<_, std::io::Error>(size)
+            };
+            store().map_err(|e| {
+                let _ = std::fs::remove_file(&part);
+                super::failure("storing the upload", &e)
+            })
+        })
+        .await?;
+        Ok(Upload { id, size })
     }
 
     /// Imports a base archive read from `input`, under `name` (or the name it was exported
@@ -73,7 +145,7 @@ impl AppState {
                         if e.is_invalid_input() {
                             ServiceError::InvalidRequest(error_chain(&e))
                         } else {
-                            ServiceError::internal("importing base", error_chain(&e))
+                            super::failure("importing base", &e)
                         }
                     })
                 })

@@ -16,7 +16,7 @@ pub mod state {
 }
 
 /// One base VM.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct BaseRecord {
     /// Hex blake3 of the hash list.
     pub id: String,
@@ -53,6 +53,7 @@ pub struct BaseRecord {
     /// Virtual CPUs.
     pub vcpus: i64,
     /// Guest TCP ports the app listens on.
+    #[schema(value_type = Vec<u16>)]
     pub guest_ports: Json<Vec<u16>>,
     /// RFC 3339 creation time.
     pub created_at: String,

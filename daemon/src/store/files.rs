@@ -5,6 +5,7 @@
 //! <data_dir>/bases/<base-id>/     disk.raw, memory.pages, memory.meta, hashes.bin, hashes.idx
 //! <data_dir>/overlays/<id>.overlay
 //! <data_dir>/sessions/<id>/       a running VM's disk, save file, console socket
+//! <data_dir>/exports/<base-id>.cldbase  base archives, cached for resumable downloads
 //! <data_dir>/incoming/            uploads and work in progress (emptied at start)
 //! ```
 
@@ -30,6 +31,7 @@ impl DataDir {
             dir.overlays(),
             dir.sessions(),
             dir.incoming(),
+            dir.exports(),
         ] {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -77,6 +79,21 @@ impl DataDir {
     /// One session's directory.
     pub fn session_dir(&self, session_id: &str) -> PathBuf {
         self.sessions().join(session_id)
+    }
+
+    /// A file uploaded for a later request (`upload:<id>`).
+    pub fn upload_file(&self, id: &str) -> PathBuf {
+        self.incoming().join(format!("upload-{id}"))
+    }
+
+    /// Parent of cached base archives (built on the first download, removed with the base).
+    pub fn exports(&self) -> PathBuf {
+        self.root.join("exports")
+    }
+
+    /// The cached archive of a base.
+    pub fn export_file(&self, base_id: &str) -> PathBuf {
+        self.exports().join(format!("{base_id}.cldbase"))
     }
 
     /// Work in progress (uploads, bases being built); emptied at every start.

@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use super::db::{Store, StoreError};
 
 /// One overlay.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct OverlayRecord {
     /// UUIDv7.
     pub id: String,
@@ -27,8 +27,10 @@ pub struct OverlayRecord {
     /// Disk chunks it changes.
     pub modified_disk_chunks: i64,
     /// Counts per encoding, sizes and timings.
+    #[schema(value_type = Object)]
     pub stats: Json<serde_json::Value>,
     /// Guest TCP ports the app listens on.
+    #[schema(value_type = Vec<u16>)]
     pub guest_ports: Json<Vec<u16>>,
     /// Overlay session that made it.
     pub session_id: Option<String>,

@@ -41,10 +41,21 @@ pub async fn reconcile(store: &Store, data: &DataDir) -> Result<Repairs, StoreEr
             repairs.rows_removed += 1;
         }
     }
-    let bases: HashSet<String> = store.bases().await?.into_iter().map(|b| b.dir).collect();
+    let all_bases = store.bases().await?;
+    let bases: HashSet<String> = all_bases.iter().map(|b| b.dir.clone()).collect();
     remove_unowned(
         &data.bases(),
         |p| bases.contains(&p.display().to_string()),
+        &mut repairs,
+    );
+    // A cached export is kept only while its base exists (and is complete: no `.part`).
+    let exports: HashSet<String> = all_bases
+        .iter()
+        .map(|b| data.export_file(&b.id).display().to_string())
+        .collect();
+    remove_unowned(
+        &data.exports(),
+        |p| exports.contains(&p.display().to_string()),
         &mut repairs,
     );
     let overlays: HashSet<String> = store

@@ -12,7 +12,7 @@ use super::db::{Store, StoreError};
 pub const FINAL_STATES: [&str; 3] = ["finished", "stopped", "failed"];
 
 /// One session.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct SessionRecord {
     /// UUIDv7.
     pub id: String,
@@ -33,8 +33,10 @@ pub struct SessionRecord {
     /// VNC port on loopback.
     pub vnc_port: Option<i64>,
     /// Guest port → host port.
+    #[schema(value_type = BTreeMap<String, u16>)]
     pub host_ports: Json<BTreeMap<u16, u16>>,
     /// Step → milliseconds.
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub timings: Json<BTreeMap<String, u64>>,
     /// Why it failed.
     pub error: Option<String>,
@@ -45,13 +47,15 @@ pub struct SessionRecord {
     /// RFC 3339, when it reached a final state.
     pub ended_at: Option<String>,
     /// What the session needs to finish its work (flow-specific JSON).
+    #[schema(value_type = Object)]
     pub params: Json<serde_json::Value>,
     /// Results of customization script lines: command, output, status.
+    #[schema(value_type = Vec<ScriptLineResult>)]
     pub script_results: Json<Vec<ScriptLineResult>>,
 }
 
 /// One customization script line run in the guest.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ScriptLineResult {
     /// The line.
     pub command: String,

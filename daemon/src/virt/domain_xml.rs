@@ -407,7 +407,7 @@ fn in_path(stack: &[String], path: &[&str]) -> bool {
 }
 
 /// An attribute's unescaped value.
-fn attribute(element: &BytesStart<'_>, key: &str) -> Result<Option<String>, VirtError> {
+pub(super) fn attribute(element: &BytesStart<'_>, key: &str) -> Result<Option<String>, VirtError> {
     for attr in element.attributes() {
         let attr = attr.map_err(|e| VirtError::Xml(format!("bad attribute: {e}")))?;
         if attr.key.as_ref() == key.as_bytes() {
@@ -419,6 +419,35 @@ fn attribute(element: &BytesStart<'_>, key: &str) -> Result<Option<String>, Virt
         }
     }
     Ok(None)
+}
+
+/// Sets the `discard` mode (`unmap`: guest TRIM reaches the image; `ignore`: it does not)
+/// of the first disk's `<driver>` in a domain XML (the disk [`retarget`] edits: the first
+/// `<disk>` whose device is `disk`, not a cdrom).
+pub fn set_disk_discard(xml: &str, mode: &str) -> Result<String, VirtError> {
+    let is_disk = |at: usize| {
+        let tag = &xml[at..xml[at..].find('>').map_or(xml.len(), |e| at + e + 1)];
+        attribute_span(tag, "device").is_none_or(|(a, b)| &tag[a..b] == "disk")
+    };
+    let disk = xml
+        .match_indices("<disk ")
+        .map(|(at, _)| at)
+        .find(|&at| is_disk(at))
+        .ok_or_else(|| VirtError::Xml("no <disk device='disk'> element".into()))?;
+    let disk_end = xml[disk..]
+        .find("</disk>")
+        .map(|e| disk + e)
+        .ok_or_else(|| VirtError::Xml("unclosed <disk> element".into()))?;
+    let driver = xml[disk..disk_end]
+        .find("<driver")
+        .map(|d| disk + d)
+        .ok_or_else(|| VirtError::Xml("the first disk has no <driver> element".into()))?;
+    let tag_end = xml[driver..]
+        .find('>')
+        .map(|e| driver + e + 1)
+        .ok_or_else(|| VirtError::Xml("unclosed <driver> tag".into()))?;
+    let edit = set_attribute(&xml[driver..tag_end], driver, "discard", mode);
+    Ok(apply(xml, vec![edit]))
 }
 
 /// Byte range of attribute `key`'s raw value inside a start tag's text (`<el a='v' ...>`),
@@ -791,6 +820,30 @@ mod tests {
         let bad = "<graphics type='vnc' port='99999'/>";
         assert!(matches!(vnc_port(&live(bad)), Err(VirtError::Xml(_))));
         assert!(vnc_port("<domain>").is_err());
+    }
+
+    #[test]
+    fn sets_the_first_disks_discard_mode() {
+        let xml = render(&spec());
+        let off = set_disk_discard(&xml, "ignore").unwrap();
+        assert!(off.contains("discard='ignore'"), "{off}");
+        assert!(!off.contains("discard='unmap'"));
+        assert_eq!(off.len(), xml.len() + 1); // only the value changed
+        let added = set_disk_discard(
+            "<domain><disk type='file'><driver name='q'/></disk>",
+            "unmap",
+        )
+        .unwrap();
+        assert_eq!(
+            added,
+            "<domain><disk type='file'><driver name='q' discard='unmap'/></disk>"
+        );
+        assert!(set_disk_discard("<domain/>", "unmap").is_err());
+        let cdrom_first = "<disk type='file' device='cdrom'><driver name='a'/></disk>\
+                           <disk type='file' device='disk'><driver name='b'/></disk>";
+        let set = set_disk_discard(cdrom_first, "ignore").unwrap();
+        assert!(set.contains("<driver name='b' discard='ignore'/>"), "{set}");
+        assert!(set.contains("<driver name='a'/>"), "{set}");
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! connected (hence [`Console::wait_for_line`] probes the shell when the marker was
 //! missed).
 
+pub mod confine;
 pub mod console;
 pub mod domain_xml;
 pub mod libvirt;

@@ -1,0 +1,44 @@
+//! `cloudlet console ID`: where to look at a session's VM: its VNC display and serial
+//! console socket (both local to the cloudlet host). `--json`: the session object.
+
+use super::show_session::SessionArg;
+use crate::api::Session;
+use crate::client::ApiError;
+use crate::ctx::Ctx;
+use crate::output;
+use crate::resolve;
+
+/// Runs the command.
+pub fn run(args: &SessionArg, ctx: &Ctx) -> anyhow::Result<()> {
+    let id = resolve::session(ctx, &args.id)?;
+    let value = ctx.client()?.get(&format!("/api/v1/sessions/{id}"))?;
+    if ctx.json() {
+        output::print_json(&value);
+        return Ok(());
+    }
+    let s: Session = serde_json::from_value(value)?;
+    if !s.is_active() {
+        return Err(ApiError::local(
+            "conflict",
+            format!("session {} is {}: its VM is gone", s.id, s.state),
+        )
+        .into());
+    }
+    let mut text = String::new();
+    if let Some(vnc) = output::vnc(&s) {
+        text.push_str(&format!(
+            "vnc      {vnc}   (e.g. `vncviewer {vnc}`; through ssh: `ssh -L 5900:{vnc} HOST`)\n"
+        ));
+    }
+    if let Some(sock) = &s.console_path {
+        text.push_str(&format!(
+            "console  {sock}\n         attach: `socat -,raw,echo=0 UNIX-CONNECT:{sock}` \
+             (Ctrl-O to quit) or `nc -U {sock}`\n"
+        ));
+    }
+    if text.is_empty() {
+        text.push_str("the session reports no VNC display and no console");
+    }
+    output::print(text.trim_end());
+    Ok(())
+}

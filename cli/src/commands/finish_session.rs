@@ -1,0 +1,29 @@
+//! `cloudlet finish-session ID`: save a base or overlay session's VM (what Enter does in
+//! the interactive `base` / `overlay`), for sessions left running.
+
+use super::session_flow;
+use super::show_session::SessionArg;
+use crate::api::Session;
+use crate::ctx::Ctx;
+use crate::output;
+use crate::resolve;
+
+/// Runs the command.
+pub fn run(args: &SessionArg, ctx: &Ctx) -> anyhow::Result<()> {
+    let id = resolve::session(ctx, &args.id)?;
+    let value = session_flow::finish(ctx, &id)?;
+    if ctx.json() {
+        output::print_json(&value);
+    } else {
+        let s: Session = serde_json::from_value(value)?;
+        output::print(&output::session(&s));
+        if let (true, Some(id)) = (s.state == "finished", &s.overlay_id) {
+            if s.kind == "overlay" {
+                output::print(&format!(
+                    "\noverlay {id} saved on the cloudlet (download it with `cloudlet download-overlay {id}`)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}

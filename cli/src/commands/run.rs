@@ -1,0 +1,56 @@
+//! `cloudlet run ID -- CMD...`: one shell line in a session's guest over its serial console;
+//! prints its output and exits with its status.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::api::RunOutput;
+use crate::ctx::Ctx;
+use crate::output;
+use crate::resolve;
+
+/// Flags of `run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Session id or unique prefix.
+    pub id: String,
+    /// Seconds to wait for the command.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// The shell line (words are joined with spaces).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// The guest command's non-zero exit status: the CLI exits with it.
+#[derive(Debug)]
+pub struct GuestStatus(pub i32);
+
+impl std::fmt::Display for GuestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the guest command exited with status {}", self.0)
+    }
+}
+
+impl std::error::Error for GuestStatus {}
+
+/// Runs the command.
+pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let id = resolve::session(ctx, &args.id)?;
+    let body = json!({ "command": args.command.join(" "), "timeout_s": args.timeout });
+    let value = ctx.client()?.json(
+        Method::POST,
+        &format!("/api/v1/sessions/{id}/run"),
+        Some(&body),
+    )?;
+    let out: RunOutput = serde_json::from_value(value.clone())?;
+    if ctx.json() {
+        output::print_json(&value);
+    } else if !out.output.is_empty() {
+        output::print(out.output.trim_end_matches('\n'));
+    }
+    if out.status != 0 {
+        return Err(GuestStatus(out.status).into());
+    }
+    Ok(())
+}

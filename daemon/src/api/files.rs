@@ -1,0 +1,74 @@
+//! Files in and out: uploads for later requests, and downloads (overlays, base archives)
+//! with Content-Length and resumable Range requests.
+
+use std::path::Path;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tower_http::services::ServeFile;
+
+use super::extract::body_reader;
+use super::ApiResult;
+use crate::service::transfer::Upload;
+use crate::service::ServiceError;
+use crate::AppState;
+
+/// Stores the body as a file; requests name it `upload:<id>` in place of a local path.
+#[utoipa::path(post, path = "/api/v1/uploads", tag = "files",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = Upload), (status = 413, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Upload>)> {
+    let (reader, watch) = body_reader(&s, &headers, body)?;
+    let upload = s.store_upload(reader).await.map_err(|e| watch.explain(e))?;
+    Ok((StatusCode::CREATED, Json(upload)))
+}
+
+/// Serves `path` (GET/HEAD, Range, If-Range, Last-Modified) as `name`.
+pub async fn serve_file(
+    state: &AppState,
+    path: &Path,
+    name: &str,
+    mut request: Request,
+) -> ApiResult<Response> {
+    // ServeFile honours Range but not If-Range: a range is only valid against the same
+    // version of the file, so drop it (→ 200, whole file) when the validator differs.
+    if let Some(validator) = request.headers().get(header::IF_RANGE) {
+        let current = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(httpdate::fmt_http_date)
+            .ok();
+        if validator.to_str().ok() != current.as_deref() {
+            request.headers_mut().remove(header::RANGE);
+        }
+    }
+    let response = ServeFile::new(path) // unknown extensions: application/octet-stream
+        .try_call(request)
+        .await
+        .map_err(|e| ServiceError::internal("reading the file", e))?;
+    if response.status() == StatusCode::NOT_FOUND {
+        return Err(ServiceError::NotFound(name.to_string()).into());
+    }
+    if let Some(len) = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        state.metrics.sent(len);
+    }
+    let mut response = response.map(Body::new).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}

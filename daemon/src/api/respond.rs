@@ -1,0 +1,119 @@
+//! Answers of long operations: plain JSON when the work is done, or, for a client that
+//! sends `Accept: application/x-ndjson`, a stream of progress lines ending with the result.
+//! Either way the work runs in its own task, so a client that goes away or a request
+//! deadline never cuts a VM operation in half.
+
+use std::future::Future;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::error::ErrorDetail;
+use super::ApiError;
+use crate::service::progress::{self, Event};
+use crate::service::ServiceError;
+
+/// Media type of progress streams.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One line of a progress stream.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Line<T> {
+    /// Progress.
+    Event(Event),
+    /// The end.
+    End(End<T>),
+}
+
+/// The last line of a progress stream.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum End<T> {
+    /// The operation succeeded: `body` is what the plain answer would have been.
+    Result {
+        /// HTTP status of the plain answer.
+        status: u16,
+        /// Its body.
+        body: T,
+    },
+    /// The operation failed.
+    Error {
+        /// HTTP status of the plain answer.
+        status: u16,
+        /// Its error.
+        error: ErrorDetail,
+    },
+}
+
+fn wants_progress(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON))
+}
+
+/// Runs `work` in its own task and answers with `status` + its JSON, or as a progress
+/// stream when the client asked for one.
+pub async fn respond<T, F>(headers: &HeaderMap, status: StatusCode, work: F) -> Response
+where
+    T: Serialize + Send + 'static,
+    F: Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    if !wants_progress(headers) {
+        return match tokio::spawn(work).await {
+            Ok(Ok(body)) => (status, Json(body)).into_response(),
+            Ok(Err(e)) => e.into_response(),
+            Err(e) => ApiError::from(ServiceError::internal("request task", e)).into_response(),
+        };
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<End<T>>();
+    let work = tokio::spawn(progress::watch(tx, work));
+    tokio::spawn(async move {
+        let result = work
+            .await
+            .unwrap_or_else(|e| Err(ServiceError::internal("request task", e).into()));
+        let end = match result {
+            Ok(body) => End::Result {
+                status: status.as_u16(),
+                body,
+            },
+            Err(e) => {
+                let (status, body) = e.parts();
+                End::Error {
+                    status: status.as_u16(),
+                    error: body.error,
+                }
+            }
+        };
+        let _ = done_tx.send(end);
+    });
+    // Events until the work's sender is dropped (the work ended), then the end line.
+    let lines =
+        futures_util::stream::unfold((Some(rx), Some(done_rx)), |(mut rx, mut done)| async move {
+            if let Some(r) = rx.as_mut() {
+                if let Some(event) = r.recv().await {
+                    return Some((line(&Line::<T>::Event(event)), (rx, done)));
+                }
+            }
+            let end = done.take()?.await.ok()?;
+            Some((line(&Line::End(end)), (None, None)))
+        });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, NDJSON)
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|e| ApiError::from(ServiceError::internal("response", e)).into_response())
+}
+
+fn line<T: Serialize>(value: &T) -> Result<String, std::convert::Infallible> {
+    let mut text = serde_json::to_string(value).unwrap_or_else(|e| {
+        format!(r#"{{"type":"error","status":500,"error":{{"code":"internal","message":"{e}"}}}}"#)
+    });
+    text.push('\n');
+    Ok(text)
+}

@@ -1,0 +1,580 @@
+//! The REST API's guarantees against the real daemon (no VM needed): authentication,
+//! JSON errors with stable codes, path escapes refused, upload/stall/concurrency limits,
+//! resumable downloads, uploads consumed by the request that names them, progress
+//! streams, overlay URLs limited to allowed origins, metrics, bounded memory on a large
+//! streamed upload.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use cloudlet_e2e::daemon::{get, send, TempDir};
+use cloudlet_e2e::synthetic::{synthetic_vm, SyntheticVm};
+use cloudlet_e2e::Daemon;
+use cloudlet_engine::testkit::WorkloadSpec;
+use serde_json::{json, Value};
+
+/// A daemon whose import dir holds a small synthetic VM, registered as base `syn`.
+fn daemon_with_base(tag: &str, env: &[(&str, &str)]) -> (TempDir, Daemon, SyntheticVm) {
+    daemon_with_workload(tag, &WorkloadSpec::small(7), env)
+}
+
+/// A daemon whose import dir holds the synthetic VM `spec`, registered as base `syn`.
+fn daemon_with_workload(
+    tag: &str,
+    spec: &WorkloadSpec,
+    env: &[(&str, &str)],
+) -> (TempDir, Daemon, SyntheticVm) {
+    let tmp = TempDir::new(tag).unwrap();
+    let files = tmp.0.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let vm = synthetic_vm(&files, spec).unwrap();
+    let import = files.display().to_string();
+    let mut all = vec![("CLOUDLET_IMPORT_DIRS", import.as_str())];
+    all.extend_from_slice(env);
+    let d = Daemon::start_in(&tmp.0.join("data"), &all).unwrap();
+    let (status, base) = d
+        .json(
+            "POST",
+            "/api/v1/bases/add",
+            Some(&json!({
+                "name": "syn",
+                "disk": vm.workload.base_disk,
+                "save_file": vm.workload.base_save,
+                "guest_ports": [8080],
+            })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{base}");
+    assert_eq!(base["id"], vm.base_id.as_str());
+    (tmp, d, vm)
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+#[test]
+fn every_route_but_health_needs_the_token() {
+    let d = Daemon::start("auth").unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&d.token_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "token file must be private");
+    assert_eq!(get(d.addr, "/health").unwrap().0, 200);
+    for path in [
+        "/api/v1/bases",
+        "/api/v1/sessions",
+        "/metrics",
+        "/api/v1/openapi.json",
+    ] {
+        let reply = send(d.addr, "GET", path, &[], &[]).unwrap();
+        assert_eq!(reply.status, 401, "{path}");
+        assert_eq!(code(&reply.json()), "unauthorized", "{path}");
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+        let wrong = send(
+            d.addr,
+            "GET",
+            path,
+            &[("Authorization", "Bearer nope")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(wrong.status, 401, "{path}");
+        let basic = format!("Basic {}", d.token);
+        let other = send(d.addr, "GET", path, &[("Authorization", &basic)], &[]).unwrap();
+        assert_eq!(other.status, 401, "{path}");
+        let lower = format!("bearer {}", d.token);
+        let any_case = send(d.addr, "GET", path, &[("Authorization", &lower)], &[]).unwrap();
+        assert_eq!(
+            any_case.status, 200,
+            "the scheme is case-insensitive: {path}"
+        );
+        assert_eq!(d.send("GET", path, &[], &[]).unwrap().0, 200, "{path}");
+    }
+    // Refused before the body is looked at: an unauthenticated upload stores nothing.
+    let reply = send(d.addr, "POST", "/api/v1/uploads", &[], &[1; 4096]).unwrap();
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        std::fs::read_dir(d.data_dir.join("incoming"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn errors_are_json_with_stable_codes_and_paths_cannot_escape() {
+    let d = Daemon::start("errors").unwrap();
+    let cases: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
+        ("GET", "/api/v1/nope", None, 404, "not-found"),
+        ("PUT", "/api/v1/bases", None, 405, "method-not-allowed"),
+        (
+            "POST",
+            "/api/v1/synthesis",
+            Some("{not json"),
+            400,
+            "invalid-request",
+        ),
+        (
+            "POST",
+            "/api/v1/synthesis",
+            Some(r#"{"base":"x","bogus":1}"#),
+            400,
+            "invalid-request",
+        ),
+        (
+            "POST",
+            "/api/v1/synthesis",
+            Some(r#"{"base":"x"}"#),
+            400,
+            "invalid-request",
+        ),
+        // Local paths outside the import dirs, however they are spelled.
+        (
+            "POST",
+            "/api/v1/bases",
+            Some(r#"{"name":"b","disk":"/etc/passwd"}"#),
+            403,
+            "path-not-allowed",
+        ),
+        (
+            "POST",
+            "/api/v1/bases",
+            Some(r#"{"name":"b","disk":"../../../../etc/shadow"}"#),
+            403,
+            "path-not-allowed",
+        ),
+        (
+            "POST",
+            "/api/v1/synthesis",
+            Some(r#"{"base":"x","overlay_path":"upload:../../cloudlet.db"}"#),
+            400,
+            "invalid-request",
+        ),
+        (
+            "POST",
+            "/api/v1/bases/add",
+            Some(r#"{"name":"b","disk":"/proc/self/environ","save_file":"/etc/hosts"}"#),
+            403,
+            "path-not-allowed",
+        ),
+        // Ids and names are validated before they reach a path or a query.
+        (
+            "GET",
+            "/api/v1/overlays/..%2F..%2Fcloudlet.db/file",
+            None,
+            400,
+            "invalid-request",
+        ),
+        (
+            "GET",
+            "/api/v1/sessions/x%20y",
+            None,
+            400,
+            "invalid-request",
+        ),
+        (
+            "POST",
+            "/api/v1/bases",
+            Some(r#"{"name":"../evil","disk":"/x"}"#),
+            400,
+            "invalid-request",
+        ),
+        ("GET", "/api/v1/bases/nothing-here", None, 404, "not-found"),
+        (
+            "POST",
+            "/api/v1/synthesis",
+            Some(r#"{"base":"x","overlay_url":"http://127.0.0.1:1/o"}"#),
+            403,
+            "url-not-allowed",
+        ),
+        (
+            "POST",
+            "/api/v1/synthesis",
+            Some(r#"{"base":"x","overlay_url":"file:///etc/passwd"}"#),
+            403,
+            "url-not-allowed",
+        ),
+    ];
+    for (method, path, body, status, want) in cases {
+        let headers: &[(&str, &str)] = if body.is_some() {
+            &[("Content-Type", "application/json")]
+        } else {
+            &[]
+        };
+        let reply = d
+            .send_full(method, path, headers, body.unwrap_or("").as_bytes())
+            .unwrap();
+        let v = reply.json();
+        assert_eq!(
+            (reply.status, code(&v)),
+            (status, want),
+            "{method} {path} {body:?} → {v}"
+        );
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+}
+
+#[test]
+fn downloads_resume_uploads_are_consumed_and_progress_streams() {
+    let (_tmp, d, vm) = daemon_with_base("files", &[]);
+
+    // Export: a file with Content-Length, resumable with Range.
+    let full = d
+        .send_full("GET", "/api/v1/bases/syn/export", &[], &[])
+        .unwrap();
+    assert_eq!(full.status, 200);
+    assert_eq!(
+        full.header("content-length"),
+        Some(full.body.len().to_string().as_str())
+    );
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+    let tail = d
+        .send_full(
+            "GET",
+            "/api/v1/bases/syn/export",
+            &[("Range", "bytes=1000-")],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(tail.status, 206);
+    assert_eq!(tail.body, full.body[1000..]);
+    // If-Range: the range only holds for the same version of the file.
+    let modified = full.header("last-modified").unwrap().to_string();
+    for (validator, status, len) in [
+        (modified.as_str(), 206, full.body.len() - 1000),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", 200, full.body.len()),
+    ] {
+        let reply = d
+            .send_full(
+                "GET",
+                "/api/v1/bases/syn/export",
+                &[("Range", "bytes=1000-"), ("If-Range", validator)],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            (reply.status, reply.body.len()),
+            (status, len),
+            "{validator}"
+        );
+    }
+    let beyond = format!("bytes={}-", full.body.len() + 10);
+    let reply = d
+        .send_full(
+            "GET",
+            "/api/v1/bases/syn/export",
+            &[("Range", &beyond)],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(reply.status, 416);
+    // The archive is the base: importing it here again is a conflict, a damaged copy is refused.
+    let (status, v) = d
+        .upload("/api/v1/bases/import?name=again", &full.body)
+        .unwrap();
+    assert_eq!((status, code(&v)), (409, "conflict"), "{v}");
+    let (status, v) = d
+        .upload("/api/v1/bases/import", &full.body[..full.body.len() / 2])
+        .unwrap();
+    assert_eq!((status, code(&v)), (400, "invalid-request"), "{v}");
+
+    // An upload named by a request is consumed by it, success or not.
+    let overlay = std::fs::read(&vm.overlay).unwrap();
+    let (status, up) = d.upload("/api/v1/uploads", &overlay).unwrap();
+    assert_eq!(status, 201, "{up}");
+    assert_eq!(up["size"], overlay.len());
+    let id = up["id"].as_str().unwrap();
+    let stored = d.data_dir.join(format!("incoming/upload-{id}"));
+    assert!(stored.is_file());
+
+    // Synthesis from it, watched as a progress stream: decoding runs (the synthetic VM
+    // cannot resume, so it ends with a hypervisor error, reported in the stream).
+    let body = json!({ "base": "syn", "overlay_path": format!("upload:{id}") }).to_string();
+    let reply = d
+        .send_full(
+            "POST",
+            "/api/v1/synthesis",
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "application/x-ndjson"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/x-ndjson"));
+    let lines: Vec<Value> = String::from_utf8(reply.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0],
+        json!({"type": "step", "step": "decode"}),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "step_done" && l["step"] == "decode"),
+        "{lines:?}"
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(last["type"], "error", "{lines:?}");
+    assert_eq!(last["error"]["code"], "hypervisor-error", "{lines:?}");
+    assert!(!stored.exists(), "the upload must be consumed");
+    let (status, v) = d
+        .json(
+            "POST",
+            "/api/v1/synthesis",
+            Some(&json!({"base": "syn", "overlay_path": format!("upload:{id}")})),
+        )
+        .unwrap();
+    assert_eq!((status, code(&v)), (404, "not-found"), "{v}");
+
+    // A corrupt overlay is refused as such, and counted.
+    let mut corrupt = overlay.clone();
+    corrupt[100] ^= 0xff;
+    let (status, v) = d
+        .upload("/api/v1/synthesis/upload?base=syn", &corrupt)
+        .unwrap();
+    assert_eq!((status, code(&v)), (422, "overlay-corrupt"), "{v}");
+    let (_, metrics) = d.get("/metrics").unwrap();
+    assert!(
+        metrics.contains("cloudlet_syntheses_total{result=\"error\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cloudlet_sent_bytes_total"), "{metrics}");
+}
+
+/// Serves `body` at any path of 127.0.0.1:<port>, or redirects to `redirect` when set.
+fn tiny_http_server(body: Vec<u8>, redirect: Option<String>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let head = match &redirect {
+                Some(to) => {
+                    format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n")
+                }
+                None => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()),
+            };
+            let _ = stream.write_all(head.as_bytes());
+            if redirect.is_none() {
+                let _ = stream.write_all(&body);
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn overlay_urls_are_fetched_only_from_allowed_origins() {
+    let tmp_files = TempDir::new("url-files").unwrap();
+    let vm = synthetic_vm(&tmp_files.0, &WorkloadSpec::small(8)).unwrap();
+    let good = tiny_http_server(std::fs::read(&vm.overlay).unwrap(), None);
+    let elsewhere = tiny_http_server(Vec::new(), None);
+    let redirector = tiny_http_server(Vec::new(), Some(format!("http://127.0.0.1:{elsewhere}/o")));
+    let allow = format!("http://127.0.0.1:{good},http://127.0.0.1:{redirector}");
+    let (_tmp, d, _) = daemon_with_base("url", &[("CLOUDLET_OVERLAY_URL_ALLOW", &allow)]);
+    let synth = |url: String| {
+        d.json(
+            "POST",
+            "/api/v1/synthesis",
+            Some(&json!({"base": "syn", "overlay_url": url})),
+        )
+        .unwrap()
+    };
+    // Allowed: fetched and decoded (this overlay belongs to another synthetic base).
+    let (status, v) = synth(format!("http://127.0.0.1:{good}/app.overlay"));
+    assert_eq!((status, code(&v)), (422, "overlay-base-mismatch"), "{v}");
+    // Another port of the same host is another origin.
+    let (status, v) = synth(format!("http://127.0.0.1:{elsewhere}/app.overlay"));
+    assert_eq!((status, code(&v)), (403, "url-not-allowed"), "{v}");
+    // A redirect out of the allowed origins is not followed.
+    let (status, v) = synth(format!("http://127.0.0.1:{redirector}/app.overlay"));
+    assert_eq!((status, code(&v)), (502, "fetch-failed"), "{v}");
+}
+
+/// Starts a chunked upload of `first` and leaves the connection open.
+fn stalled_upload(d: &Daemon, path: &str, first: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        d.token
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    if !first.is_empty() {
+        // (an empty chunk would end the body)
+        s.write_all(format!("{:x}\r\n", first.len()).as_bytes())
+            .unwrap();
+        s.write_all(first).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+fn read_status(mut s: TcpStream) -> (u16, String) {
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn size_stall_and_concurrency_limits() {
+    let (_tmp, d, vm) = daemon_with_base(
+        "limits",
+        &[
+            ("CLOUDLET_MAX_UPLOAD_BYTES", "1048576"),
+            ("CLOUDLET_MAX_CONCURRENT_SYNTHESES", "1"),
+            ("CLOUDLET_BODY_IDLE_TIMEOUT_S", "3"),
+        ],
+    );
+    // Declared too large: refused before reading.
+    let (status, v) = d.upload("/api/v1/uploads", &vec![0u8; 2 << 20]).unwrap();
+    assert_eq!((status, code(&v)), (413, "too-large"), "{v}");
+    // Undeclared (chunked) and too large: refused when the limit is crossed, nothing kept.
+    let mut s = stalled_upload(&d, "/api/v1/uploads", &vec![1u8; 1 << 19]);
+    for _ in 0..3 {
+        let chunk = vec![2u8; 1 << 19];
+        if s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .is_err()
+            || s.write_all(&chunk).is_err()
+            || s.write_all(b"\r\n").is_err()
+        {
+            break; // the daemon answered and closed
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let (status, text) = read_status(s);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("too-large"), "{text}");
+
+    // One synthesis at a time: a second one gets 503 + Retry-After while the first waits
+    // for its (stalled) upload; the stalled one ends with a timeout.
+    let overlay = std::fs::read(&vm.overlay).unwrap();
+    let first = stalled_upload(&d, "/api/v1/synthesis/upload?base=syn", &overlay[..4096]);
+    // Wait until it holds the slot (its session is decoding).
+    let decoding = cloudlet_e2e::wait_until(Duration::from_secs(20), || {
+        let (_, sessions) = d.json("GET", "/api/v1/sessions", None).ok()?;
+        sessions
+            .as_array()?
+            .iter()
+            .any(|s| s["state"] == "decoding")
+            .then_some(())
+    });
+    assert!(
+        decoding.is_some(),
+        "the stalled synthesis never started decoding"
+    );
+    let busy = d
+        .send_full(
+            "POST",
+            "/api/v1/synthesis/upload?base=syn",
+            &[("Content-Type", "application/octet-stream")],
+            &overlay,
+        )
+        .unwrap();
+    assert_eq!(
+        (busy.status, code(&busy.json())),
+        (503, "busy"),
+        "{:?}",
+        busy.json()
+    );
+    assert_eq!(busy.header("retry-after"), Some("2"));
+    let (status, text) = read_status(first);
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("body_idle_timeout_s"), "{text}");
+    // The slot is free again.
+    let (status, v) = d
+        .upload("/api/v1/synthesis/upload?base=syn", &overlay)
+        .unwrap();
+    assert_eq!((status, code(&v)), (502, "hypervisor-error"), "{v}");
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_large_overlay_streamed_into_synthesis_keeps_daemon_memory_bounded() {
+    // 512 MiB of incompressible disk changes: the overlay is about as large.
+    let spec = WorkloadSpec {
+        seed: 9,
+        disk_bytes: 640 << 20,
+        ram_bytes: 8 << 20,
+        base_fill_percent: 5,
+        disk_random_bytes: 512 << 20,
+        disk_text_bytes: 1 << 20,
+        disk_tweaked_chunks: 64,
+        disk_copied_chunks: 64,
+        disk_trimmed_chunks: 0,
+        mem_tweaked_pages: 64,
+        mem_copied_pages: 16,
+        mem_random_pages: 64,
+        mem_zeroed_pages: 16,
+    };
+    let (_tmp, d, vm) = daemon_with_workload("rss", &spec, &[]);
+    let overlay_len = std::fs::metadata(&vm.overlay).unwrap().len();
+    assert!(overlay_len > 500 << 20, "overlay only {overlay_len} bytes");
+    let before = peak_rss_kib(d.pid().unwrap());
+
+    // Streamed chunked (no Content-Length), 1 MiB at a time, as a device would send it.
+    let mut file = std::fs::File::open(&vm.overlay).unwrap();
+    let mut s = stalled_upload(&d, "/api/v1/synthesis/upload?base=syn", b"");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut sent = 0usize;
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        let chunk = [format!("{n:x}\r\n").as_bytes(), &buf[..n], b"\r\n"].concat();
+        if s.write_all(&chunk).is_err() {
+            break; // the daemon answered early: the answer below says why
+        }
+        sent += n;
+        if n == 0 {
+            break; // that was the last, empty chunk
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    let (status, text) = read_status(s);
+    // The whole overlay was decoded (the synthetic VM then cannot resume under libvirt).
+    assert_eq!(status, 502, "after {sent} bytes sent: {text}");
+    assert!(text.contains("hypervisor-error"), "{text}");
+    let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
+    let decode_ms = &sessions[0]["timings"]["decode"];
+    assert!(decode_ms.is_u64(), "decode did not complete: {sessions}");
+
+    let peak = peak_rss_kib(d.pid().unwrap());
+    eprintln!(
+        "daemon peak RSS: {before} KiB before, {peak} KiB after synthesizing from a {} MiB \
+         overlay streamed in (decode {decode_ms} ms)",
+        overlay_len >> 20
+    );
+    assert!(
+        peak < before + 192 * 1024,
+        "peak RSS grew from {before} KiB to {peak} KiB while a {overlay_len}-byte overlay streamed in"
+    );
+}

@@ -1,0 +1,271 @@
+//! The three Elijah flows driven only through the `cloudlet` binary against the real daemon
+//! on a real VM (libvirt + QEMU/TCG): `base --finish`, `overlay --finish -o FILE` with a
+//! script, `synthesis BASE FILE`, then `run` / `console` / `stop-session` on the result.
+//! The API-level checks of the same flows are in vm_flows.rs.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use cloudlet_e2e::daemon::{binary, TempDir};
+use cloudlet_e2e::{fixture_guest, greeting, require_host, Daemon, DomainGuard};
+use serde_json::Value;
+
+const SCRIPT: &str = "\
+# customization of the app VM (comments and blank lines are skipped)
+dd if=/dev/urandom of=/mnt/data/random.bin bs=1024 count=4096 2>/dev/null
+
+cp /mnt/data/random.bin /mnt/data/random-copy.bin && seq 1 20000 > /mnt/data/numbers.txt && sync
+(i=0; while :; do i=$((i+1)); echo $i > /counter; sleep 0.1; done) >/dev/null 2>&1 & echo $! > /counter.pid
+";
+const SERVER: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
+
+struct Cli<'a> {
+    d: &'a Daemon,
+}
+
+impl Cli<'_> {
+    fn output(&self, args: &[&str]) -> Output {
+        Command::new(binary("cloudlet").unwrap())
+            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
+            .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
+            .env_remove("CLOUDLET_TOKEN")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "cloudlet {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.d.log_text()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// `cloudlet run ID -- CMD` → its trimmed output.
+    fn run(&self, id: &str, command: &str) -> String {
+        self.ok(&["run", id, "--", command]).trim().to_string()
+    }
+}
+
+#[test]
+fn base_overlay_synthesis_through_the_cli() {
+    if !require_host("base_overlay_synthesis_through_the_cli") {
+        return;
+    }
+    let guest = fixture_guest().unwrap();
+    let tmp = TempDir::new("cliflows").unwrap();
+    let import = guest.dir.display().to_string();
+    let d = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
+    let cli = Cli { d: &d };
+    let f = |name: &str| guest.dir.join(name).display().to_string();
+    let mut guards = Vec::new();
+
+    // 1. base, Elijah style: `cloudlet base DISK -- -m 96`; unknown qemu options reported.
+    let base = cli.json(&[
+        "base",
+        &f("disk.img"),
+        "--name",
+        "tiny",
+        "--kernel",
+        &f("vmlinuz"),
+        "--initrd",
+        &f("initrd.img"),
+        "--append",
+        "console=ttyS0 quiet init_on_free=1",
+        "--port",
+        "8080",
+        "--ready-marker",
+        "CLOUDLET-GUEST-READY",
+        "-e",
+        "echo base > /base-marker",
+        "--finish",
+        "--",
+        "-m",
+        "96",
+        "-smp",
+        "1",
+        "-enable-kvm",
+    ]);
+    assert_eq!(base["state"], "finished", "{base}");
+    assert_eq!(
+        base["ignored_qemu_options"],
+        serde_json::json!(["-enable-kvm"])
+    );
+    let base_id = base["base_id"].as_str().unwrap().to_string();
+    let list = cli.ok(&["list-base"]);
+    assert!(
+        list.contains("tiny") && list.contains(&base_id[..12]),
+        "{list}"
+    );
+
+    // 2. overlay from a script file plus -e, saved and downloaded.
+    let script = tmp.0.join("customize.sh");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let file = tmp.0.join("app.overlay");
+    let ov = cli.json(&[
+        "overlay",
+        "tiny",
+        "--script",
+        script.to_str().unwrap(),
+        "-e",
+        SERVER,
+        "--finish",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(ov["state"], "finished", "{ov}");
+    assert_eq!(ov["overlay_file"], file.to_str().unwrap());
+    let results = ov["script_results"].as_array().unwrap();
+    assert_eq!(
+        results.len(),
+        4,
+        "comments and blank lines are not sent: {ov}"
+    );
+    let overlay_id = ov["overlay_id"].as_str().unwrap().to_string();
+    let stored = cli.json(&["info-overlay", &overlay_id[..overlay_id.len() - 4]]);
+    assert_eq!(stored["id"], overlay_id.as_str());
+    assert_eq!(
+        stored["file_size"],
+        std::fs::metadata(&file).unwrap().len(),
+        "downloaded overlay is complete"
+    );
+    let local = cli.json(&["info-overlay", "--verify", file.to_str().unwrap()]);
+    assert_eq!(local["base_id"], base_id.as_str());
+    // The stored overlay downloads again, by id prefix, identical.
+    let again = tmp.0.join("again.overlay");
+    let got = cli.json(&[
+        "download-overlay",
+        &overlay_id[..overlay_id.len() - 4],
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        got["bytes"],
+        std::fs::metadata(&file).unwrap().len(),
+        "{got}"
+    );
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+
+    // Elijah's -t: the overlay VM's disk does not pass guest TRIM through (default: unmap).
+    let untrimmed = cli.json(&["overlay", "tiny", "-t"]);
+    assert_eq!(untrimmed["state"], "running", "{untrimmed}");
+    let vm = untrimmed["vm_name"].as_str().unwrap().to_string();
+    guards.push(DomainGuard(vm.clone()));
+    let xml = cloudlet_e2e::virsh(&["dumpxml", &vm]).unwrap();
+    assert!(xml.contains("discard='ignore'"), "{xml}");
+    assert_eq!(
+        cli.json(&["stop-session", untrimmed["id"].as_str().unwrap()])["state"],
+        "stopped"
+    );
+
+    // 3. synthesis from the downloaded file: resumed, app answering, counter counting.
+    let syn = cli.json(&[
+        "synthesis",
+        "tiny",
+        file.to_str().unwrap(),
+        "--",
+        "-vga",
+        "std",
+    ]);
+    assert_eq!(syn["state"], "running", "{syn}");
+    assert_eq!(syn["ignored_qemu_options"], serde_json::json!(["-vga std"]));
+    guards.push(DomainGuard(syn["vm_name"].as_str().unwrap().to_string()));
+    let syn_id = syn["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        greeting(syn["host_ports"]["8080"].as_u64().unwrap()).unwrap(),
+        "hello-from-guest"
+    );
+    // A unique prefix (session ids are UUIDv7: their first digits are a timestamp).
+    let prefix = &syn_id[..syn_id.len() - 4];
+    assert_eq!(
+        cli.run(
+            prefix,
+            "cmp /mnt/data/random.bin /mnt/data/random-copy.bin && wc -l < /mnt/data/numbers.txt"
+        ),
+        "20000"
+    );
+    assert_eq!(cli.run(prefix, "cat /base-marker"), "base");
+    assert_eq!(
+        cli.run(prefix, "kill -0 $(cat /counter.pid) && echo alive"),
+        "alive"
+    );
+    let before: u64 = cli.run(prefix, "cat /counter").parse().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let after: u64 = cli.run(prefix, "cat /counter").parse().unwrap();
+    assert!(after > before, "counter stopped: {before} → {after}");
+    // `run` exits with the guest command's status.
+    assert_eq!(
+        cli.output(&["run", prefix, "--", "sh", "-c", "'exit 3'"])
+            .status
+            .code(),
+        Some(3)
+    );
+    let ran = cli.json(&["run", prefix, "--", "echo", "hi"]);
+    assert_eq!(
+        (
+            ran["output"].as_str().map(str::trim),
+            ran["status"].as_i64()
+        ),
+        (Some("hi"), Some(0))
+    );
+
+    // The human views of the running session.
+    let shown = cli.ok(&["show-session", prefix]);
+    assert!(
+        shown.contains("running") && shown.contains("guest 8080"),
+        "{shown}"
+    );
+    let console = cli.ok(&["console", prefix]);
+    assert!(
+        console.contains("socat") && console.contains("127.0.0.1:"),
+        "{console}"
+    );
+    let sessions = cli.json(&["list-session"]);
+    assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
+
+    // 4. synthesis from the stored overlay, by id prefix.
+    let syn2 = cli.json(&[
+        "synthesis",
+        &base_id[..12],
+        &overlay_id[..overlay_id.len() - 4],
+    ]);
+    assert_eq!(syn2["state"], "running", "{syn2}");
+    guards.push(DomainGuard(syn2["vm_name"].as_str().unwrap().to_string()));
+    let syn2_id = syn2["id"].as_str().unwrap().to_string();
+    assert_eq!(cli.run(&syn2_id, "cat /base-marker"), "base");
+
+    // 5. clean up through the CLI: del-base needs --force while overlays exist.
+    for id in [&syn_id, &syn2_id] {
+        assert_eq!(cli.json(&["stop-session", id])["state"], "stopped");
+    }
+    assert_eq!(cli.json(&["list-session"]), Value::Array(vec![]));
+    assert!(
+        cli.json(&["list-session", "--all"])
+            .as_array()
+            .unwrap()
+            .len()
+            >= 4
+    );
+    let out = cli.output(&["del-base", "tiny"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(conflict)"));
+    cli.ok(&["del-base", "tiny", "--force"]);
+    assert!(cli.json(&["clear-session"])["removed"].as_u64().unwrap() >= 4);
+    assert_eq!(cli.json(&["list-overlay"]), Value::Array(vec![]));
+}
