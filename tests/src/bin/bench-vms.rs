@@ -1,0 +1,523 @@
+//! Benchmark on real VMs (issue 5): cloudlet's overlay against what a user would do by hand,
+//! on the same customized VM files in the same run.
+//!
+//! For each workload: resume the fixture guest's base snapshot on a fresh qcow2, run the
+//! workload over the serial console, save; then measure
+//! - cloudlet: overlay size, encode time; synthesis = decode + `virsh restore`;
+//! - (a) `xz -6` and `zstd -19` of the qcow2 delta and the customized memory snapshot;
+//! - (b) `xdelta3 -e -s base.save` of the snapshot + `zstd -19` of the qcow2 delta;
+//! - (c) `zstd -19 --long=27 --patch-from=base.save` of the snapshot + `zstd -19` of the
+//!   qcow2 delta;
+//! - the floor: `virsh restore` of the customized save file itself.
+//!
+//! Prints a table and writes JSON (`--json FILE`). Run: `bash scripts/bench-vms.sh`.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a report tool
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cloudlet_e2e::daemon::TempDir;
+use cloudlet_e2e::{fixture_guest, random_uuid, unique_name, virsh, xml, Console, DomainGuard};
+use cloudlet_engine::base::{create_base, write_base_save_file, Base, BasePaths};
+use cloudlet_engine::chunk::{ImageKind, CHUNK_SIZE_U64};
+use cloudlet_engine::decode::{decode, DecodeOutputs};
+use cloudlet_engine::disk::{DiskOutputFormat, DiskSource};
+use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
+use cloudlet_engine::format::OverlayReader;
+use cloudlet_engine::progress::NoProgress;
+use cloudlet_engine::savefile::SaveFileReader;
+use serde_json::json;
+
+const BOOT: Duration = Duration::from_secs(120);
+const CMD: Duration = Duration::from_secs(300);
+
+/// A customization run in the guest over its serial console.
+struct Workload {
+    name: String,
+    about: String,
+    script: Vec<String>,
+}
+
+impl Workload {
+    fn new(name: &str, about: &str, script: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            about: about.into(),
+            script: script.iter().map(|l| (*l).to_string()).collect(),
+        }
+    }
+}
+
+/// The comparison workloads.
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload::new(
+            "reference",
+            "4 MiB random file + copy of a 1.1 MB binary + a background process",
+            &[
+                "dd if=/dev/urandom of=/mnt/data/random.bin bs=1024 count=4096 2>/dev/null",
+                "cp /bin/busybox /mnt/data/busybox.copy && sync",
+                "(i=0; while :; do i=$((i+1)); echo $i > /counter; sleep 0.1; done) >/dev/null 2>&1 &",
+            ],
+        ),
+        Workload::new(
+            "text-files",
+            "400 small text files (~1.3 MB of numbers)",
+            &["mkdir -p /mnt/data/src && i=0 && while [ $i -lt 400 ]; do seq $i $((i+400)) > /mnt/data/src/f$i.txt; i=$((i+1)); done && sync"],
+        ),
+        Workload::new(
+            "memory-only",
+            "16 MiB of random data held in RAM (initramfs root), no disk writes",
+            &["dd if=/dev/urandom of=/memory-blob bs=1024 count=16384 2>/dev/null"],
+        ),
+    ]
+}
+
+/// `--scale`: N MiB of random data written to disk, for N growing (the fixture's disk is
+/// 64 MiB, so the series stops at 40).
+fn scale_workloads() -> Vec<Workload> {
+    [4, 16, 40]
+        .iter()
+        .map(|mib| Workload {
+            name: format!("write-{mib}MiB"),
+            about: format!("{mib} MiB of random data written to a file on disk"),
+            script: vec![format!(
+                "dd if=/dev/urandom of=/mnt/data/blob bs=65536 count={} 2>/dev/null && sync",
+                mib * 16
+            )],
+        })
+        .collect()
+}
+
+struct Args {
+    runs: usize,
+    json: Option<PathBuf>,
+    skip_xz: bool,
+    only: Option<String>,
+    scale: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        runs: 3,
+        json: None,
+        skip_xz: false,
+        only: None,
+        scale: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => args.runs = it.next().context("--runs N")?.parse()?,
+            "--json" => args.json = Some(it.next().context("--json FILE")?.into()),
+            "--skip-xz" => args.skip_xz = true,
+            "--scale" => args.scale = true,
+            "--only" => args.only = Some(it.next().context("--only WORKLOAD")?),
+            "-h" | "--help" => {
+                println!(
+                    "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale]\n\
+                     workloads: {}",
+                    workloads()
+                        .iter()
+                        .map(|w| w.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    Ok(args)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn size(p: &Path) -> anyhow::Result<u64> {
+    Ok(std::fs::metadata(p)
+        .with_context(|| p.display().to_string())?
+        .len())
+}
+
+/// Runs a shell command line (the alternatives are shell pipelines); its duration.
+fn timed_sh(line: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let status = Command::new("bash").args(["-c", line]).status()?;
+    if !status.success() {
+        bail!("`{line}` failed: {status}");
+    }
+    Ok(started.elapsed())
+}
+
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display())
+}
+
+/// The domain XML of a save file, retargeted to a new name, disk and console.
+fn retarget(save: &Path, name: &str, disk: &Path, console: &Path) -> anyhow::Result<String> {
+    let reader = SaveFileReader::open(BufReader::new(File::open(save)?))?;
+    let original = reader.layout().domain_xml()?.to_string();
+    let x = xml::set_element_text(&original, "name", name);
+    let x = xml::set_element_text(&x, "uuid", &random_uuid());
+    let x = xml::set_disk(&x, &disk.display().to_string(), "qcow2");
+    Ok(xml::set_console_socket(&x, &console.display().to_string()))
+}
+
+/// Modified chunks an overlay carries, in MiB.
+fn overlay_modified_mib(overlay: &Path) -> anyhow::Result<u64> {
+    let reader = OverlayReader::open(BufReader::new(File::open(overlay)?))?;
+    let meta = reader.meta();
+    let modified =
+        meta.counts(ImageKind::Memory).modified() + meta.counts(ImageKind::Disk).modified();
+    Ok((modified * CHUNK_SIZE_U64) >> 20)
+}
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// One alternative's result: total size and creation time.
+struct Alt {
+    name: &'static str,
+    bytes: u64,
+    time: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let guest = fixture_guest()?;
+    let tmp = TempDir::new("bench-vms")?;
+    let base_dir = tmp.0.join("base");
+    std::fs::create_dir_all(&base_dir)?;
+    let paths = BasePaths::in_dir(&base_dir);
+    std::fs::copy(&guest.disk, &paths.disk)?;
+    create_base(&paths, Some(&guest.save))?;
+    let base = Base::open(&paths)?;
+    let base_save = &guest.save;
+    println!(
+        "fixture guest: base snapshot {} MB, disk {} MB; {} run(s) per timing",
+        size(base_save)? / 1_000_000,
+        size(&paths.disk)? / 1_000_000,
+        args.runs
+    );
+
+    let mut report = Vec::new();
+    let list = if args.scale {
+        scale_workloads()
+    } else {
+        workloads()
+    };
+    for w in &list {
+        if args.only.as_deref().is_some_and(|o| o != w.name) {
+            continue;
+        }
+        println!("\n== {} ({})", w.name, w.about);
+        let dir = tmp.0.join(&w.name);
+        std::fs::create_dir_all(&dir)?;
+
+        // The customized VM: base resumed on a fresh qcow2, workload, saved.
+        let name = unique_name(&format!("bench-{}", w.name));
+        let disk = dir.join("custom.qcow2");
+        let console = dir.join("console.sock");
+        cloudlet_e2e::run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=4096",
+                "-b",
+                paths.disk.to_str().context("path")?,
+                "-F",
+                "raw",
+                disk.to_str().context("path")?,
+            ],
+        )?;
+        let resume = dir.join("resume.save");
+        write_base_save_file(
+            &base,
+            &resume,
+            Some(&retarget(base_save, &name, &disk, &console)?),
+        )?;
+        let custom_save = dir.join("custom.save");
+        {
+            let guard = DomainGuard(name.clone());
+            virsh(&["restore", resume.to_str().context("path")?])?;
+            let mut con = Console::connect(&console, BOOT)?;
+            con.wait_ready(BOOT)?;
+            let started = Instant::now();
+            for line in &w.script {
+                con.check(line, CMD)
+                    .with_context(|| format!("workload line `{line}`"))?;
+            }
+            println!(
+                "  customize        {:>8.2} s",
+                started.elapsed().as_secs_f64()
+            );
+            drop(con);
+            virsh(&["save", &name, custom_save.to_str().context("path")?])?;
+            drop(guard);
+        }
+        std::fs::remove_file(&resume)?;
+        let (mem_bytes, disk_bytes) = (size(&custom_save)?, size(&disk)?);
+
+        // cloudlet: encode, then synthesis = decode + restore.
+        let overlay = dir.join("app.overlay");
+        let mut encode_times = Vec::new();
+        for _ in 0..args.runs {
+            let started = Instant::now();
+            let source = DiskSource::qcow2(&disk, &paths.disk)?;
+            let input = EncodeInput {
+                memory: Some(&custom_save),
+                disk: &source,
+            };
+            encode(
+                &base,
+                &input,
+                &overlay,
+                &EncodeOptions::default(),
+                &NoProgress,
+            )?;
+            encode_times.push(started.elapsed());
+        }
+        let overlay_bytes = size(&overlay)?;
+        // The same overlay at zstd level 19 (the daemon's `zstd_level`; default 3), to
+        // separate what the chunk pipeline saves from what the compressor level buys.
+        let overlay19 = dir.join("app-z19.overlay");
+        let started = Instant::now();
+        {
+            let source = DiskSource::qcow2(&disk, &paths.disk)?;
+            let input = EncodeInput {
+                memory: Some(&custom_save),
+                disk: &source,
+            };
+            let options = EncodeOptions {
+                zstd_level: 19,
+                ..EncodeOptions::default()
+            };
+            encode(&base, &input, &overlay19, &options, &NoProgress)?;
+        }
+        let encode19_t = started.elapsed();
+        let overlay19_bytes = size(&overlay19)?;
+        let (mut decode_times, mut restore_times) = (Vec::new(), Vec::new());
+        for _ in 0..args.runs {
+            let sname = unique_name(&format!("bench-synth-{}", w.name));
+            let (sdisk, ssave, sconsole) = (
+                dir.join("synth.qcow2"),
+                dir.join("synth.save"),
+                dir.join("synth.sock"),
+            );
+            let sxml = retarget(&custom_save, &sname, &sdisk, &sconsole)?;
+            let outputs = DecodeOutputs {
+                disk: &sdisk,
+                disk_format: DiskOutputFormat::Qcow2,
+                memory: &ssave,
+                domain_xml: Some(&sxml),
+                durable: false,
+                threads: 0,
+            };
+            let started = Instant::now();
+            let reader =
+                OverlayReader::open(BufReader::with_capacity(1 << 20, File::open(&overlay)?))?;
+            decode(reader, &base, &outputs, &NoProgress)?;
+            decode_times.push(started.elapsed());
+            let _guard = DomainGuard(sname.clone());
+            let started = Instant::now();
+            virsh(&["restore", ssave.to_str().context("path")?])?;
+            restore_times.push(started.elapsed());
+            std::fs::remove_file(&ssave)?;
+        }
+        let (encode_t, decode_t, restore_t) = (
+            median(encode_times),
+            median(decode_times),
+            median(restore_times),
+        );
+        if args.scale {
+            let modified = overlay_modified_mib(&overlay)?;
+            println!(
+                "  overlay {:.2} MB ({modified} MiB of modified chunks): encode {:.2} s, \
+                 decode {:.2} s, restore {:.2} s",
+                overlay_bytes as f64 / 1e6,
+                encode_t.as_secs_f64(),
+                decode_t.as_secs_f64(),
+                restore_t.as_secs_f64()
+            );
+            report.push(json!({
+                "workload": w.name, "overlay_bytes": overlay_bytes, "modified_mib": modified,
+                "encode_s": encode_t.as_secs_f64(), "decode_s": decode_t.as_secs_f64(),
+                "restore_s": restore_t.as_secs_f64(),
+            }));
+            continue;
+        }
+
+        // The alternatives, on the same files (before the floor restore touches the disk).
+        let out = dir.join("alt");
+        std::fs::create_dir_all(&out)?;
+        let o = |n: &str| out.join(n);
+        let mut alts = Vec::new();
+        let zstd_disk = timed_sh(&format!(
+            "zstd -q -19 -T1 -f {} -o {}",
+            q(&disk),
+            q(&o("disk.zst"))
+        ))?;
+        let zstd_disk_bytes = size(&o("disk.zst"))?;
+        if !args.skip_xz {
+            let t = timed_sh(&format!(
+                "xz -6 -T1 -c {} > {} && xz -6 -T1 -c {} > {}",
+                q(&disk),
+                q(&o("disk.xz")),
+                q(&custom_save),
+                q(&o("mem.xz"))
+            ))?;
+            alts.push(Alt {
+                name: "(a) xz -6",
+                bytes: size(&o("disk.xz"))? + size(&o("mem.xz"))?,
+                time: t,
+            });
+        }
+        let t = timed_sh(&format!(
+            "zstd -q -19 -T1 -f {} -o {}",
+            q(&custom_save),
+            q(&o("mem.zst"))
+        ))?;
+        alts.push(Alt {
+            name: "(a) zstd -19",
+            bytes: zstd_disk_bytes + size(&o("mem.zst"))?,
+            time: t + zstd_disk,
+        });
+        let xdelta_mem = timed_sh(&format!(
+            "xdelta3 -e -f -s {} {} {}",
+            q(base_save),
+            q(&custom_save),
+            q(&o("mem.xd3"))
+        ))?;
+        alts.push(Alt {
+            name: "(b) xdelta3 + zstd",
+            bytes: size(&o("mem.xd3"))? + zstd_disk_bytes,
+            time: xdelta_mem + zstd_disk,
+        });
+        let t = timed_sh(&format!(
+            "zstd -q -19 -T1 --long=27 -f --patch-from={} {} -o {} 2>/dev/null",
+            q(base_save),
+            q(&custom_save),
+            q(&o("mem.patch.zst"))
+        ))?;
+        alts.push(Alt {
+            name: "(c) zstd --patch-from",
+            bytes: size(&o("mem.patch.zst"))? + zstd_disk_bytes,
+            time: t + zstd_disk,
+        });
+
+        // The floor: resume the customized save file as is.
+        let mut floor_times = Vec::new();
+        for _ in 0..args.runs {
+            let _guard = DomainGuard(name.clone());
+            let started = Instant::now();
+            virsh(&["restore", custom_save.to_str().context("path")?])?;
+            floor_times.push(started.elapsed());
+        }
+        let floor_t = median(floor_times);
+
+        let synth_t = decode_t + restore_t;
+        let b = alts
+            .iter()
+            .find(|a| a.name.starts_with("(b)"))
+            .context("alternative b")?;
+        println!(
+            "  customized VM: memory snapshot {} MB, qcow2 delta {} MB",
+            mem_bytes / 1_000_000,
+            disk_bytes / 1_000_000
+        );
+        println!(
+            "  {:<26} {:>10} {:>10} {:>9}",
+            "method", "size MB", "create s", "size/ours"
+        );
+        println!(
+            "  {:<26} {:>10.2} {:>10.2} {:>9}",
+            "cloudlet overlay",
+            overlay_bytes as f64 / 1e6,
+            encode_t.as_secs_f64(),
+            "1.00"
+        );
+        println!(
+            "  {:<26} {:>10.2} {:>10.2} {:>9.2}",
+            "cloudlet overlay, zstd 19",
+            overlay19_bytes as f64 / 1e6,
+            encode19_t.as_secs_f64(),
+            overlay19_bytes as f64 / overlay_bytes as f64
+        );
+        for a in &alts {
+            println!(
+                "  {:<26} {:>10.2} {:>10.2} {:>9.2}",
+                a.name,
+                a.bytes as f64 / 1e6,
+                a.time.as_secs_f64(),
+                a.bytes as f64 / overlay_bytes as f64
+            );
+        }
+        println!(
+            "  synthesis {:.2} s (decode {:.2} + restore {:.2}); floor: virsh restore of the customized save {:.2} s",
+            synth_t.as_secs_f64(), decode_t.as_secs_f64(), restore_t.as_secs_f64(), floor_t.as_secs_f64()
+        );
+        let target = |ok: bool| if ok { "met" } else { "MISSED" };
+        let size_ratio = overlay_bytes as f64 / b.bytes as f64;
+        let create_ratio = encode_t.as_secs_f64() / xdelta_mem.as_secs_f64();
+        let synth_ratio = synth_t.as_secs_f64() / floor_t.as_secs_f64();
+        println!("  targets: size {size_ratio:.2} × (b) (≤ 0.6: {}), creation {create_ratio:.2} × xdelta3 on memory (≤ 1.5: {}), synthesis {synth_ratio:.2} × restore (≤ 1.3: {})",
+            target(size_ratio <= 0.6), target(create_ratio <= 1.5), target(synth_ratio <= 1.3));
+        report.push(json!({
+            "workload": w.name,
+            "about": w.about,
+            "memory_snapshot_bytes": mem_bytes,
+            "qcow2_delta_bytes": disk_bytes,
+            "cloudlet": {
+                "overlay_bytes": overlay_bytes,
+                "encode_s": encode_t.as_secs_f64(),
+                "decode_s": decode_t.as_secs_f64(),
+                "restore_s": restore_t.as_secs_f64(),
+                "synthesis_s": synth_t.as_secs_f64(),
+                "overlay_bytes_zstd19": overlay19_bytes,
+                "encode_s_zstd19": encode19_t.as_secs_f64(),
+            },
+            "alternatives": alts.iter().map(|a| json!({
+                "method": a.name, "bytes": a.bytes, "create_s": a.time.as_secs_f64(),
+                "size_vs_cloudlet": a.bytes as f64 / overlay_bytes as f64,
+            })).collect::<Vec<_>>(),
+            "xdelta3_memory_only_s": xdelta_mem.as_secs_f64(),
+            "floor_virsh_restore_s": floor_t.as_secs_f64(),
+            "targets": {
+                "size_vs_b": size_ratio,
+                "creation_vs_xdelta3_memory": create_ratio,
+                "synthesis_vs_restore": synth_ratio,
+            },
+        }));
+    }
+    let rss = peak_rss_mib();
+    println!("\nengine peak RSS (this process, encode + decode in-process): {rss} MiB");
+    if let Some(path) = &args.json {
+        let doc = json!({ "runs": args.runs, "engine_peak_rss_mib": rss, "workloads": report });
+        let mut f = File::create(path)?;
+        writeln!(f, "{}", serde_json::to_string_pretty(&doc)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
