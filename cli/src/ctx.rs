@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 use crate::client::{Client, TokenSource};
 use crate::progress::Progress;
 
-/// Options valid on every command.
+/// Options valid on every command (listed under their own heading in every `--help`).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The daemon's URL.
     #[arg(

@@ -14,12 +14,11 @@ use anyhow::{bail, Context};
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe().context("locating the test executable")?;
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("target dir")?
-        .to_path_buf();
+    // target/<profile>/deps/<test> (tests) or target/<profile>/<bin> → target/<profile>/<name>
+    let mut profile_dir = exe.parent().context("target dir")?.to_path_buf();
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir.pop();
+    }
     let path = profile_dir.join(name);
     let profile = profile_dir
         .file_name()

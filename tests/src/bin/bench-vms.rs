@@ -99,6 +99,7 @@ struct Args {
     skip_xz: bool,
     only: Option<String>,
     scale: bool,
+    big: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -108,6 +109,7 @@ fn parse_args() -> anyhow::Result<Args> {
         skip_xz: false,
         only: None,
         scale: false,
+        big: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -116,10 +118,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--json" => args.json = Some(it.next().context("--json FILE")?.into()),
             "--skip-xz" => args.skip_xz = true,
             "--scale" => args.scale = true,
+            "--big" => args.big = true,
             "--only" => args.only = Some(it.next().context("--only WORKLOAD")?),
             "-h" | "--help" => {
                 println!(
-                    "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale]\n\
+                    "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale | --big]\n\
                      workloads: {}",
                     workloads()
                         .iter()
@@ -173,6 +176,82 @@ fn retarget(save: &Path, name: &str, disk: &Path, console: &Path) -> anyhow::Res
     Ok(xml::set_console_socket(&x, &console.display().to_string()))
 }
 
+/// `--big`: base (1 GiB RAM, 2 GiB disk), overlay (reference customization) and synthesis
+/// through the real daemon, reporting each step's time and the daemon's peak RSS.
+fn big_guest_through_the_daemon(fixture: &Path, tmp: &Path) -> anyhow::Result<serde_json::Value> {
+    let dir = tmp.join("big");
+    std::fs::create_dir_all(&dir)?;
+    let disk = dir.join("disk-2g.img");
+    std::fs::copy(fixture.join("disk.img"), &disk)?;
+    File::options().write(true).open(&disk)?.set_len(2 << 30)?;
+    let import = format!("{}:{}", fixture.display(), dir.display());
+    let d =
+        cloudlet_e2e::Daemon::start_in(&dir.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)])?;
+    let f = |n: &str| fixture.join(n).display().to_string();
+    let call =
+        |method: &str, path: &str, body: serde_json::Value| -> anyhow::Result<serde_json::Value> {
+            let started = Instant::now();
+            let (status, v) = d.json(method, path, Some(&body))?;
+            if !(200..300).contains(&status) {
+                bail!("{method} {path}: {status} {v}\n{}", d.log_text());
+            }
+            println!(
+                "  {method} {path}: {:.1} s, timings {}",
+                started.elapsed().as_secs_f64(),
+                v["timings"]
+            );
+            Ok(v)
+        };
+    println!("== 1 GiB RAM / 2 GiB disk guest through the daemon");
+    let base = call(
+        "POST",
+        "/api/v1/bases",
+        json!({
+            "name": "big", "disk": disk, "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
+            "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": 1024, "vcpus": 1,
+            "ready_marker": "CLOUDLET-GUEST-READY", "finish": true,
+        }),
+    )?;
+    let script = workloads()
+        .into_iter()
+        .find(|w| w.name == "reference")
+        .context("reference workload")?
+        .script;
+    let overlay = call(
+        "POST",
+        "/api/v1/overlays",
+        json!({ "base": "big", "script": script, "finish": true }),
+    )?;
+    let overlay_id = overlay["overlay_id"]
+        .as_str()
+        .context("overlay id")?
+        .to_string();
+    let (_, record) = d.json("GET", &format!("/api/v1/overlays/{overlay_id}"), None)?;
+    let synthesis = call(
+        "POST",
+        "/api/v1/synthesis",
+        json!({ "base": "big", "overlay_id": overlay_id }),
+    )?;
+    let session = synthesis["id"].as_str().context("session id")?;
+    d.json("POST", &format!("/api/v1/sessions/{session}/stop"), None)?;
+    let pid = d.pid().context("daemon pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmHWM")?;
+    println!("  daemon peak RSS: {} MiB (target ≤ 256)", peak_kib / 1024);
+    Ok(json!({
+        "guest": "1 GiB RAM, 2 GiB disk",
+        "base_timings": base["timings"],
+        "overlay_timings": overlay["timings"],
+        "overlay_bytes": record["file_size"],
+        "synthesis_timings": synthesis["timings"],
+        "daemon_peak_rss_mib": peak_kib / 1024,
+    }))
+}
+
 /// Modified chunks an overlay carries, in MiB.
 fn overlay_modified_mib(overlay: &Path) -> anyhow::Result<u64> {
     let reader = OverlayReader::open(BufReader::new(File::open(overlay)?))?;
@@ -204,6 +283,14 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let guest = fixture_guest()?;
     let tmp = TempDir::new("bench-vms")?;
+    if args.big {
+        let result = big_guest_through_the_daemon(&guest.dir, &tmp.0)?;
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&result)? + "\n")?;
+        }
+        return Ok(());
+    }
     let base_dir = tmp.0.join("base");
     std::fs::create_dir_all(&base_dir)?;
     let paths = BasePaths::in_dir(&base_dir);
