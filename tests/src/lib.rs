@@ -209,3 +209,24 @@ pub fn greeting(port: u64) -> anyhow::Result<String> {
     }
     anyhow::bail!("nothing answered on 127.0.0.1:{port}")
 }
+
+/// `qemu-img create -f qcow2 -b BACKING -F raw DISK`: a copy-on-write disk over a raw base
+/// disk, as the daemon creates for an overlay session.
+pub fn create_cow_disk(backing: &Path, disk: &Path) -> anyhow::Result<()> {
+    let path = |p: &Path| p.to_str().map(String::from).context("non-UTF-8 path");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &path(backing)?,
+            "-F",
+            "raw",
+            &path(disk)?,
+        ],
+    )?;
+    Ok(())
+}

@@ -85,6 +85,24 @@ fn replace_attr(xml: &str, element: &str, attr: &str, value: &str) -> String {
     format!("{}{}{}", &xml[..v_start], value, &xml[v_start + v_len..])
 }
 
+/// The domain XML stored in a save file, retargeted to a new name (and a fresh UUID), a
+/// disk of `format`, and a console socket.
+pub fn retarget_saved(
+    save: &std::path::Path,
+    name: &str,
+    disk: &std::path::Path,
+    format: &str,
+    console: &std::path::Path,
+) -> anyhow::Result<String> {
+    use cloudlet_engine::savefile::SaveFileReader;
+    let reader = SaveFileReader::open(std::io::BufReader::new(std::fs::File::open(save)?))?;
+    let original = reader.layout().domain_xml()?.to_string();
+    let x = set_element_text(&original, "name", name);
+    let x = set_element_text(&x, "uuid", &crate::random_uuid());
+    let x = set_disk(&x, &disk.display().to_string(), format);
+    Ok(set_console_socket(&x, &console.display().to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,9 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cloudlet_e2e::daemon::TempDir;
-use cloudlet_e2e::{
-    fixture_guest, random_uuid, require_host, unique_name, virsh, xml, Console, DomainGuard,
-};
+use cloudlet_e2e::{fixture_guest, require_host, unique_name, virsh, xml, Console, DomainGuard};
 use cloudlet_engine::base::{create_base, write_base_save_file, Base, BasePaths};
 use cloudlet_engine::chunk::{ImageKind, CHUNK_SIZE_BYTES};
 use cloudlet_engine::decode::{decode, DecodeOutputs};
@@ -25,14 +23,8 @@ use cloudlet_engine::savefile::{SaveFileReader, SaveFileWriter};
 const BOOT: Duration = Duration::from_secs(60);
 const CMD: Duration = Duration::from_secs(60);
 
-/// The domain XML stored in a save file, retargeted to a new name, disk and console.
 fn retarget(save: &Path, name: &str, disk: &Path, format: &str, console: &Path) -> String {
-    let reader = SaveFileReader::open(BufReader::new(File::open(save).unwrap())).unwrap();
-    let original = reader.layout().domain_xml().unwrap().to_string();
-    let x = xml::set_element_text(&original, "name", name);
-    let x = xml::set_element_text(&x, "uuid", &random_uuid());
-    let x = xml::set_disk(&x, disk.to_str().unwrap(), format);
-    xml::set_console_socket(&x, console.to_str().unwrap())
+    xml::retarget_saved(save, name, disk, format, console).unwrap()
 }
 
 fn restore(save: &Path, name: &str, console: &Path) -> (DomainGuard, Console) {
@@ -147,21 +139,7 @@ fn overlay_of_a_real_customization_synthesizes_a_resumed_vm() {
     let custom_name = unique_name("custom");
     let custom_disk = tmp.0.join("custom.qcow2");
     let custom_console = tmp.0.join("custom.sock");
-    cloudlet_e2e::run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            paths.disk.to_str().unwrap(),
-            "-F",
-            "raw",
-            custom_disk.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    cloudlet_e2e::create_cow_disk(&paths.disk, &custom_disk).unwrap();
     let resume_save = tmp.0.join("resume.save");
     let resume_xml = retarget(
         &guest.save,

@@ -112,7 +112,14 @@ where
 
 fn line<T: Serialize>(value: &T) -> Result<String, std::convert::Infallible> {
     let mut text = serde_json::to_string(value).unwrap_or_else(|e| {
-        format!(r#"{{"type":"error","status":500,"error":{{"code":"internal","message":"{e}"}}}}"#)
+        tracing::error!(error = %e, "progress line not serializable");
+        // Built by serde_json too, so the line stays valid JSON whatever the message.
+        serde_json::json!({
+            "type": "error",
+            "status": 500,
+            "error": { "code": "internal", "message": "internal error; see the daemon log" },
+        })
+        .to_string()
     });
     text.push('\n');
     Ok(text)

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cloudlet_e2e::daemon::TempDir;
-use cloudlet_e2e::{fixture_guest, random_uuid, unique_name, virsh, xml, Console, DomainGuard};
+use cloudlet_e2e::{fixture_guest, unique_name, virsh, xml, Console, DomainGuard};
 use cloudlet_engine::base::{create_base, write_base_save_file, Base, BasePaths};
 use cloudlet_engine::chunk::{ImageKind, CHUNK_SIZE_U64};
 use cloudlet_engine::decode::{decode, DecodeOutputs};
@@ -29,7 +29,6 @@ use cloudlet_engine::disk::{DiskOutputFormat, DiskSource};
 use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
 use cloudlet_engine::format::OverlayReader;
 use cloudlet_engine::progress::NoProgress;
-use cloudlet_engine::savefile::SaveFileReader;
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -166,14 +165,9 @@ fn q(p: &Path) -> String {
     format!("'{}'", p.display())
 }
 
-/// The domain XML of a save file, retargeted to a new name, disk and console.
+/// The domain XML of a save file, retargeted to a new name, a qcow2 disk and a console.
 fn retarget(save: &Path, name: &str, disk: &Path, console: &Path) -> anyhow::Result<String> {
-    let reader = SaveFileReader::open(BufReader::new(File::open(save)?))?;
-    let original = reader.layout().domain_xml()?.to_string();
-    let x = xml::set_element_text(&original, "name", name);
-    let x = xml::set_element_text(&x, "uuid", &random_uuid());
-    let x = xml::set_disk(&x, &disk.display().to_string(), "qcow2");
-    Ok(xml::set_console_socket(&x, &console.display().to_string()))
+    xml::retarget_saved(save, name, disk, "qcow2", console)
 }
 
 /// `--big`: base (1 GiB RAM, 2 GiB disk), overlay (reference customization) and synthesis
@@ -323,22 +317,7 @@ fn main() -> anyhow::Result<()> {
         let name = unique_name(&format!("bench-{}", w.name));
         let disk = dir.join("custom.qcow2");
         let console = dir.join("console.sock");
-        cloudlet_e2e::run(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                "cluster_size=4096",
-                "-b",
-                paths.disk.to_str().context("path")?,
-                "-F",
-                "raw",
-                disk.to_str().context("path")?,
-            ],
-        )?;
+        cloudlet_e2e::create_cow_disk(&paths.disk, &disk)?;
         let resume = dir.join("resume.save");
         write_base_save_file(
             &base,
