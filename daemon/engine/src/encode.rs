@@ -453,22 +453,24 @@ impl<'a> Builder<'a> {
 
     fn flush_pending(&mut self) -> Result<(), EncodeError> {
         let level = self.level;
-        let compressed: Vec<Vec<u8>> = self
+        let compressed: Vec<(Vec<u8>, ChunkHash)> = self
             .pending
             .par_iter()
             .map(|s| {
-                if s.payload.is_empty() {
-                    Ok(Vec::new())
+                let c = if s.payload.is_empty() {
+                    Vec::new()
                 } else {
-                    zstd::bulk::compress(&s.payload, level)
-                }
+                    crate::format::zstd_ctx::compress(&s.payload, level)?
+                };
+                let hash = *blake3::hash(&c).as_bytes();
+                Ok((c, hash))
             })
-            .collect::<Result<_, _>>()
+            .collect::<Result<_, std::io::Error>>()
             .map_err(FormatError::Io)?;
-        for (s, c) in self.pending.drain(..).zip(compressed) {
+        for (s, (c, hash)) in self.pending.drain(..).zip(compressed) {
             let len = u32::try_from(s.payload.len()).unwrap_or(u32::MAX);
             self.writer
-                .push_segment(s.first_record, s.record_count, len, &c)?;
+                .push_segment(s.first_record, s.record_count, len, c, hash)?;
         }
         Ok(())
     }

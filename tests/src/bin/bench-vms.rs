@@ -23,7 +23,6 @@ use anyhow::{bail, Context};
 use cloudlet_e2e::daemon::TempDir;
 use cloudlet_e2e::{fixture_guest, unique_name, virsh, xml, Console, DomainGuard};
 use cloudlet_engine::base::{create_base, write_base_save_file, Base, BasePaths};
-use cloudlet_engine::chunk::{ImageKind, CHUNK_SIZE_U64};
 use cloudlet_engine::decode::{decode, DecodeOutputs};
 use cloudlet_engine::disk::{DiskOutputFormat, DiskSource};
 use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
@@ -74,22 +73,6 @@ fn workloads() -> Vec<Workload> {
             &["dd if=/dev/urandom of=/memory-blob bs=1024 count=16384 2>/dev/null"],
         ),
     ]
-}
-
-/// `--scale`: N MiB of random data written to disk, for N growing (the fixture's disk is
-/// 64 MiB, so the series stops at 40).
-fn scale_workloads() -> Vec<Workload> {
-    [4, 16, 40]
-        .iter()
-        .map(|mib| Workload {
-            name: format!("write-{mib}MiB"),
-            about: format!("{mib} MiB of random data written to a file on disk"),
-            script: vec![format!(
-                "dd if=/dev/urandom of=/mnt/data/blob bs=65536 count={} 2>/dev/null && sync",
-                mib * 16
-            )],
-        })
-        .collect()
 }
 
 struct Args {
@@ -161,6 +144,13 @@ fn timed_sh(line: &str) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// Reads a file once, so that it is in the page cache: this machine's DAMON "pageout"
+/// scheme evicts page cache idle for a minute, which otherwise decides timings at random.
+fn warm(p: &Path) -> anyhow::Result<()> {
+    std::io::copy(&mut File::open(p)?, &mut std::io::sink())?;
+    Ok(())
+}
+
 fn q(p: &Path) -> String {
     format!("'{}'", p.display())
 }
@@ -170,89 +160,185 @@ fn retarget(save: &Path, name: &str, disk: &Path, console: &Path) -> anyhow::Res
     xml::retarget_saved(save, name, disk, "qcow2", console)
 }
 
+/// A real daemon (release build) with one base booted from the fixture kernel and
+/// initramfs on a copy of the fixture disk grown to `disk_bytes`: `--big` and `--scale`
+/// drive it through the REST API like a client would.
+struct DaemonBase {
+    d: cloudlet_e2e::Daemon,
+    name: &'static str,
+    base: serde_json::Value,
+}
+
+impl DaemonBase {
+    fn boot(
+        fixture: &Path,
+        tmp: &Path,
+        name: &'static str,
+        disk_bytes: u64,
+        memory_mib: u64,
+    ) -> anyhow::Result<Self> {
+        let dir = tmp.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let disk = dir.join("disk.img");
+        std::fs::copy(fixture.join("disk.img"), &disk)?;
+        File::options()
+            .write(true)
+            .open(&disk)?
+            .set_len(disk_bytes)?;
+        let import = format!("{}:{}", fixture.display(), dir.display());
+        let d = cloudlet_e2e::Daemon::start_in(
+            &dir.join("data"),
+            &[("CLOUDLET_IMPORT_DIRS", &import)],
+        )?;
+        let f = |n: &str| fixture.join(n).display().to_string();
+        let mut me = Self {
+            d,
+            name,
+            base: serde_json::Value::Null,
+        };
+        me.base = me.call(
+            "POST",
+            "/api/v1/bases",
+            json!({
+                "name": name, "disk": disk, "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
+                "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": memory_mib,
+                "vcpus": 1, "ready_marker": "CLOUDLET-GUEST-READY", "finish": true,
+            }),
+        )?;
+        Ok(me)
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let started = Instant::now();
+        let (status, v) = self.d.json(method, path, Some(&body))?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path}: {status} {v}\n{}", self.d.log_text());
+        }
+        println!(
+            "  {method} {path}: {:.1} s, timings {}",
+            started.elapsed().as_secs_f64(),
+            v["timings"]
+        );
+        Ok(v)
+    }
+
+    /// Creates an overlay by running `script` in the resumed base, synthesizes it by id
+    /// and stops the synthesized VM. Returns (overlay response, overlay record, synthesis
+    /// response).
+    fn overlay_and_synthesis(
+        &self,
+        script: &[String],
+    ) -> anyhow::Result<(serde_json::Value, serde_json::Value, serde_json::Value)> {
+        let overlay = self.call(
+            "POST",
+            "/api/v1/overlays",
+            json!({ "base": self.name, "script": script, "finish": true }),
+        )?;
+        let overlay_id = overlay["overlay_id"]
+            .as_str()
+            .context("overlay id")?
+            .to_string();
+        let (_, record) = self
+            .d
+            .json("GET", &format!("/api/v1/overlays/{overlay_id}"), None)?;
+        let synthesis = self.call(
+            "POST",
+            "/api/v1/synthesis",
+            json!({ "base": self.name, "overlay_id": overlay_id }),
+        )?;
+        let session = synthesis["id"].as_str().context("session id")?;
+        self.d
+            .json("POST", &format!("/api/v1/sessions/{session}/stop"), None)?;
+        Ok((overlay, record, synthesis))
+    }
+
+    fn peak_rss_mib(&self) -> anyhow::Result<u64> {
+        let pid = self.d.pid().context("daemon pid")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let peak_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmHWM")?;
+        Ok(peak_kib / 1024)
+    }
+}
+
 /// `--big`: base (1 GiB RAM, 2 GiB disk), overlay (reference customization) and synthesis
 /// through the real daemon, reporting each step's time and the daemon's peak RSS.
 fn big_guest_through_the_daemon(fixture: &Path, tmp: &Path) -> anyhow::Result<serde_json::Value> {
-    let dir = tmp.join("big");
-    std::fs::create_dir_all(&dir)?;
-    let disk = dir.join("disk-2g.img");
-    std::fs::copy(fixture.join("disk.img"), &disk)?;
-    File::options().write(true).open(&disk)?.set_len(2 << 30)?;
-    let import = format!("{}:{}", fixture.display(), dir.display());
-    let d =
-        cloudlet_e2e::Daemon::start_in(&dir.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)])?;
-    let f = |n: &str| fixture.join(n).display().to_string();
-    let call =
-        |method: &str, path: &str, body: serde_json::Value| -> anyhow::Result<serde_json::Value> {
-            let started = Instant::now();
-            let (status, v) = d.json(method, path, Some(&body))?;
-            if !(200..300).contains(&status) {
-                bail!("{method} {path}: {status} {v}\n{}", d.log_text());
-            }
-            println!(
-                "  {method} {path}: {:.1} s, timings {}",
-                started.elapsed().as_secs_f64(),
-                v["timings"]
-            );
-            Ok(v)
-        };
     println!("== 1 GiB RAM / 2 GiB disk guest through the daemon");
-    let base = call(
-        "POST",
-        "/api/v1/bases",
-        json!({
-            "name": "big", "disk": disk, "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
-            "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": 1024, "vcpus": 1,
-            "ready_marker": "CLOUDLET-GUEST-READY", "finish": true,
-        }),
-    )?;
+    let b = DaemonBase::boot(fixture, tmp, "big", 2 << 30, 1024)?;
     let script = workloads()
         .into_iter()
         .find(|w| w.name == "reference")
         .context("reference workload")?
         .script;
-    let overlay = call(
-        "POST",
-        "/api/v1/overlays",
-        json!({ "base": "big", "script": script, "finish": true }),
-    )?;
-    let overlay_id = overlay["overlay_id"]
-        .as_str()
-        .context("overlay id")?
-        .to_string();
-    let (_, record) = d.json("GET", &format!("/api/v1/overlays/{overlay_id}"), None)?;
-    let synthesis = call(
-        "POST",
-        "/api/v1/synthesis",
-        json!({ "base": "big", "overlay_id": overlay_id }),
-    )?;
-    let session = synthesis["id"].as_str().context("session id")?;
-    d.json("POST", &format!("/api/v1/sessions/{session}/stop"), None)?;
-    let pid = d.pid().context("daemon pid")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmHWM")?;
-    println!("  daemon peak RSS: {} MiB (target ≤ 256)", peak_kib / 1024);
+    let (overlay, record, synthesis) = b.overlay_and_synthesis(&script)?;
+    let peak = b.peak_rss_mib()?;
+    println!("  daemon peak RSS: {peak} MiB (target ≤ 256)");
     Ok(json!({
         "guest": "1 GiB RAM, 2 GiB disk",
-        "base_timings": base["timings"],
+        "base_timings": b.base["timings"],
         "overlay_timings": overlay["timings"],
         "overlay_bytes": record["file_size"],
         "synthesis_timings": synthesis["timings"],
-        "daemon_peak_rss_mib": peak_kib / 1024,
+        "daemon_peak_rss_mib": peak,
     }))
 }
 
-/// Modified chunks an overlay carries, in MiB.
-fn overlay_modified_mib(overlay: &Path) -> anyhow::Result<u64> {
-    let reader = OverlayReader::open(BufReader::new(File::open(overlay)?))?;
-    let meta = reader.meta();
-    let modified =
-        meta.counts(ImageKind::Memory).modified() + meta.counts(ImageKind::Disk).modified();
-    Ok((modified * CHUNK_SIZE_U64) >> 20)
+/// Data written per step of `--scale`, in MiB.
+const SCALE_MIB: [u64; 5] = [4, 16, 64, 128, 256];
+
+/// `--scale`: how overlay creation and synthesis grow with the data the guest writes.
+/// A base with 256 MiB of RAM and a 512 MiB disk (the fixture's 64 MiB ext4 at its start)
+/// is booted through the daemon; each step writes N MiB of random data to the disk
+/// behind the file system (`dd` to /dev/vda past 64 MiB: the guest kernel saw the grown
+/// disk at boot), which reaches the qcow2 and the guest's page cache like file data.
+fn scale_through_the_daemon(
+    fixture: &Path,
+    tmp: &Path,
+    runs: usize,
+) -> anyhow::Result<serde_json::Value> {
+    println!("== scale: N MiB written, 256 MiB RAM / 512 MiB disk guest through the daemon");
+    let b = DaemonBase::boot(fixture, tmp, "scale", 512 << 20, 256)?;
+    let mut steps = Vec::new();
+    for mib in SCALE_MIB {
+        let script = vec![format!(
+            "dd if=/dev/urandom of=/dev/vda bs=65536 seek=1024 count={} 2>/dev/null && sync",
+            mib * 16
+        )];
+        for run in 0..runs {
+            println!("-- {mib} MiB written, run {}", run + 1);
+            let (overlay, record, synthesis) = b.overlay_and_synthesis(&script)?;
+            let step_s = |v: &serde_json::Value, step: &str| {
+                v["timings"][step].as_f64().map(|ms| ms / 1000.0)
+            };
+            steps.push(json!({
+                "written_mib": mib,
+                "overlay_bytes": record["file_size"],
+                "modified_memory_pages": record["modified_memory_pages"],
+                "modified_disk_chunks": record["modified_disk_chunks"],
+                "encode_s": step_s(&overlay, "encode"),
+                "decode_s": step_s(&synthesis, "decode"),
+                "restore_s": step_s(&synthesis, "restore"),
+                "overlay_timings": overlay["timings"],
+                "synthesis_timings": synthesis["timings"],
+            }));
+        }
+    }
+    let peak = b.peak_rss_mib()?;
+    println!("  daemon peak RSS: {peak} MiB");
+    Ok(json!({
+        "guest": "256 MiB RAM, 512 MiB disk",
+        "steps": steps,
+        "daemon_peak_rss_mib": peak,
+    }))
 }
 
 fn peak_rss_mib() -> u64 {
@@ -277,8 +363,12 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let guest = fixture_guest()?;
     let tmp = TempDir::new("bench-vms")?;
-    if args.big {
-        let result = big_guest_through_the_daemon(&guest.dir, &tmp.0)?;
+    if args.big || args.scale {
+        let result = if args.big {
+            big_guest_through_the_daemon(&guest.dir, &tmp.0)?
+        } else {
+            scale_through_the_daemon(&guest.dir, &tmp.0, args.runs)?
+        };
         println!("{}", serde_json::to_string_pretty(&result)?);
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_string_pretty(&result)? + "\n")?;
@@ -300,12 +390,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let mut report = Vec::new();
-    let list = if args.scale {
-        scale_workloads()
-    } else {
-        workloads()
-    };
-    for w in &list {
+    for w in &workloads() {
         if args.only.as_deref().is_some_and(|o| o != w.name) {
             continue;
         }
@@ -401,6 +486,9 @@ fn main() -> anyhow::Result<()> {
                 durable: false,
                 threads: 0,
             };
+            // A base in use and an overlay just received are in the page cache.
+            warm(&paths.memory_pages)?;
+            warm(&overlay)?;
             let started = Instant::now();
             let reader =
                 OverlayReader::open(BufReader::with_capacity(1 << 20, File::open(&overlay)?))?;
@@ -417,24 +505,6 @@ fn main() -> anyhow::Result<()> {
             median(decode_times),
             median(restore_times),
         );
-        if args.scale {
-            let modified = overlay_modified_mib(&overlay)?;
-            println!(
-                "  overlay {:.2} MB ({modified} MiB of modified chunks): encode {:.2} s, \
-                 decode {:.2} s, restore {:.2} s",
-                overlay_bytes as f64 / 1e6,
-                encode_t.as_secs_f64(),
-                decode_t.as_secs_f64(),
-                restore_t.as_secs_f64()
-            );
-            report.push(json!({
-                "workload": w.name, "overlay_bytes": overlay_bytes, "modified_mib": modified,
-                "encode_s": encode_t.as_secs_f64(), "decode_s": decode_t.as_secs_f64(),
-                "restore_s": restore_t.as_secs_f64(),
-            }));
-            continue;
-        }
-
         // The alternatives, on the same files (before the floor restore touches the disk).
         let out = dir.join("alt");
         std::fs::create_dir_all(&out)?;
@@ -497,6 +567,7 @@ fn main() -> anyhow::Result<()> {
         let mut floor_times = Vec::new();
         for _ in 0..args.runs {
             let _guard = DomainGuard(name.clone());
+            warm(&custom_save)?;
             let started = Instant::now();
             virsh(&["restore", custom_save.to_str().context("path")?])?;
             floor_times.push(started.elapsed());

@@ -1,7 +1,7 @@
 //! The overlay metadata: what the overlay was made from and where every chunk goes.
 //! Serialized little-endian; see `docs/overlay-format.md` for the table.
 
-use crate::chunk::{chunk_count, ChunkHash, ImageKind, CHUNK_SIZE_BYTES};
+use crate::chunk::{chunk_count, zero_chunk_hash, ChunkHash, ImageKind, CHUNK_SIZE_BYTES};
 use crate::hashlist::Location;
 use crate::savefile::SaveFileLayout;
 
@@ -76,7 +76,10 @@ pub struct Record {
     pub hash: ChunkHash,
 }
 
-const RECORD_BYTES: usize = 1 + 1 + 8 + 8 + 32;
+/// A version 1 record (one row per record).
+const RECORD_V1_BYTES: usize = 1 + 1 + 8 + 8 + 32;
+/// The least a version 2 record takes (kind, encoding, two one-byte varints; no hash).
+const RECORD_V2_MIN_BYTES: usize = 1 + 1 + 1 + 1;
 const SEGMENT_BYTES: usize = 8 + 4 + 4 + 8 + 4 + 32;
 
 /// One compressed payload segment.
@@ -209,7 +212,7 @@ impl OverlayMeta {
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            256 + self.records.len() * RECORD_BYTES + self.segments.len() * SEGMENT_BYTES,
+            256 + self.records.len() * RECORD_V1_BYTES + self.segments.len() * SEGMENT_BYTES,
         );
         out.extend_from_slice(&self.base_id);
         put_u64(&mut out, self.disk_size);
@@ -237,20 +240,13 @@ impl OverlayMeta {
             out.extend_from_slice(&s.record_count.to_le_bytes());
             out.extend_from_slice(&s.hash);
         }
-        put_u64(&mut out, self.records.len() as u64);
-        for r in &self.records {
-            out.push(r.kind.code());
-            out.push(r.encoding.code());
-            put_u64(&mut out, r.index);
-            put_u64(&mut out, r.encoding.arg());
-            out.extend_from_slice(&r.hash);
-        }
+        put_records(&mut out, &self.records);
         out
     }
 
-    /// Parses and validates metadata. Trailing bytes are allowed (fields a newer minor
-    /// version appended).
-    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+    /// Parses and validates metadata of format major version `major`. Trailing bytes are
+    /// allowed (fields a newer minor version appended).
+    pub(crate) fn from_bytes(bytes: &[u8], major: u16) -> Result<Self, FormatError> {
         let mut c = Cursor { bytes, pos: 0 };
         let base_id = c.array::<32>()?;
         let disk_size = c.u64()?;
@@ -289,22 +285,11 @@ impl OverlayMeta {
                 hash: c.array::<32>()?,
             });
         }
-        let record_count = c.count(RECORD_BYTES)?;
-        let mut records = Vec::with_capacity(record_count);
-        for _ in 0..record_count {
-            let kind = ImageKind::from_code(c.u8()?).ok_or_else(|| invalid("bad image kind"))?;
-            let code = c.u8()?;
-            let index = c.u64()?;
-            let arg = c.u64()?;
-            let encoding =
-                Encoding::from_parts(code, arg).ok_or_else(|| invalid("bad encoding"))?;
-            records.push(Record {
-                kind,
-                index,
-                encoding,
-                hash: c.array::<32>()?,
-            });
-        }
+        let records = if major == 1 {
+            records_v1(&mut c)?
+        } else {
+            records_v2(&mut c)?
+        };
         let meta = OverlayMeta {
             base_id,
             disk_size,
@@ -392,6 +377,119 @@ impl OverlayMeta {
     }
 }
 
+/// The record table of version 2: one column per field, so that kinds, encodings and the
+/// mostly ascending indices compress to almost nothing and only the hashes remain. Indices
+/// are zigzag varints of the difference to the previous record's; arguments are varints
+/// made small per encoding (see `docs/overlay-format.md`). Hashes that the table itself
+/// implies are left out: a zero chunk's, and a self-reference's (its target's).
+fn put_records(out: &mut Vec<u8>, records: &[Record]) {
+    put_u64(out, records.len() as u64);
+    out.extend(records.iter().map(|r| r.kind.code()));
+    out.extend(records.iter().map(|r| r.encoding.code()));
+    let mut previous = 0u64;
+    for r in records {
+        put_varint(out, zigzag(r.index.wrapping_sub(previous)));
+        previous = r.index;
+    }
+    for (n, r) in records.iter().enumerate() {
+        let arg = match r.encoding {
+            Encoding::BaseRef(loc) => loc.to_u64().rotate_left(1),
+            Encoding::SelfRef(target) => (n as u64).wrapping_sub(target),
+            other => other.arg(),
+        };
+        put_varint(out, arg);
+    }
+    for r in records.iter().filter(|r| stores_hash(r.encoding)) {
+        out.extend_from_slice(&r.hash);
+    }
+}
+
+/// Whether a version 2 record carries its hash (else it follows from the table).
+fn stores_hash(encoding: Encoding) -> bool {
+    !matches!(encoding, Encoding::Zero | Encoding::SelfRef(_))
+}
+
+fn records_v2(c: &mut Cursor<'_>) -> Result<Vec<Record>, FormatError> {
+    let n = c.count(RECORD_V2_MIN_BYTES)?;
+    let kinds = c.take(n)?;
+    let codes = c.take(n)?;
+    let mut indices = Vec::with_capacity(n);
+    let mut previous = 0u64;
+    for _ in 0..n {
+        previous = previous.wrapping_add(unzigzag(c.varint()?));
+        indices.push(previous);
+    }
+    let mut records = Vec::with_capacity(n);
+    for (i, ((&kind, &code), index)) in kinds.iter().zip(codes).zip(indices).enumerate() {
+        let kind = ImageKind::from_code(kind).ok_or_else(|| invalid("bad image kind"))?;
+        let stored = c.varint()?;
+        let arg = match code {
+            2 => stored.rotate_right(1),
+            // A distance of 0 or beyond the first record wraps to a target ≥ i, which
+            // validation refuses as a forward reference.
+            3 => (i as u64).wrapping_sub(stored),
+            _ => stored,
+        };
+        let encoding = Encoding::from_parts(code, arg).ok_or_else(|| invalid("bad encoding"))?;
+        records.push(Record {
+            kind,
+            index,
+            encoding,
+            hash: [0; 32],
+        });
+    }
+    for i in 0..records.len() {
+        records[i].hash = match records[i].encoding {
+            Encoding::Zero => zero_chunk_hash(),
+            // A forward or self target is refused by validation; its hash is moot.
+            Encoding::SelfRef(target) => usize::try_from(target)
+                .ok()
+                .filter(|&t| t < i)
+                .map_or([0; 32], |t| records[t].hash),
+            _ => c.array::<32>()?,
+        };
+    }
+    Ok(records)
+}
+
+fn records_v1(c: &mut Cursor<'_>) -> Result<Vec<Record>, FormatError> {
+    let record_count = c.count(RECORD_V1_BYTES)?;
+    let mut records = Vec::with_capacity(record_count);
+    for _ in 0..record_count {
+        let kind = ImageKind::from_code(c.u8()?).ok_or_else(|| invalid("bad image kind"))?;
+        let code = c.u8()?;
+        let index = c.u64()?;
+        let arg = c.u64()?;
+        let encoding = Encoding::from_parts(code, arg).ok_or_else(|| invalid("bad encoding"))?;
+        records.push(Record {
+            kind,
+            index,
+            encoding,
+            hash: c.array::<32>()?,
+        });
+    }
+    Ok(records)
+}
+
+fn zigzag(v: u64) -> u64 {
+    // All ones when the top bit is set (a negative difference), else zero.
+    (v << 1) ^ (v >> 63).wrapping_neg()
+}
+
+fn unzigzag(v: u64) -> u64 {
+    (v >> 1) ^ (v & 1).wrapping_neg()
+}
+
+/// LEB128: 7 bits per byte, low first, high bit set on all but the last.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    let low7 = |v: u64| v.to_le_bytes()[0] & 0x7f;
+    while v >= 0x80 {
+        out.push(low7(v) | 0x80);
+        v >>= 7;
+    }
+    out.push(low7(v));
+}
+
 fn invalid(msg: &str) -> FormatError {
     FormatError::Invalid(msg.to_string())
 }
@@ -431,6 +529,21 @@ impl<'a> Cursor<'a> {
     }
     fn u64(&mut self) -> Result<u64, FormatError> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn varint(&mut self) -> Result<u64, FormatError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(invalid("varint overflows 64 bits"));
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(invalid("varint longer than 10 bytes"))
     }
     fn blob(&mut self) -> Result<&'a [u8], FormatError> {
         let len = usize::try_from(self.u64()?).map_err(|_| invalid("length too large"))?;
@@ -485,5 +598,149 @@ impl Bitmap {
             .ok()
             .and_then(|w| self.words.get(w))
             .is_some_and(|word| word & (1u64 << (i % 64)) != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn meta_with(records: Vec<Record>) -> OverlayMeta {
+        let payload: u64 = records
+            .iter()
+            .map(|r| r.encoding.payload_len() as u64)
+            .sum();
+        OverlayMeta {
+            base_id: [1; 32],
+            disk_size: 1 << 30,
+            memory: None,
+            properties: vec![("guest-ports".into(), "22".into())],
+            unchanged_memory: 3,
+            unchanged_disk: 4,
+            segments: vec![SegmentEntry {
+                offset: 0,
+                compressed_len: 10,
+                uncompressed_len: u32::try_from(payload).unwrap_or(u32::MAX),
+                first_record: 0,
+                record_count: u32::try_from(records.len()).unwrap_or(u32::MAX),
+                hash: [2; 32],
+            }],
+            records,
+        }
+    }
+
+    fn disk(index: u64, encoding: Encoding, hash: u8) -> Record {
+        Record {
+            kind: ImageKind::Disk,
+            index,
+            encoding,
+            hash: [hash; 32],
+        }
+    }
+
+    fn sample() -> Vec<Record> {
+        vec![
+            disk(900, Encoding::Raw, 1),
+            Record {
+                hash: zero_chunk_hash(),
+                ..disk(5, Encoding::Zero, 0)
+            },
+            disk(6, Encoding::SelfRef(0), 1),
+            disk(
+                7,
+                Encoding::BaseRef(Location {
+                    kind: ImageKind::Memory,
+                    index: 77,
+                }),
+                3,
+            ),
+            disk(
+                200_000,
+                Encoding::BaseRef(Location {
+                    kind: ImageKind::Disk,
+                    index: 1,
+                }),
+                4,
+            ),
+            disk(8, Encoding::Delta(300), 5),
+        ]
+    }
+
+    /// Version 1's row layout, as documented, for the compatibility test.
+    fn to_bytes_v1(meta: &OverlayMeta) -> Vec<u8> {
+        let v2 = meta.to_bytes();
+        let mut out = v2[..v2.len() - records_v2_len(&meta.records)].to_vec();
+        put_u64(&mut out, meta.records.len() as u64);
+        for r in &meta.records {
+            out.push(r.kind.code());
+            out.push(r.encoding.code());
+            put_u64(&mut out, r.index);
+            put_u64(&mut out, r.encoding.arg());
+            out.extend_from_slice(&r.hash);
+        }
+        out
+    }
+
+    fn records_v2_len(records: &[Record]) -> usize {
+        let mut out = Vec::new();
+        put_records(&mut out, records);
+        out.len()
+    }
+
+    #[test]
+    fn columnar_records_round_trip_and_are_small() {
+        let meta = meta_with(sample());
+        let bytes = meta.to_bytes();
+        assert_eq!(OverlayMeta::from_bytes(&bytes, 2).expect("parses"), meta);
+        // 4 records carry a hash; the zero record and the self-reference do not.
+        assert!(records_v2_len(&meta.records) < 8 + 4 * 32 + meta.records.len() * 8);
+    }
+
+    #[test]
+    fn version_1_metadata_still_reads() {
+        let meta = meta_with(sample());
+        let v1 = to_bytes_v1(&meta);
+        assert_eq!(OverlayMeta::from_bytes(&v1, 1).expect("parses"), meta);
+        assert!(OverlayMeta::from_bytes(&v1, 2).is_err(), "layouts differ");
+    }
+
+    #[test]
+    fn self_reference_distance_zero_is_refused() {
+        let mut bytes = meta_with(vec![
+            disk(1, Encoding::Raw, 1),
+            disk(2, Encoding::SelfRef(0), 1),
+        ])
+        .to_bytes();
+        // Columns: count, kinds (2), codes (2), indices (2 one-byte varints), args (2).
+        let arg_of_second = bytes.len() - 32 - 1;
+        assert_eq!(bytes[arg_of_second], 1, "distance to record 0");
+        bytes[arg_of_second] = 0;
+        assert!(OverlayMeta::from_bytes(&bytes, 2).is_err());
+    }
+
+    #[test]
+    fn overlong_varints_are_refused() {
+        let mut c = Cursor {
+            bytes: &[0xff; 11],
+            pos: 0,
+        };
+        assert!(c.varint().is_err());
+        let mut c = Cursor {
+            bytes: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            pos: 0,
+        };
+        assert!(c.varint().is_err(), "65th bit");
+    }
+
+    proptest! {
+        #[test]
+        fn varints_and_zigzag_round_trip(v in any::<u64>()) {
+            let mut out = Vec::new();
+            put_varint(&mut out, zigzag(v));
+            let mut c = Cursor { bytes: &out, pos: 0 };
+            prop_assert_eq!(unzigzag(c.varint().expect("reads")), v);
+            prop_assert_eq!(c.pos, out.len());
+        }
     }
 }

@@ -3,13 +3,14 @@
 //!
 //! ```text
 //! ┌────────────── header, 72 bytes ──────────────┐
-//! │ magic "CLDOVRLY" │ major │ minor │ flags     │
+//! │ magic "CLDOVRLY" │ major │ minor │ pad       │
 //! │ meta_compressed_len │ meta_len │ meta_hash   │  meta_hash = blake3(compressed meta)
 //! │ header_check (blake3 of bytes 0..64, 8 B)    │
 //! ├────────────── meta (zstd) ───────────────────┤
 //! │ base id, disk size, memory layout + device   │
 //! │ state, properties, segment table, record     │
 //! │ table (target, encoding, blake3 of chunk)    │
+//! ├────────────── pad zero bytes ───────────────┤  payload block-aligned (writer)
 //! ├────────────── payload ───────────────────────┤
 //! │ segment 0 (zstd) │ segment 1 │ ...           │  each listed with offset, size, blake3
 //! └──────────────────────────────────────────────┘
@@ -23,6 +24,7 @@ mod info;
 mod meta;
 mod reader;
 mod writer;
+pub(crate) mod zstd_ctx;
 
 pub use info::OverlayInfo;
 pub(crate) use meta::Bitmap;
@@ -32,13 +34,19 @@ pub use writer::OverlayWriter;
 
 /// First 8 bytes of every overlay file.
 pub const MAGIC: &[u8; 8] = b"CLDOVRLY";
-/// Format major version: a reader refuses any other major version.
-pub const FORMAT_MAJOR: u16 = 1;
+/// Format major version written. Version 2 turned version 1's reserved, always-zero
+/// header field into the padding length, so this reader also reads version 1 files.
+pub const FORMAT_MAJOR: u16 = 2;
+/// Oldest major version this reader understands.
+pub const FORMAT_MAJOR_OLDEST: u16 = 1;
 /// Format minor version: newer minors only append fields to the meta, which older readers
 /// ignore.
 pub const FORMAT_MINOR: u16 = 0;
 /// Size of the fixed header.
 pub const HEADER_BYTES: usize = 72;
+/// Most zero bytes allowed between metadata and payload (the writer pads to a file-system
+/// block so that it can put the payload in place first).
+pub const MAX_PAYLOAD_PAD: u64 = 65535;
 /// A segment is closed once its payload reaches this size (Elijah found ~1 MiB segments the
 /// best trade between compression ratio and random access).
 pub const SEGMENT_TARGET_BYTES: usize = 1 << 20;
@@ -62,7 +70,7 @@ pub enum FormatError {
     #[error("not a cloudlet overlay (bad magic)")]
     BadMagic,
     /// A format version this reader does not understand.
-    #[error("overlay format version {major}.{minor} is not supported (this build reads {FORMAT_MAJOR}.x)")]
+    #[error("overlay format version {major}.{minor} is not supported (this build reads {FORMAT_MAJOR_OLDEST}.x to {FORMAT_MAJOR}.x)")]
     UnsupportedVersion {
         /// Major version in the file.
         major: u16,

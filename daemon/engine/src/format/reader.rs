@@ -9,7 +9,7 @@ use crate::limits::{
 };
 
 use super::meta::{OverlayMeta, SegmentEntry};
-use super::{FormatError, FORMAT_MAJOR, HEADER_BYTES, MAGIC};
+use super::{FormatError, FORMAT_MAJOR, FORMAT_MAJOR_OLDEST, HEADER_BYTES, MAGIC, MAX_PAYLOAD_PAD};
 
 /// One verified, still compressed payload segment.
 #[derive(Debug)]
@@ -31,10 +31,13 @@ pub struct OverlayReader<R> {
 }
 
 pub(crate) struct Header {
+    pub major: u16,
     pub minor: u16,
     pub meta_compressed_len: u64,
     pub meta_len: u64,
     pub meta_hash: ChunkHash,
+    /// Zero bytes between metadata and payload.
+    pub pad: u64,
 }
 
 pub(crate) fn header_check(bytes: &[u8]) -> [u8; 8] {
@@ -57,16 +60,25 @@ fn parse_header(h: &[u8; HEADER_BYTES]) -> Result<Header, FormatError> {
         u64::from_le_bytes(a)
     };
     let (major, minor) = (u16_at(8), u16_at(10));
-    if major != FORMAT_MAJOR {
+    if !(FORMAT_MAJOR_OLDEST..=FORMAT_MAJOR).contains(&major) {
         return Err(FormatError::UnsupportedVersion { major, minor });
+    }
+    // Version 1 reserved these bytes as zero flags, which reads as no padding.
+    let pad = u64::from(u32::from_le_bytes([h[12], h[13], h[14], h[15]]));
+    if pad > MAX_PAYLOAD_PAD {
+        return Err(FormatError::Invalid(format!(
+            "payload padding of {pad} bytes is larger than allowed"
+        )));
     }
     let mut meta_hash = [0u8; 32];
     meta_hash.copy_from_slice(&h[32..64]);
     Ok(Header {
+        major,
         minor,
         meta_compressed_len: u64_at(16),
         meta_len: u64_at(24),
         meta_hash,
+        pad,
     })
 }
 
@@ -102,13 +114,22 @@ impl<R: Read> OverlayReader<R> {
         if bytes.len() != meta_len {
             return Err(FormatError::Invalid("metadata size mismatch".into()));
         }
-        let meta = OverlayMeta::from_bytes(&bytes)?;
+        let meta = OverlayMeta::from_bytes(&bytes, header.major)?;
+        // The padding is not hashed: it must be zero, so nothing can hide in it.
+        // header.pad ≤ MAX_PAYLOAD_PAD (checked in parse_header).
+        let mut pad = vec![0u8; usize::try_from(header.pad).unwrap_or(0)];
+        reader
+            .read_exact(&mut pad)
+            .map_err(FormatError::read("padding"))?;
+        if pad.iter().any(|&b| b != 0) {
+            return Err(FormatError::Invalid("payload padding is not zero".into()));
+        }
         let _ = header.minor; // newer minors only append meta fields, which from_bytes ignores
         Ok(Self {
             reader,
             meta,
             next_segment: 0,
-            header_and_meta_len: HEADER_BYTES as u64 + header.meta_compressed_len,
+            header_and_meta_len: HEADER_BYTES as u64 + header.meta_compressed_len + header.pad,
         })
     }
 
@@ -178,7 +199,7 @@ pub fn decompress_segment(entry: &SegmentEntry, segment: &Segment) -> Result<Vec
             })
         };
     }
-    match zstd::bulk::decompress(&segment.compressed, expected) {
+    match super::zstd_ctx::decompress(&segment.compressed, expected) {
         Ok(bytes) if bytes.len() == expected => Ok(bytes),
         _ => Err(FormatError::SegmentSize {
             segment: segment.index,
