@@ -56,6 +56,7 @@ fn json_output_describes_the_overlay() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["base_id"], base_id.as_str());
+    assert_eq!(v["format_version"], "2.0", "the file's version, as read");
     assert_eq!(v["file_size"], std::fs::metadata(&overlay).unwrap().len());
     assert_eq!(v["has_memory"], true);
     assert!(v["memory"]["raw"].as_u64().unwrap() > 0);

@@ -41,7 +41,8 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
         .len();
     let mut reader = OverlayReader::open(BufReader::with_capacity(1 << 20, file))
         .with_context(|| format!("reading overlay {}", path.display()))?;
-    let info = reader.meta().info(file_size);
+    let mut info = reader.meta().info(file_size);
+    info.format_version = reader.format_version();
     if args.verify {
         while reader
             .next_segment()

@@ -1,8 +1,9 @@
 //! Synthesis: base + overlay → the customized disk and memory save file.
 //!
-//! Segments are read in order from any `Read` (a file, or an upload still arriving), a
-//! window of them is decompressed and rebuilt in parallel (every chunk checked against its
-//! blake3 hash), then applied in record order. Memory pages go straight into the output
+//! Segments are read in order from any `Read` (a file, or an upload still arriving) on a
+//! reader thread, a window of them is decompressed and rebuilt in parallel (every chunk
+//! checked against its blake3 hash), and this thread applies them in record order while
+//! the next window is being rebuilt. Memory pages go straight into the output
 //! save file as they come (QEMU's loader takes pages in any order); the base's unchanged
 //! pages follow. Nothing appears under the output names unless every chunk verified.
 
@@ -125,7 +126,8 @@ pub struct DecodeSummary {
     pub overlay_bytes: u64,
     /// Whether a memory save file was written.
     pub has_memory: bool,
-    /// Time waiting for overlay bytes (file reads or network).
+    /// Time waiting for overlay bytes (file reads or network). Reading and rebuilding run
+    /// on their own thread, overlapping `apply_time`.
     pub read_time: Duration,
     /// Time decompressing, rebuilding and verifying chunks.
     pub rebuild_time: Duration,
@@ -154,14 +156,25 @@ pub fn decode<R: Read + Send>(
         .num_threads(outputs.threads)
         .build()
         .map_err(DecodeError::Threads)?;
-    pool.install(|| decode_in_pool(overlay, base, outputs, progress))
+    decode_with(overlay, base, outputs, progress, &pool)
 }
 
-fn decode_in_pool<R: Read + Send>(
+/// Segments rebuilt in one parallel step, and how many such windows may wait to be
+/// applied: bounds memory to a few windows of 4 MiB segments.
+const WINDOWS_QUEUED: usize = 1;
+
+/// One window of segments, rebuilt.
+type Window = Vec<(Segment, Vec<Rebuilt>)>;
+
+/// A pipeline of two stages: a producer thread reads segments and rebuilds a window of
+/// them in parallel (on `pool`), while this thread applies the previous window in record
+/// order (writes are sequential: the save file is a stream).
+fn decode_with<R: Read + Send>(
     mut overlay: OverlayReader<R>,
     base: &Base,
     outputs: &DecodeOutputs<'_>,
     progress: &dyn Progress,
+    pool: &rayon::ThreadPool,
 ) -> Result<DecodeSummary, DecodeError> {
     check_fits(overlay.meta(), base)?;
     let meta = overlay.meta().clone();
@@ -176,59 +189,118 @@ fn decode_in_pool<R: Read + Send>(
     let mut written_at: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
 
     progress.stage("apply", Some(meta.records.len() as u64));
-    let window = 2 * rayon::current_num_threads();
-    loop {
-        let started = Instant::now();
-        let mut batch: Vec<Segment> = Vec::with_capacity(window);
-        while batch.len() < window {
-            match overlay.next_segment()? {
-                Some(s) => batch.push(s),
-                None => break,
-            }
-        }
-        summary.read_time += started.elapsed();
-        if batch.is_empty() {
-            break;
-        }
-
-        let started = Instant::now();
-        let rebuilt: Vec<Vec<Rebuilt>> = batch
-            .par_iter()
-            .map(|s| rebuild_segment(&meta, base, s))
-            .collect::<Result<_, _>>()?;
-        summary.rebuild_time += started.elapsed();
-
-        let started = Instant::now();
-        for (segment, chunks) in batch.iter().zip(rebuilt) {
-            let entry = &meta.segments[segment.index];
-            for (offset, (record, chunk)) in meta.records_of(entry).iter().zip(chunks).enumerate() {
-                let record_no = entry.first_record + offset as u64;
-                let data = match chunk {
-                    Rebuilt::Data(data) => data,
-                    Rebuilt::Zero => Box::new([0u8; CHUNK_SIZE_BYTES]),
-                    Rebuilt::SelfRef(target) => {
-                        let mut data = Box::new([0u8; CHUNK_SIZE_BYTES]);
-                        out.read_back(&meta.records, target, &written_at, &mut data)?;
-                        verify(record_no, record, &data)?;
-                        data
-                    }
-                };
-                let position = out.write(record, &data)?;
-                if self_ref_targets.contains(record_no) {
-                    if let Some(position) = position {
-                        written_at.insert(record_no, position);
+    let window = 2 * pool.current_num_threads();
+    let meta_ref = &meta;
+    let (overlay, read_time, rebuild_time) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Window, DecodeError>>(WINDOWS_QUEUED);
+        let producer = scope.spawn(move || {
+            let (mut read_time, mut rebuild_time) = (Duration::ZERO, Duration::ZERO);
+            loop {
+                let started = Instant::now();
+                let mut batch: Vec<Segment> = Vec::with_capacity(window);
+                let mut failed = None;
+                while batch.len() < window {
+                    match overlay.next_segment() {
+                        Ok(Some(s)) => batch.push(s),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e.into());
+                            break;
+                        }
                     }
                 }
+                read_time += started.elapsed();
+                if let Some(e) = failed {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                let started = Instant::now();
+                let rebuilt: Result<Vec<Vec<Rebuilt>>, DecodeError> = pool.install(|| {
+                    batch
+                        .par_iter()
+                        .map(|s| rebuild_segment(meta_ref, base, s))
+                        .collect()
+                });
+                rebuild_time += started.elapsed();
+                let message = rebuilt.map(|r| batch.into_iter().zip(r).collect());
+                let stop = message.is_err();
+                // A closed channel means the applying side failed: stop quietly.
+                if tx.send(message).is_err() || stop {
+                    break;
+                }
             }
-            progress.inc(u64::from(entry.record_count));
-        }
-        summary.apply_time += started.elapsed();
-    }
+            (overlay, read_time, rebuild_time)
+        });
+        let applied = (|| -> Result<(), DecodeError> {
+            for window in rx.iter() {
+                let started = Instant::now();
+                for (segment, chunks) in window? {
+                    apply_segment(
+                        meta_ref,
+                        &segment,
+                        chunks,
+                        &mut out,
+                        &self_ref_targets,
+                        &mut written_at,
+                    )?;
+                    let entry = &meta_ref.segments[segment.index];
+                    progress.inc(u64::from(entry.record_count));
+                }
+                summary.apply_time += started.elapsed();
+            }
+            Ok(())
+        })();
+        // Dropping the receiver stops the producer if applying failed.
+        drop(rx);
+        let produced = producer.join();
+        applied?;
+        produced.map_err(|_| DecodeError::Output {
+            path: "overlay reader thread".into(),
+            source: std::io::Error::other("panicked"),
+        })
+    })?;
+    summary.read_time = read_time;
+    summary.rebuild_time = rebuild_time;
     let started = Instant::now();
     overlay.finish()?;
     out.finish(&meta, base, outputs)?;
     summary.finish_time = started.elapsed();
     Ok(summary)
+}
+
+/// Applies one rebuilt segment's chunks in record order.
+fn apply_segment(
+    meta: &OverlayMeta,
+    segment: &Segment,
+    chunks: Vec<Rebuilt>,
+    out: &mut Outputs,
+    self_ref_targets: &Bitmap,
+    written_at: &mut std::collections::HashMap<u64, u64>,
+) -> Result<(), DecodeError> {
+    let entry = &meta.segments[segment.index];
+    for (offset, (record, chunk)) in meta.records_of(entry).iter().zip(chunks).enumerate() {
+        let record_no = entry.first_record + offset as u64;
+        let data = match chunk {
+            Rebuilt::Data(data) => data,
+            Rebuilt::Zero => Box::new([0u8; CHUNK_SIZE_BYTES]),
+            Rebuilt::SelfRef(target) => {
+                let mut data = Box::new([0u8; CHUNK_SIZE_BYTES]);
+                out.read_back(&meta.records, target, written_at, &mut data)?;
+                verify(record_no, record, &data)?;
+                data
+            }
+        };
+        let position = out.write(record, &data)?;
+        if self_ref_targets.contains(record_no) {
+            if let Some(position) = position {
+                written_at.insert(record_no, position);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an overlay made for another base or for another VM shape (decode checks it

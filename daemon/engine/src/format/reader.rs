@@ -28,6 +28,7 @@ pub struct OverlayReader<R> {
     meta: OverlayMeta,
     next_segment: usize,
     header_and_meta_len: u64,
+    version: (u16, u16),
 }
 
 pub(crate) struct Header {
@@ -124,13 +125,18 @@ impl<R: Read> OverlayReader<R> {
         if pad.iter().any(|&b| b != 0) {
             return Err(FormatError::Invalid("payload padding is not zero".into()));
         }
-        let _ = header.minor; // newer minors only append meta fields, which from_bytes ignores
         Ok(Self {
             reader,
             meta,
             next_segment: 0,
             header_and_meta_len: HEADER_BYTES as u64 + header.meta_compressed_len + header.pad,
+            version: (header.major, header.minor),
         })
+    }
+
+    /// The file's format version, as "major.minor".
+    pub fn format_version(&self) -> String {
+        format!("{}.{}", self.version.0, self.version.1)
     }
 
     /// The verified metadata.
