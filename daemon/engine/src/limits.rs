@@ -17,3 +17,5 @@ pub const MAX_OVERLAY_META_BYTES: u64 = 1 << 30;
 pub const MAX_OVERLAY_META_DECOMPRESSED_BYTES: u64 = 4 << 30;
 /// Largest single compressed or decompressed segment accepted.
 pub const MAX_SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest VM disk accepted in overlay metadata (the synthesized qcow2 can address 8 TiB).
+pub const MAX_DISK_BYTES: u64 = 8 << 40;

@@ -250,6 +250,10 @@ impl OverlayMeta {
         let mut c = Cursor { bytes, pos: 0 };
         let base_id = c.array::<32>()?;
         let disk_size = c.u64()?;
+        // Checked before anything is sized by it (validation allocates a bitmap per chunk).
+        if disk_size > crate::limits::MAX_DISK_BYTES {
+            return Err(invalid("disk size larger than allowed"));
+        }
         let memory = match c.u8()? {
             0 => None,
             1 => {
@@ -734,6 +738,25 @@ mod tests {
     }
 
     proptest! {
+        /// Any damage to a valid table, or any bytes at all, give a value or an error,
+        /// never a panic or a huge allocation.
+        #[test]
+        fn damaged_metadata_never_panics(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+            noise in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut bytes = meta_with(sample()).to_bytes();
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            let _ = OverlayMeta::from_bytes(&bytes, 2);
+            let _ = OverlayMeta::from_bytes(&bytes[..cut.index(bytes.len())], 2);
+            let _ = OverlayMeta::from_bytes(&noise, 2);
+            let _ = OverlayMeta::from_bytes(&noise, 1);
+        }
+
         #[test]
         fn varints_and_zigzag_round_trip(v in any::<u64>()) {
             let mut out = Vec::new();
