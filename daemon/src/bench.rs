@@ -167,12 +167,12 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
         warm(work.custom_save.as_deref());
         warm(Some(&work.custom_disk));
         reset_peak_rss();
-        let cpu = cpu_seconds();
+        let cpu = cpu_time();
         let started = Instant::now();
         let s = encode(&base, &input, &overlay, &options, &NoProgress).context("encoding")?;
         tracing::debug!(elapsed = ?started.elapsed(), "encode run done");
         encode_times.push(started.elapsed());
-        encode_cpu.push(cpu_seconds() - cpu);
+        encode_cpu.push(cpu_time().saturating_sub(cpu));
         encode_rss = encode_rss.max(peak_rss_mib());
         last = Some(s);
     }
@@ -193,7 +193,7 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
         warm(Some(&paths.memory_pages));
         warm(Some(&overlay));
         reset_peak_rss();
-        let cpu = cpu_seconds();
+        let cpu = cpu_time();
         let started = Instant::now();
         let reader = OverlayReader::open(BufReader::with_capacity(1 << 20, File::open(&overlay)?))?;
         let outputs = DecodeOutputs {
@@ -206,7 +206,7 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
         };
         decode_summary = Some(decode(reader, &base, &outputs, &NoProgress).context("decoding")?);
         decode_times.push(started.elapsed());
-        decode_cpu.push(cpu_seconds() - cpu);
+        decode_cpu.push(cpu_time().saturating_sub(cpu));
         decode_rss = decode_rss.max(peak_rss_mib());
     }
     let save_size = std::fs::metadata(&out_mem).map(|m| m.len()).unwrap_or(0);
@@ -246,13 +246,13 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
         encode_modified_mb_per_s: mb(work.modified_bytes) / enc.as_secs_f64(),
         encode_input_mb_per_s: mb(input_bytes) / enc.as_secs_f64(),
         encode_peak_rss_mib: encode_rss,
-        encode_cpu_s: median_f64(&mut encode_cpu),
+        encode_cpu_s: median(&mut encode_cpu).as_secs_f64(),
         decode_s: dec.as_secs_f64(),
         decode_modified_mb_per_s: mb(work.modified_bytes) / dec.as_secs_f64(),
         decode_output_mb_per_s: mb(save_size + meta.counts(ImageKind::Disk).modified() * 4096)
             / dec.as_secs_f64(),
         decode_peak_rss_mib: decode_rss,
-        decode_cpu_s: median_f64(&mut decode_cpu),
+        decode_cpu_s: median(&mut decode_cpu).as_secs_f64(),
         encode_phases: format!(
             "memory {:.3} s, disk {:.3} s, write {:.3} s",
             summary_enc.memory_time.as_secs_f64(),
@@ -328,14 +328,9 @@ fn median(times: &mut [Duration]) -> Duration {
     times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
-fn median_f64(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or_default()
-}
-
 /// CPU time (user + system) this process has used, all threads, from `/proc/self/stat`:
 /// less noisy than wall time on a shared machine, so it shows what a change saves.
-fn cpu_seconds() -> f64 {
+fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at the last ')'.
     let fields: Vec<&str> = stat
@@ -349,7 +344,7 @@ fn cpu_seconds() -> f64 {
             .unwrap_or(0.0)
     };
     // USER_HZ is 100 on every Linux architecture the daemon runs on.
-    (ticks(11) + ticks(12)) / 100.0
+    Duration::from_secs_f64((ticks(11) + ticks(12)) / 100.0)
 }
 
 /// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` 5).

@@ -159,8 +159,8 @@ pub fn decode<R: Read + Send>(
     decode_with(overlay, base, outputs, progress, &pool)
 }
 
-/// Segments rebuilt in one parallel step, and how many such windows may wait to be
-/// applied: bounds memory to a few windows of 4 MiB segments.
+/// Rebuilt windows that may wait to be applied: with the one being applied and the one
+/// being rebuilt, memory holds at most three windows of ≤ 4 MiB segments.
 const WINDOWS_QUEUED: usize = 1;
 
 /// One window of segments, rebuilt.

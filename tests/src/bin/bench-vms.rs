@@ -432,42 +432,29 @@ fn main() -> anyhow::Result<()> {
         let (mem_bytes, disk_bytes) = (size(&custom_save)?, size(&disk)?);
 
         // cloudlet: encode, then synthesis = decode + restore.
-        let overlay = dir.join("app.overlay");
-        let mut encode_times = Vec::new();
-        for _ in 0..args.runs {
+        // cloudlet's overlay at the daemon's default zstd level, and at level 19 to separate
+        // what the chunk pipeline saves from what the compressor level buys.
+        let encode_at = |zstd_level: i32, out: &Path| -> anyhow::Result<Duration> {
             let started = Instant::now();
             let source = DiskSource::qcow2(&disk, &paths.disk)?;
             let input = EncodeInput {
                 memory: Some(&custom_save),
                 disk: &source,
             };
-            encode(
-                &base,
-                &input,
-                &overlay,
-                &EncodeOptions::default(),
-                &NoProgress,
-            )?;
-            encode_times.push(started.elapsed());
-        }
-        let overlay_bytes = size(&overlay)?;
-        // The same overlay at zstd level 19 (the daemon's `zstd_level`; default 3), to
-        // separate what the chunk pipeline saves from what the compressor level buys.
-        let overlay19 = dir.join("app-z19.overlay");
-        let started = Instant::now();
-        {
-            let source = DiskSource::qcow2(&disk, &paths.disk)?;
-            let input = EncodeInput {
-                memory: Some(&custom_save),
-                disk: &source,
-            };
             let options = EncodeOptions {
-                zstd_level: 19,
+                zstd_level,
                 ..EncodeOptions::default()
             };
-            encode(&base, &input, &overlay19, &options, &NoProgress)?;
-        }
-        let encode19_t = started.elapsed();
+            encode(&base, &input, out, &options, &NoProgress)?;
+            Ok(started.elapsed())
+        };
+        let overlay = dir.join("app.overlay");
+        let encode_times = (0..args.runs)
+            .map(|_| encode_at(EncodeOptions::default().zstd_level, &overlay))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let overlay_bytes = size(&overlay)?;
+        let overlay19 = dir.join("app-z19.overlay");
+        let encode19_t = encode_at(19, &overlay19)?;
         let overlay19_bytes = size(&overlay19)?;
         let (mut decode_times, mut restore_times) = (Vec::new(), Vec::new());
         for _ in 0..args.runs {

@@ -212,7 +212,8 @@ impl OverlayMeta {
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            256 + self.records.len() * RECORD_V1_BYTES + self.segments.len() * SEGMENT_BYTES,
+            256 + self.records.len() * (RECORD_V2_MIN_BYTES + 32)
+                + self.segments.len() * SEGMENT_BYTES,
         );
         out.extend_from_slice(&self.base_id);
         put_u64(&mut out, self.disk_size);
