@@ -73,6 +73,11 @@ pub struct BenchReport {
     decode_peak_rss_mib: f64,
     /// CPU seconds of the median decode run.
     decode_cpu_s: f64,
+    /// Every encode run's wall time, in run order.
+    encode_runs_s: Vec<f64>,
+    /// Every decode run's wall time, in run order (the first often differs: it is the
+    /// first to take fresh memory for its output files, see docs/benchmarks.md).
+    decode_runs_s: Vec<f64>,
     encode_phases: String,
     decode_phases: String,
     counts_memory: String,
@@ -221,6 +226,8 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
             .map(|r| (r.end - r.start) * 4096)
             .sum::<u64>();
 
+    let secs = |times: &[Duration]| times.iter().map(Duration::as_secs_f64).collect();
+    let (encode_runs_s, decode_runs_s) = (secs(&encode_times), secs(&decode_times));
     let enc = median(&mut encode_times);
     let dec = median(&mut decode_times);
     let mb = |bytes: u64| bytes as f64 / 1e6;
@@ -253,6 +260,8 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
             / dec.as_secs_f64(),
         decode_peak_rss_mib: decode_rss,
         decode_cpu_s: median(&mut decode_cpu).as_secs_f64(),
+        encode_runs_s,
+        decode_runs_s,
         encode_phases: format!(
             "memory {:.3} s, disk {:.3} s, write {:.3} s",
             summary_enc.memory_time.as_secs_f64(),
@@ -261,10 +270,11 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<BenchReport> {
         ),
         decode_phases: decode_summary.map_or_else(String::new, |d| {
             format!(
-                "read {:.3} s, rebuild {:.3} s, apply {:.3} s, base pages + finish {:.3} s",
+                "read {:.3} s, rebuild {:.3} s, apply {:.3} s, base pages {:.3} s (beside those), finish {:.3} s",
                 d.read_time.as_secs_f64(),
                 d.rebuild_time.as_secs_f64(),
                 d.apply_time.as_secs_f64(),
+                d.base_pages_time.as_secs_f64(),
                 d.finish_time.as_secs_f64()
             )
         }),
@@ -281,6 +291,7 @@ fn table(r: &BenchReport) -> String {
          overlay            {ov:>8.2} MB\n\
          encode             {es:>8.3} s   {emb:>7.0} MB/s modified   {eib:>7.0} MB/s input   peak RSS {erss:.0} MiB   CPU {ecpu:.2} s\n\
          decode             {ds:>8.3} s   {dmb:>7.0} MB/s modified   {dob:>7.0} MB/s output  peak RSS {drss:.0} MiB   CPU {dcpu:.2} s\n\
+         runs enc / dec     {er} / {dr} s\n\
          encode phases      {ep}\n\
          decode phases      {dp}\n\
          memory records     {cm}\n\
@@ -303,11 +314,19 @@ fn table(r: &BenchReport) -> String {
         dob = r.decode_output_mb_per_s,
         drss = r.decode_peak_rss_mib,
         dcpu = r.decode_cpu_s,
+        er = runs(&r.encode_runs_s),
+        dr = runs(&r.decode_runs_s),
         ep = r.encode_phases,
         dp = r.decode_phases,
         cm = r.counts_memory,
         cd = r.counts_disk,
     )
+}
+
+/// Run times, space-separated.
+fn runs(times: &[f64]) -> String {
+    let all: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+    all.join(" ")
 }
 
 /// Waits for dirty pages to be written back (`sync`), so writeback of earlier steps does not

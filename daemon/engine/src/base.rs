@@ -341,6 +341,16 @@ impl Base {
         self.hashes.get(loc)
     }
 
+    /// Whether the base's memory page `page` is all zero (from the hash list; false for a
+    /// page the base does not have).
+    pub fn memory_page_is_zero(&self, page: u64) -> bool {
+        let loc = Location {
+            kind: ImageKind::Memory,
+            index: page,
+        };
+        self.hash_at(loc) == Some(&zero_chunk_hash())
+    }
+
     /// Reads the base chunk at `loc`.
     pub fn read_chunk(&self, loc: Location, buf: &mut Chunk) -> Result<(), BaseError> {
         if loc.index >= self.hashes.len(loc.kind) {

@@ -3,13 +3,17 @@
 //! Segments are read in order from any `Read` (a file, or an upload still arriving) on a
 //! reader thread, a window of them is decompressed and rebuilt in parallel (every chunk
 //! checked against its blake3 hash), and this thread applies them in record order while
-//! the next window is being rebuilt. Memory pages go straight into the output
-//! save file as they come (QEMU's loader takes pages in any order); the base's unchanged
-//! pages follow. Nothing appears under the output names unless every chunk verified.
+//! the next window is being rebuilt. The output save file is written in two parts side
+//! by side (QEMU's loader takes page records in any order): the overlay's pages in record
+//! order, whose length the records fix in advance, and behind them the base's unchanged
+//! pages, written by a thread of their own while the overlay is applied. Nothing appears
+//! under the output names unless every chunk verified.
 
+use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -25,7 +29,7 @@ use crate::format::{
 use crate::hashlist::Location;
 use crate::progress::Progress;
 use crate::qcow2::Qcow2Writer;
-use crate::savefile::{SaveFileError, SaveFileWriter};
+use crate::savefile::{self, SaveFileError, SaveFileLayout, SaveFileWriter};
 
 /// Errors rebuilding a VM from base + overlay.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +137,11 @@ pub struct DecodeSummary {
     pub rebuild_time: Duration,
     /// Time writing rebuilt chunks.
     pub apply_time: Duration,
-    /// Time writing the base's unchanged memory pages and finishing the files.
+    /// Time the base's unchanged memory pages took to write (on a thread of their own,
+    /// overlapping everything above).
+    pub base_pages_time: Duration,
+    /// Time from the last chunk applied to the files committed, including any wait for
+    /// the base's pages.
     pub finish_time: Duration,
 }
 
@@ -184,14 +192,24 @@ fn decode_with<R: Read + Send>(
         has_memory: meta.memory.is_some(),
         ..Default::default()
     };
-    let mut out = Outputs::create(&meta, base, outputs)?;
+    let memory = MemoryTarget::create(&meta, outputs)?;
+    let mut out = Outputs::create(&meta, base, outputs, memory.as_ref())?;
     let self_ref_targets = self_ref_targets(&meta)?;
     let mut written_at: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
 
     progress.stage("apply", Some(meta.records.len() as u64));
     let window = 2 * pool.current_num_threads();
     let meta_ref = &meta;
+    let cancel = AtomicBool::new(false);
     let (overlay, read_time, rebuild_time) = std::thread::scope(|scope| {
+        let base_pages = memory.as_ref().zip(meta.memory.as_ref()).map(|(m, mm)| {
+            let cancel = &cancel;
+            scope.spawn(move || {
+                let started = Instant::now();
+                m.write_base_records(base, &mm.layout, &mm.device_state, cancel)?;
+                Ok::<_, DecodeError>(started.elapsed())
+            })
+        });
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Window, DecodeError>>(WINDOWS_QUEUED);
         let producer = scope.spawn(move || {
             let (mut read_time, mut rebuild_time) = (Duration::ZERO, Duration::ZERO);
@@ -253,10 +271,26 @@ fn decode_with<R: Read + Send>(
             }
             Ok(())
         })();
+        if applied.is_err() {
+            cancel.store(true, Ordering::Relaxed);
+        }
         // Dropping the receiver stops the producer if applying failed.
         drop(rx);
         let produced = producer.join();
+        let finishing = Instant::now();
+        let base_written = base_pages.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(DecodeError::Output {
+                    path: "base page writer thread".into(),
+                    source: std::io::Error::other("panicked"),
+                })
+            })
+        });
+        summary.finish_time = finishing.elapsed();
         applied?;
+        if let Some(written) = base_written {
+            summary.base_pages_time = written?;
+        }
         produced.map_err(|_| DecodeError::Output {
             path: "overlay reader thread".into(),
             source: std::io::Error::other("panicked"),
@@ -266,8 +300,17 @@ fn decode_with<R: Read + Send>(
     summary.rebuild_time = rebuild_time;
     let started = Instant::now();
     overlay.finish()?;
-    out.finish(&meta, base, outputs)?;
-    summary.finish_time = started.elapsed();
+    let mut disk_tmp = out.finish(outputs)?;
+    if let Some(target) = memory {
+        target.commit(outputs)?;
+    }
+    disk_tmp
+        .commit(outputs.disk)
+        .map_err(|source| DecodeError::Output {
+            path: outputs.disk.display().to_string(),
+            source,
+        })?;
+    summary.finish_time += started.elapsed();
     Ok(summary)
 }
 
@@ -287,9 +330,18 @@ fn apply_segment(
             Rebuilt::Data(data) => data,
             Rebuilt::Zero => Box::new([0u8; CHUNK_SIZE_BYTES]),
             Rebuilt::SelfRef(target) => {
+                // The target's bytes were checked against its hash when they were written,
+                // so equal hashes check this copy without hashing it again (format 2 implies
+                // them equal; 1.x stores both).
+                let target_hash = usize::try_from(target)
+                    .ok()
+                    .and_then(|t| meta.records.get(t))
+                    .map(|t| t.hash);
+                if target_hash != Some(record.hash) {
+                    return Err(mismatch(record_no, record));
+                }
                 let mut data = Box::new([0u8; CHUNK_SIZE_BYTES]);
                 out.read_back(&meta.records, target, written_at, &mut data)?;
-                verify(record_no, record, &data)?;
                 data
             }
         };
@@ -349,13 +401,17 @@ fn self_ref_targets(meta: &OverlayMeta) -> Result<Bitmap, DecodeError> {
 
 fn verify(record_no: u64, record: &Record, data: &Chunk) -> Result<(), DecodeError> {
     if hash_chunk(data) != record.hash {
-        return Err(DecodeError::ChunkHashMismatch {
-            record: record_no,
-            kind: record.kind.name(),
-            index: record.index,
-        });
+        return Err(mismatch(record_no, record));
     }
     Ok(())
+}
+
+fn mismatch(record_no: u64, record: &Record) -> DecodeError {
+    DecodeError::ChunkHashMismatch {
+        record: record_no,
+        kind: record.kind.name(),
+        index: record.index,
+    }
 }
 
 /// Decompresses one segment and rebuilds every chunk that does not depend on others.
@@ -429,19 +485,197 @@ fn read_base(base: &Base, loc: Location, buf: &mut Chunk) -> Result<(), DecodeEr
     Ok(base.read_chunk(loc, buf)?)
 }
 
-/// The output files while they are being written (under temporary names).
-struct Outputs {
-    disk: Option<DiskSink>,
-    disk_tmp: TmpPath,
-    memory: Option<SaveFileWriter<BufWriter<AtomicFile>>>,
-    memory_pages: Option<Bitmap>,
+/// The output save file: `prefix`, then the overlay's page records (in record order,
+/// written by the applying thread), then from `base_at` the base's records of every other
+/// page and the end of the file (written by a thread of their own).
+struct MemoryTarget {
+    file: AtomicFile,
+    prefix: Vec<u8>,
+    base_at: u64,
+    /// Pages the overlay sets; the base supplies all others.
+    overlay_pages: Bitmap,
 }
 
-impl Outputs {
+impl MemoryTarget {
+    /// Lays out the save file (`None` for a disk-only overlay). A zero record of the
+    /// overlay gets a ZERO record, any other a PAGE record, so that the length of the
+    /// overlay's part is known before any page is rebuilt.
+    fn create(
+        meta: &OverlayMeta,
+        outputs: &DecodeOutputs<'_>,
+    ) -> Result<Option<Self>, DecodeError> {
+        let Some(memory) = &meta.memory else {
+            return Ok(None);
+        };
+        let mut overlay_pages = Bitmap::new(memory.layout.page_count())?;
+        let overlay_records = meta.records.iter().filter(|r| r.kind == ImageKind::Memory);
+        for r in overlay_records.clone() {
+            overlay_pages.insert(r.index);
+        }
+        let prefix =
+            savefile::prefix(&memory.layout, outputs.domain_xml).map_err(DecodeError::SaveFile)?;
+        let overlay_len = savefile::records_len(
+            &memory.layout,
+            overlay_records.map(|r| (r.index, r.encoding != Encoding::Zero)),
+        )
+        .map_err(DecodeError::SaveFile)?;
+        let file = AtomicFile::create(outputs.memory).map_err(|source| DecodeError::Output {
+            path: outputs.memory.display().to_string(),
+            source,
+        })?;
+        Ok(Some(Self {
+            file,
+            base_at: prefix.len() as u64 + overlay_len,
+            prefix,
+            overlay_pages,
+        }))
+    }
+
+    /// The writer of the overlay's records.
+    fn overlay_writer(
+        &self,
+        layout: &SaveFileLayout,
+    ) -> Result<SaveFileWriter<BufWriter<FileAt<'_>>>, DecodeError> {
+        let at = self.prefix.len() as u64;
+        SaveFileWriter::records_at(
+            BufWriter::with_capacity(
+                IO_BUFFER_BYTES,
+                FileAt {
+                    file: self.file.file(),
+                    pos: at,
+                },
+            ),
+            layout,
+            at,
+        )
+        .map_err(DecodeError::SaveFile)
+    }
+
+    /// Writes the records of every page the overlay leaves to the base, then the end of
+    /// the file: zero pages (known from the hash list) without reading anything, the
+    /// others read in runs of consecutive pages. Stops early, without an error, once
+    /// `cancel` is set (the applying side failed and reports why).
+    fn write_base_records(
+        &self,
+        base: &Base,
+        layout: &SaveFileLayout,
+        device_state: &[u8],
+        cancel: &AtomicBool,
+    ) -> Result<(), DecodeError> {
+        let out_err = |source| DecodeError::Output {
+            path: self.file.tmp_path().display().to_string(),
+            source,
+        };
+        let file = FileAt {
+            file: self.file.file(),
+            pos: self.base_at,
+        };
+        let mut w = SaveFileWriter::records_at(
+            BufWriter::with_capacity(IO_BUFFER_BYTES, file),
+            layout,
+            self.base_at,
+        )
+        .map_err(DecodeError::SaveFile)?;
+        let pages = layout.page_count();
+        let is_base_page = |i: u64| !self.overlay_pages.contains(i);
+        let mut run = vec![0u8; BASE_RUN_BYTES];
+        let mut index = 0;
+        while index < pages {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if !is_base_page(index) {
+                index += 1;
+                continue;
+            }
+            if base.memory_page_is_zero(index) {
+                w.write_record(index, None).map_err(DecodeError::SaveFile)?;
+                index += 1;
+                continue;
+            }
+            let mut end = index + 1;
+            while end < pages
+                && end - index < BASE_RUN_PAGES
+                && is_base_page(end)
+                && !base.memory_page_is_zero(end)
+            {
+                end += 1;
+            }
+            let bytes = &mut run[..usize::try_from(end - index).unwrap_or(0) * CHUNK_SIZE_BYTES];
+            base.read_memory_pages(index, bytes)?;
+            for (page, data) in (index..end).zip(bytes.chunks_exact(CHUNK_SIZE_BYTES)) {
+                let data: &Chunk = data
+                    .try_into()
+                    .map_err(|_| DecodeError::Incompatible("page size".into()))?;
+                w.write_record(page, Some(data))
+                    .map_err(DecodeError::SaveFile)?;
+            }
+            index = end;
+        }
+        let mut buffered = w.finish(device_state).map_err(DecodeError::SaveFile)?;
+        buffered.flush().map_err(out_err)
+    }
+
+    /// Writes the prefix and gives the file its final name.
+    fn commit(self, outputs: &DecodeOutputs<'_>) -> Result<(), DecodeError> {
+        let out_err = |source| DecodeError::Output {
+            path: outputs.memory.display().to_string(),
+            source,
+        };
+        self.file
+            .file()
+            .write_all_at(&self.prefix, 0)
+            .map_err(out_err)?;
+        self.file.commit_with(outputs.durable).map_err(out_err)?;
+        Ok(())
+    }
+}
+
+/// Writes a shared `File` from a position of its own (positional writes), so that the two
+/// writers of one save file never disturb each other's file offset.
+struct FileAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Write for FileAt<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Write buffer of each save-file writer.
+const IO_BUFFER_BYTES: usize = 1 << 20;
+/// Pages read from the base per positional read.
+const BASE_RUN_PAGES: u64 = 256;
+const BASE_RUN_BYTES: usize = 256 * CHUNK_SIZE_BYTES;
+
+/// The output files while they are being written (under temporary names).
+struct Outputs<'m> {
+    disk: Option<DiskSink>,
+    disk_tmp: TmpPath,
+    memory: Option<OverlayPages<'m>>,
+}
+
+/// The overlay's part of the save file.
+struct OverlayPages<'m> {
+    writer: SaveFileWriter<BufWriter<FileAt<'m>>>,
+    /// Where the part must end.
+    end: u64,
+}
+
+impl<'m> Outputs<'m> {
     fn create(
         meta: &OverlayMeta,
         base: &Base,
         outputs: &DecodeOutputs<'_>,
+        memory: Option<&'m MemoryTarget>,
     ) -> Result<Self, DecodeError> {
         let out_err = |path: &Path| {
             let path = path.display().to_string();
@@ -476,24 +710,17 @@ impl Outputs {
                 }
             }
         };
-        let (memory, memory_pages) = match &meta.memory {
-            Some(m) => {
-                let file = AtomicFile::create(outputs.memory).map_err(out_err(outputs.memory))?;
-                let writer = SaveFileWriter::new(
-                    BufWriter::with_capacity(1 << 20, file),
-                    &m.layout,
-                    outputs.domain_xml,
-                )
-                .map_err(DecodeError::SaveFile)?;
-                (Some(writer), Some(Bitmap::new(m.layout.page_count())?))
-            }
-            None => (None, None),
+        let memory = match (memory, &meta.memory) {
+            (Some(target), Some(m)) => Some(OverlayPages {
+                writer: target.overlay_writer(&m.layout)?,
+                end: target.base_at,
+            }),
+            _ => None,
         };
         Ok(Self {
             disk: Some(disk),
             disk_tmp,
             memory,
-            memory_pages,
         })
     }
 
@@ -502,14 +729,15 @@ impl Outputs {
     fn write(&mut self, record: &Record, data: &Chunk) -> Result<Option<u64>, DecodeError> {
         match record.kind {
             ImageKind::Memory => {
-                let (Some(w), Some(pages)) = (self.memory.as_mut(), self.memory_pages.as_mut())
-                else {
+                let Some(m) = self.memory.as_mut() else {
                     return Err(DecodeError::Incompatible(
                         "memory record in a disk-only overlay".into(),
                     ));
                 };
-                pages.insert(record.index);
-                w.write_page(record.index, data)
+                // As laid out: a PAGE record for every record but a zero record.
+                let data = (record.encoding != Encoding::Zero).then_some(data);
+                m.writer
+                    .write_record(record.index, data)
                     .map_err(DecodeError::SaveFile)
             }
             ImageKind::Disk => {
@@ -547,23 +775,24 @@ impl Outputs {
         };
         match record.kind {
             ImageKind::Memory => {
-                let w = self
+                let m = self
                     .memory
                     .as_mut()
                     .ok_or_else(|| DecodeError::Incompatible("no memory".into()))?;
                 // Flush only when the page is still in the write buffer: most references
                 // point at pages written long before.
-                let flushed = w.bytes_written() - w.get_mut().buffer().len() as u64;
-                let buffered = w.get_mut();
+                let flushed = m.writer.bytes_written() - m.writer.get_mut().buffer().len() as u64;
+                let buffered = m.writer.get_mut();
                 if position + CHUNK_SIZE_BYTES as u64 > flushed {
                     buffered
                         .flush()
                         .map_err(io_err(Path::new("memory snapshot")))?;
                 }
-                let file = buffered.get_ref();
-                file.file()
+                buffered
+                    .get_ref()
+                    .file
                     .read_exact_at(buf, position)
-                    .map_err(io_err(file.tmp_path()))
+                    .map_err(io_err(Path::new("memory snapshot")))
             }
             ImageKind::Disk => {
                 let sink = self
@@ -576,93 +805,33 @@ impl Outputs {
         }
     }
 
-    fn finish(
-        mut self,
-        meta: &OverlayMeta,
-        base: &Base,
-        outputs: &DecodeOutputs<'_>,
-    ) -> Result<(), DecodeError> {
+    /// Writes out what is buffered and completes the disk; returns the disk's temporary
+    /// path, to be committed once the save file is.
+    fn finish(mut self, outputs: &DecodeOutputs<'_>) -> Result<TmpPath, DecodeError> {
         let out_err = |path: &Path| {
             let path = path.display().to_string();
             move |source| DecodeError::Output { path, source }
         };
-        if let (Some(mut w), Some(pages), Some(m)) =
-            (self.memory.take(), self.memory_pages.take(), &meta.memory)
-        {
-            write_unchanged_pages(&mut w, &pages, base, m.layout.page_count())?;
-            let buffered = w.finish(&m.device_state).map_err(DecodeError::SaveFile)?;
-            let file = buffered.into_inner().map_err(|e| DecodeError::Output {
-                path: outputs.memory.display().to_string(),
-                source: e.into_error(),
-            })?;
-            file.commit_with(outputs.durable)
+        if let Some(mut m) = self.memory.take() {
+            if m.writer.bytes_written() != m.end {
+                return Err(DecodeError::Incompatible(
+                    "the overlay's memory records do not fill their part of the save file".into(),
+                ));
+            }
+            m.writer
+                .get_mut()
+                .flush()
                 .map_err(out_err(outputs.memory))?;
         }
         if let Some(disk) = self.disk.take() {
             disk.finish(outputs.durable)
                 .map_err(out_err(outputs.disk))?;
-            self.disk_tmp
-                .commit(outputs.disk)
-                .map_err(out_err(outputs.disk))?;
         }
-        Ok(())
+        Ok(std::mem::replace(
+            &mut self.disk_tmp,
+            TmpPath(PathBuf::new()),
+        ))
     }
-}
-
-/// Pages read from the base per positional read.
-const BASE_RUN_PAGES: u64 = 256;
-const BASE_RUN_BYTES: usize = 256 * CHUNK_SIZE_BYTES;
-
-/// Writes every page the overlay did not set, from the base: zero pages (known from the
-/// hash list) without reading anything, the others in runs of consecutive pages.
-fn write_unchanged_pages<W: Write>(
-    w: &mut SaveFileWriter<W>,
-    overlay_pages: &Bitmap,
-    base: &Base,
-    page_count: u64,
-) -> Result<(), DecodeError> {
-    let zero_hash = crate::chunk::zero_chunk_hash();
-    let is_zero = |i: u64| {
-        base.hash_at(Location {
-            kind: ImageKind::Memory,
-            index: i,
-        }) == Some(&zero_hash)
-    };
-    let zero_page = [0u8; CHUNK_SIZE_BYTES];
-    let mut run = vec![0u8; BASE_RUN_BYTES];
-    let mut index = 0;
-    while index < page_count {
-        if overlay_pages.contains(index) {
-            index += 1;
-            continue;
-        }
-        if is_zero(index) {
-            w.write_page(index, &zero_page)
-                .map_err(DecodeError::SaveFile)?;
-            index += 1;
-            continue;
-        }
-        let mut end = index + 1;
-        while end < page_count
-            && end - index < BASE_RUN_PAGES
-            && !overlay_pages.contains(end)
-            && !is_zero(end)
-        {
-            end += 1;
-        }
-        let len = usize::try_from(end - index).unwrap_or(0) * CHUNK_SIZE_BYTES;
-        let bytes = &mut run[..len];
-        base.read_memory_pages(index, bytes)?;
-        for (offset, page) in bytes.chunks_exact(CHUNK_SIZE_BYTES).enumerate() {
-            let page: &Chunk = page
-                .try_into()
-                .map_err(|_| DecodeError::Incompatible("page size".into()))?;
-            w.write_page(index + offset as u64, page)
-                .map_err(DecodeError::SaveFile)?;
-        }
-        index = end;
-    }
-    Ok(())
 }
 
 /// A temporary output path, removed on drop unless committed (renamed to its final name).

@@ -239,6 +239,10 @@ impl AppState {
                 "decode_apply".into(),
                 ms(summary.apply_time + summary.finish_time),
             );
+            session
+                .timings
+                .0
+                .insert("decode_base_pages".into(), ms(summary.base_pages_time));
 
             session.state = "restoring".into();
             self.store.update_session(&session).await?;

@@ -39,7 +39,10 @@
 //!
 //! [`SaveFileReader`] yields pages one at a time in stream order and then the device state;
 //! [`SaveFileWriter`] writes a layout, then pages one at a time, then the device state.
-//! Neither ever holds more than one page of RAM in memory.
+//! Neither ever holds more than one page of RAM in memory. Records may be listed in any
+//! order, so a file can also be written in parts side by side: the [`prefix`], then runs
+//! of records whose lengths are known in advance ([`records_len`]), each run by a writer
+//! made with [`SaveFileWriter::records_at`], the last one ending the file.
 //!
 //! # Assumptions (what libvirt's plain `virsh save` produces; anything else is refused)
 //!
@@ -72,7 +75,7 @@ use std::io;
 
 pub use layout::{RamBlock, SaveFileLayout};
 pub use reader::SaveFileReader;
-pub use writer::SaveFileWriter;
+pub use writer::{prefix, records_len, SaveFileWriter};
 
 /// Size of libvirt's save header (magic, six u32 fields and 14 unused u32), in bytes.
 pub const LIBVIRT_HEADER_BYTES: usize = 92;

@@ -1,6 +1,6 @@
 //! [`SaveFileWriter`]: writes a save file from a layout, pages and a device state.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use super::wire::{
     FLAG_CONTINUE, FLAG_EOS, FLAG_MEM_SIZE, FLAG_PAGE, FLAG_ZERO, LIBVIRT_MAGIC,
@@ -8,7 +8,7 @@ use super::wire::{
     SECTION_START,
 };
 use super::{SaveFileError, SaveFileLayout, LIBVIRT_HEADER_BYTES};
-use crate::chunk::{is_zero, Chunk, CHUNK_SIZE_U64};
+use crate::chunk::{is_zero, Chunk, CHUNK_SIZE_BYTES, CHUNK_SIZE_U64};
 use crate::limits::MAX_DEVICE_STATE_BYTES;
 
 /// Streaming writer of a save file.
@@ -48,62 +48,28 @@ impl<W: Write> SaveFileWriter<W> {
         layout: &SaveFileLayout,
         domain_xml: Option<&str>,
     ) -> Result<Self, SaveFileError> {
+        let prefix = prefix(layout, domain_xml)?;
+        let mut w = Self::records_at(writer, layout, 0)?;
+        w.put(&prefix)?;
+        Ok(w)
+    }
+
+    /// A writer of page records (and [`finish`](Self::finish)'s tail) only, for the part
+    /// of a save file that starts at byte `at`: the rest of the file is written by others,
+    /// e.g. the [`prefix`] and other writers' records. Offsets returned count from the
+    /// start of the file. The first record names its block.
+    pub fn records_at(writer: W, layout: &SaveFileLayout, at: u64) -> Result<Self, SaveFileError> {
         layout.validate()?;
-        let rebuilt = domain_xml
-            .map(|xml| layout.rebuilt_xml_area(xml))
-            .transpose()?;
-        let (xml_area, cookie_offset) = match &rebuilt {
-            Some((area, offset)) => (area.as_slice(), *offset),
-            None => (layout.xml_area.as_slice(), layout.cookie_offset),
-        };
-        let data_len = u32::try_from(xml_area.len()).map_err(|_| SaveFileError::TooLarge {
-            what: "xml area",
-            size: xml_area.len() as u64,
-            limit: u64::from(u32::MAX),
-        })?;
-
-        let mut head = Vec::with_capacity(LIBVIRT_HEADER_BYTES);
-        head.extend_from_slice(LIBVIRT_MAGIC);
-        for v in [
-            layout.libvirt_version,
-            data_len,
-            layout.was_running,
-            0,
-            cookie_offset,
-        ] {
-            head.extend_from_slice(&v.to_le_bytes());
-        }
-        head.resize(head.len() + LIBVIRT_UNUSED_WORDS * 4, 0);
-        debug_assert_eq!(head.len(), LIBVIRT_HEADER_BYTES);
-
-        let id = layout.ram_section_id;
-        let mut start = Vec::new();
-        start.push(SECTION_START);
-        start.extend_from_slice(&id.to_be_bytes());
-        push_name(&mut start, RAM_IDSTR);
-        start.extend_from_slice(&layout.ram_instance_id.to_be_bytes());
-        start.extend_from_slice(&layout.ram_version_id.to_be_bytes());
-        start.extend_from_slice(&(layout.ram_bytes() | FLAG_MEM_SIZE).to_be_bytes());
-        for block in &layout.blocks {
-            push_name(&mut start, block.name.as_bytes());
-            start.extend_from_slice(&block.length.to_be_bytes());
-        }
-        start.extend_from_slice(&FLAG_EOS.to_be_bytes());
-        push_footer(&mut start, id);
-        start.push(SECTION_PART);
-        start.extend_from_slice(&id.to_be_bytes());
-
         let mut first_pages = Vec::with_capacity(layout.blocks.len());
         let mut next_first = 0u64;
         for block in &layout.blocks {
             first_pages.push(next_first);
             next_first += block.length / CHUNK_SIZE_U64;
         }
-
-        let mut w = SaveFileWriter {
+        Ok(SaveFileWriter {
             out: writer,
-            written: 0,
-            section_id: id,
+            written: at,
+            section_id: layout.ram_section_id,
             names: layout
                 .blocks
                 .iter()
@@ -112,12 +78,7 @@ impl<W: Write> SaveFileWriter<W> {
             first_pages,
             total_pages: next_first,
             last_block: None,
-        };
-        w.put(&head)?;
-        w.put(xml_area)?;
-        w.put(&layout.qemu_preamble)?;
-        w.put(&start)?;
-        Ok(w)
+        })
     }
 
     /// Writes one page (by global index): a ZERO record if it is all zero, else a PAGE
@@ -128,6 +89,16 @@ impl<W: Write> SaveFileWriter<W> {
         &mut self,
         global_page: u64,
         data: &Chunk,
+    ) -> Result<Option<u64>, SaveFileError> {
+        self.write_record(global_page, (!is_zero(data)).then_some(data))
+    }
+
+    /// Writes one page record as asked: a PAGE record with `data` (even if it is all zero),
+    /// or a ZERO record for `None`. Returns what [`write_page`](Self::write_page) returns.
+    pub fn write_record(
+        &mut self,
+        global_page: u64,
+        data: Option<&Chunk>,
     ) -> Result<Option<u64>, SaveFileError> {
         let out_of_range = SaveFileError::PageOutOfRange {
             index: global_page,
@@ -145,8 +116,7 @@ impl<W: Write> SaveFileWriter<W> {
             .ok_or(out_of_range)?;
         let first = self.first_pages.get(block).copied().unwrap_or_default();
         let address = (global_page - first) * CHUNK_SIZE_U64;
-        let zero = is_zero(data);
-        let mut header = address | if zero { FLAG_ZERO } else { FLAG_PAGE };
+        let mut header = address | if data.is_some() { FLAG_PAGE } else { FLAG_ZERO };
         let continues = self.last_block == Some(block);
         if continues {
             header |= FLAG_CONTINUE;
@@ -162,14 +132,14 @@ impl<W: Write> SaveFileWriter<W> {
             rec[9..9 + name.len()].copy_from_slice(name);
             len += 1 + name.len();
         }
-        if zero {
+        if data.is_none() {
             len += 1; // fill byte 0, already there
         }
         self.put(&rec[..len])?;
         self.last_block = Some(block);
-        if zero {
+        let Some(data) = data else {
             return Ok(None);
-        }
+        };
         let offset = self.written;
         self.put(data)?;
         Ok(Some(offset))
@@ -187,31 +157,19 @@ impl<W: Write> SaveFileWriter<W> {
         &mut self.out
     }
 
+    /// The inner writer, without the tail [`finish`](Self::finish) writes (for a part of a
+    /// file that others end).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
     /// Closes the PART section (EOS, footer), writes an empty ram END section (EOS,
     /// footer), then the device state verbatim; returns the inner writer, not flushed.
     /// The device state must be non-empty and at most [`MAX_DEVICE_STATE_BYTES`], as the
     /// reader requires.
     pub fn finish(mut self, device_state: &[u8]) -> Result<W, SaveFileError> {
-        if device_state.is_empty() {
-            return Err(SaveFileError::EmptyDeviceState);
-        }
-        if device_state.len() as u64 > MAX_DEVICE_STATE_BYTES {
-            return Err(SaveFileError::TooLarge {
-                what: "device state",
-                size: device_state.len() as u64,
-                limit: MAX_DEVICE_STATE_BYTES,
-            });
-        }
-        let id = self.section_id;
-        let mut tail = Vec::with_capacity(32);
-        tail.extend_from_slice(&FLAG_EOS.to_be_bytes());
-        push_footer(&mut tail, id);
-        tail.push(SECTION_END);
-        tail.extend_from_slice(&id.to_be_bytes());
-        tail.extend_from_slice(&FLAG_EOS.to_be_bytes());
-        push_footer(&mut tail, id);
+        let tail = tail_bytes(self.section_id, device_state)?;
         self.put(&tail)?;
-        self.put(device_state)?;
         Ok(self.out)
     }
 
@@ -232,4 +190,95 @@ fn push_name(out: &mut Vec<u8>, name: &[u8]) {
 fn push_footer(out: &mut Vec<u8>, section_id: u32) {
     out.push(SECTION_FOOTER);
     out.extend_from_slice(&section_id.to_be_bytes());
+}
+
+/// Length of the records one writer writes for `pages` (global index, and whether it gets
+/// a PAGE record rather than a ZERO record), in this order.
+pub fn records_len(
+    layout: &SaveFileLayout,
+    pages: impl IntoIterator<Item = (u64, bool)>,
+) -> Result<u64, SaveFileError> {
+    let mut w = SaveFileWriter::records_at(io::sink(), layout, 0)?;
+    let data = [0u8; CHUNK_SIZE_BYTES];
+    for (page, has_data) in pages {
+        w.write_record(page, has_data.then_some(&data))?;
+    }
+    Ok(w.bytes_written())
+}
+
+/// Everything before the first page record of a save file: the libvirt header and XML area (see
+/// [`SaveFileWriter::new`]), the QEMU preamble, the ram START section and the opening of
+/// a ram PART section. The layout is validated first.
+pub fn prefix(layout: &SaveFileLayout, domain_xml: Option<&str>) -> Result<Vec<u8>, SaveFileError> {
+    layout.validate()?;
+    let rebuilt = domain_xml
+        .map(|xml| layout.rebuilt_xml_area(xml))
+        .transpose()?;
+    let (xml_area, cookie_offset) = match &rebuilt {
+        Some((area, offset)) => (area.as_slice(), *offset),
+        None => (layout.xml_area.as_slice(), layout.cookie_offset),
+    };
+    let data_len = u32::try_from(xml_area.len()).map_err(|_| SaveFileError::TooLarge {
+        what: "xml area",
+        size: xml_area.len() as u64,
+        limit: u64::from(u32::MAX),
+    })?;
+
+    let mut out = Vec::with_capacity(LIBVIRT_HEADER_BYTES + xml_area.len() + 4096);
+    out.extend_from_slice(LIBVIRT_MAGIC);
+    for v in [
+        layout.libvirt_version,
+        data_len,
+        layout.was_running,
+        0,
+        cookie_offset,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.resize(out.len() + LIBVIRT_UNUSED_WORDS * 4, 0);
+    debug_assert_eq!(out.len(), LIBVIRT_HEADER_BYTES);
+    out.extend_from_slice(xml_area);
+    out.extend_from_slice(&layout.qemu_preamble);
+
+    let id = layout.ram_section_id;
+    out.push(SECTION_START);
+    out.extend_from_slice(&id.to_be_bytes());
+    push_name(&mut out, RAM_IDSTR);
+    out.extend_from_slice(&layout.ram_instance_id.to_be_bytes());
+    out.extend_from_slice(&layout.ram_version_id.to_be_bytes());
+    out.extend_from_slice(&(layout.ram_bytes() | FLAG_MEM_SIZE).to_be_bytes());
+    for block in &layout.blocks {
+        push_name(&mut out, block.name.as_bytes());
+        out.extend_from_slice(&block.length.to_be_bytes());
+    }
+    out.extend_from_slice(&FLAG_EOS.to_be_bytes());
+    push_footer(&mut out, id);
+    out.push(SECTION_PART);
+    out.extend_from_slice(&id.to_be_bytes());
+    Ok(out)
+}
+
+/// Everything after the last page record: the PART section's end (EOS, footer), an empty
+/// ram END section (EOS, footer), then the device state verbatim. The device state must be
+/// non-empty and at most [`MAX_DEVICE_STATE_BYTES`], as the reader requires.
+fn tail_bytes(section_id: u32, device_state: &[u8]) -> Result<Vec<u8>, SaveFileError> {
+    if device_state.is_empty() {
+        return Err(SaveFileError::EmptyDeviceState);
+    }
+    if device_state.len() as u64 > MAX_DEVICE_STATE_BYTES {
+        return Err(SaveFileError::TooLarge {
+            what: "device state",
+            size: device_state.len() as u64,
+            limit: MAX_DEVICE_STATE_BYTES,
+        });
+    }
+    let mut tail = Vec::with_capacity(32 + device_state.len());
+    tail.extend_from_slice(&FLAG_EOS.to_be_bytes());
+    push_footer(&mut tail, section_id);
+    tail.push(SECTION_END);
+    tail.extend_from_slice(&section_id.to_be_bytes());
+    tail.extend_from_slice(&FLAG_EOS.to_be_bytes());
+    push_footer(&mut tail, section_id);
+    tail.extend_from_slice(device_state);
+    Ok(tail)
 }

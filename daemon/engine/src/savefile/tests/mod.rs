@@ -194,6 +194,74 @@ fn round_trip_parse_write_parse_keeps_layout_and_pages() {
 }
 
 #[test]
+fn a_file_written_in_parts_side_by_side_reads_back_whole() {
+    let (_, built) = good();
+    let (layout, pages, ds) = read_all(&built.bytes).unwrap();
+    let all: BTreeMap<u64, Box<Chunk>> = pages.into_iter().collect();
+    let xml = "<domain>in parts</domain>";
+    // Part one: every third page, in shuffled order, zero pages as ZERO records; part two:
+    // the others in index order, zero pages as PAGE records of zeros (both are valid).
+    let mut first: Vec<u64> = all.keys().copied().filter(|i| i % 3 == 0).collect();
+    shuffle(&mut first, 9);
+    let has_data = |i: u64| !crate::chunk::is_zero(&all[&i][..]);
+    let head = prefix(&layout, Some(xml)).unwrap();
+    let first_len = records_len(&layout, first.iter().map(|&i| (i, has_data(i)))).unwrap();
+
+    let at = head.len() as u64;
+    let mut one = SaveFileWriter::records_at(Vec::new(), &layout, at).unwrap();
+    for &i in &first {
+        let offset = one
+            .write_record(i, has_data(i).then_some(&*all[&i]))
+            .unwrap();
+        assert_eq!(offset.is_some(), has_data(i));
+    }
+    assert_eq!(one.bytes_written(), at + first_len);
+    let at = at + first_len;
+    let mut two = SaveFileWriter::records_at(Vec::new(), &layout, at).unwrap();
+    let mut offsets = Vec::new();
+    for (&i, data) in all.iter().filter(|(i, _)| *i % 3 != 0) {
+        let offset = two.write_record(i, Some(data)).unwrap().unwrap();
+        offsets.push((i, offset));
+    }
+    let mut file = head;
+    file.extend(one.into_inner());
+    file.extend(two.finish(&ds).unwrap());
+    for (i, offset) in offsets {
+        let offset = usize::try_from(offset).unwrap();
+        assert_eq!(file[offset..offset + CHUNK_SIZE_BYTES], all[&i][..]);
+    }
+
+    let (layout2, pages2, ds2) = read_all(&file).unwrap();
+    assert!(layout2.same_ram_layout(&layout));
+    assert_eq!(layout2.domain_xml().unwrap(), xml);
+    assert_eq!(ds2, ds);
+    assert_eq!(pages2.into_iter().collect::<BTreeMap<_, _>>(), all);
+}
+
+#[test]
+fn write_record_keeps_a_zero_page_asked_to_be_a_page_record() {
+    let (layout, _, _) = read_all(&good().1.bytes).unwrap();
+    let mut w = SaveFileWriter::records_at(Vec::new(), &layout, 100).unwrap();
+    assert_eq!(
+        w.write_record(0, Some(&[0; CHUNK_SIZE_BYTES])).unwrap(),
+        Some(100 + 8 + 1 + 6)
+    );
+    assert_eq!(w.write_record(1, None).unwrap(), None);
+    let out = w.into_inner();
+    assert_eq!(out.len(), 8 + 1 + 6 + CHUNK_SIZE_BYTES + 8 + 1);
+    assert_eq!(u64::from_be_bytes(out[..8].try_into().unwrap()), 0x08);
+    let second = &out[8 + 7 + CHUNK_SIZE_BYTES..];
+    assert_eq!(
+        u64::from_be_bytes(second[..8].try_into().unwrap()),
+        4096 | 0x02 | 0x20
+    );
+    assert_eq!(
+        records_len(&layout, [(0, true), (1, false)]).unwrap(),
+        out.len() as u64
+    );
+}
+
+#[test]
 fn writer_output_rewrites_byte_identical() {
     let (_, built) = good();
     let (layout, pages, ds) = read_all(&built.bytes).unwrap();
