@@ -200,14 +200,19 @@ fn decode_with<R: Read + Send>(
     progress.stage("apply", Some(meta.records.len() as u64));
     let window = 2 * pool.current_num_threads();
     let meta_ref = &meta;
+    // Set by whichever side fails first (applying, or writing the base's pages), so that
+    // the other stops early instead of finishing work that will be thrown away.
     let cancel = AtomicBool::new(false);
     let (overlay, read_time, rebuild_time) = std::thread::scope(|scope| {
         let base_pages = memory.as_ref().zip(meta.memory.as_ref()).map(|(m, mm)| {
             let cancel = &cancel;
             scope.spawn(move || {
                 let started = Instant::now();
-                m.write_base_records(base, &mm.layout, &mm.device_state, cancel)?;
-                Ok::<_, DecodeError>(started.elapsed())
+                let written = m.write_base_records(base, &mm.layout, &mm.device_state, cancel);
+                if written.is_err() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                written.map(|()| started.elapsed())
             })
         });
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Window, DecodeError>>(WINDOWS_QUEUED);
@@ -254,6 +259,10 @@ fn decode_with<R: Read + Send>(
         });
         let applied = (|| -> Result<(), DecodeError> {
             for window in rx.iter() {
+                // The base page writer failed: its error is the one to report.
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
                 let started = Instant::now();
                 for (segment, chunks) in window? {
                     apply_segment(
@@ -333,15 +342,23 @@ fn apply_segment(
                 // The target's bytes were checked against its hash when they were written,
                 // so equal hashes check this copy without hashing it again (format 2 implies
                 // them equal; 1.x stores both).
-                let target_hash = usize::try_from(target)
+                let target_record = usize::try_from(target)
                     .ok()
-                    .and_then(|t| meta.records.get(t))
-                    .map(|t| t.hash);
-                if target_hash != Some(record.hash) {
+                    .and_then(|t| meta.records.get(t));
+                if target_record.map(|t| t.hash) != Some(record.hash) {
                     return Err(mismatch(record_no, record));
                 }
                 let mut data = Box::new([0u8; CHUNK_SIZE_BYTES]);
                 out.read_back(&meta.records, target, written_at, &mut data)?;
+                // Except a partial last disk chunk: written trimmed to the disk's size and
+                // read back zero-padded, its copy may differ from what was checked.
+                let partial = target_record.is_some_and(|t| {
+                    t.kind == ImageKind::Disk
+                        && (t.index + 1).saturating_mul(CHUNK_SIZE_BYTES as u64) > meta.disk_size
+                });
+                if partial {
+                    verify(record_no, record, &data)?;
+                }
                 data
             }
         };

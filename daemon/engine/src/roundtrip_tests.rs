@@ -5,11 +5,12 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use crate::base::{create_base, Base, BasePaths};
+use crate::chunk::hash_chunk;
 use crate::chunk::{ImageKind, CHUNK_SIZE_BYTES};
 use crate::decode::{decode, DecodeError, DecodeOutputs};
 use crate::disk::{DiskOutputFormat, DiskSource};
 use crate::encode::{encode, EncodeInput, EncodeOptions, EncodeSummary};
-use crate::format::{FormatError, OverlayReader};
+use crate::format::{Encoding, FormatError, OverlayMeta, OverlayReader, OverlayWriter, Record};
 use crate::progress::NoProgress;
 use crate::savefile::SaveFileReader;
 use crate::testkit::{generate, Workload, WorkloadSpec};
@@ -207,6 +208,83 @@ fn overlay_for_another_base_is_refused_and_leaves_nothing() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(before, after, "decode left files behind");
+}
+
+#[test]
+fn a_copy_of_a_partial_last_disk_chunk_is_checked_as_read_back() {
+    // A crafted overlay: the last chunk of a disk whose size is not a multiple of 4 KiB,
+    // with bytes past the disk's end (its hash covers them), then a copy of that chunk.
+    // The disk keeps only the bytes inside it, so the copy would not match its hash.
+    let mut spec = WorkloadSpec::small(11);
+    spec.disk_bytes += 512;
+    let s = setup(&spec);
+    let last = crate::chunk::chunk_count(s.base.disk_size()) - 1;
+    let chunk = [7u8; CHUNK_SIZE_BYTES];
+    let hash = hash_chunk(&chunk);
+    let records = vec![
+        Record {
+            kind: ImageKind::Disk,
+            index: last,
+            encoding: Encoding::Raw,
+            hash,
+        },
+        Record {
+            kind: ImageKind::Disk,
+            index: 0,
+            encoding: Encoding::SelfRef(0),
+            hash,
+        },
+    ];
+    let compressed = zstd::bulk::compress(&chunk, 3).unwrap();
+    let segment_hash = *blake3::hash(&compressed).as_bytes();
+    let path = s.dir.join("crafted.overlay");
+    let mut w = OverlayWriter::create(&path).unwrap();
+    w.push_segment(0, 2, 4096, compressed, segment_hash)
+        .unwrap();
+    w.finish(OverlayMeta {
+        base_id: *s.base.id(),
+        disk_size: s.base.disk_size(),
+        memory: None,
+        properties: Vec::new(),
+        unchanged_memory: 0,
+        unchanged_disk: 0,
+        segments: Vec::new(),
+        records,
+    })
+    .unwrap();
+    let err = decode_file(&s, &path, DiskOutputFormat::Raw, "raw").unwrap_err();
+    assert!(
+        matches!(err, DecodeError::ChunkHashMismatch { record: 1, .. }),
+        "{err}"
+    );
+    // A qcow2 keeps the whole cluster, so there the copy is the bytes that were checked.
+    decode_file(&s, &path, DiskOutputFormat::Qcow2, "qcow2").unwrap();
+}
+
+#[test]
+fn a_base_that_cannot_be_read_fails_the_decode_and_leaves_nothing() {
+    let s = setup(&WorkloadSpec::small(12));
+    let disk = DiskSource::raw(&s.work.custom_disk).unwrap();
+    let (overlay, _) = encode_to(&s, "ok.overlay", &disk, true);
+    // The base's page image loses its content under the open base: the thread writing the
+    // base's unchanged pages (or a rebuild reading the base) fails mid-decode.
+    let pages = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.base.paths().memory_pages)
+        .unwrap();
+    pages.set_len(0).unwrap();
+    let err = decode_file(&s, &overlay, DiskOutputFormat::Qcow2, "gone").unwrap_err();
+    assert!(matches!(err, DecodeError::Base(_)), "{err}");
+    assert!(
+        !err.is_invalid_input(),
+        "a host failure, not bad input: {err}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("gone"))
+        .collect();
+    assert!(leftovers.is_empty(), "failed decode left {leftovers:?}");
 }
 
 #[test]

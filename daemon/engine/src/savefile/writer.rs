@@ -168,8 +168,26 @@ impl<W: Write> SaveFileWriter<W> {
     /// The device state must be non-empty and at most [`MAX_DEVICE_STATE_BYTES`], as the
     /// reader requires.
     pub fn finish(mut self, device_state: &[u8]) -> Result<W, SaveFileError> {
-        let tail = tail_bytes(self.section_id, device_state)?;
+        if device_state.is_empty() {
+            return Err(SaveFileError::EmptyDeviceState);
+        }
+        if device_state.len() as u64 > MAX_DEVICE_STATE_BYTES {
+            return Err(SaveFileError::TooLarge {
+                what: "device state",
+                size: device_state.len() as u64,
+                limit: MAX_DEVICE_STATE_BYTES,
+            });
+        }
+        let id = self.section_id;
+        let mut tail = Vec::with_capacity(32);
+        tail.extend_from_slice(&FLAG_EOS.to_be_bytes());
+        push_footer(&mut tail, id);
+        tail.push(SECTION_END);
+        tail.extend_from_slice(&id.to_be_bytes());
+        tail.extend_from_slice(&FLAG_EOS.to_be_bytes());
+        push_footer(&mut tail, id);
         self.put(&tail)?;
+        self.put(device_state)?;
         Ok(self.out)
     }
 
@@ -256,29 +274,4 @@ pub fn prefix(layout: &SaveFileLayout, domain_xml: Option<&str>) -> Result<Vec<u
     out.push(SECTION_PART);
     out.extend_from_slice(&id.to_be_bytes());
     Ok(out)
-}
-
-/// Everything after the last page record: the PART section's end (EOS, footer), an empty
-/// ram END section (EOS, footer), then the device state verbatim. The device state must be
-/// non-empty and at most [`MAX_DEVICE_STATE_BYTES`], as the reader requires.
-fn tail_bytes(section_id: u32, device_state: &[u8]) -> Result<Vec<u8>, SaveFileError> {
-    if device_state.is_empty() {
-        return Err(SaveFileError::EmptyDeviceState);
-    }
-    if device_state.len() as u64 > MAX_DEVICE_STATE_BYTES {
-        return Err(SaveFileError::TooLarge {
-            what: "device state",
-            size: device_state.len() as u64,
-            limit: MAX_DEVICE_STATE_BYTES,
-        });
-    }
-    let mut tail = Vec::with_capacity(32 + device_state.len());
-    tail.extend_from_slice(&FLAG_EOS.to_be_bytes());
-    push_footer(&mut tail, section_id);
-    tail.push(SECTION_END);
-    tail.extend_from_slice(&section_id.to_be_bytes());
-    tail.extend_from_slice(&FLAG_EOS.to_be_bytes());
-    push_footer(&mut tail, section_id);
-    tail.extend_from_slice(device_state);
-    Ok(tail)
 }
