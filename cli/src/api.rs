@@ -86,7 +86,7 @@ pub struct Session {
     pub console_path: Option<String>,
     /// VNC display port on 127.0.0.1.
     pub vnc_port: Option<u16>,
-    /// Guest port → host port on 127.0.0.1. (JSON object keys are strings.)
+    /// Guest port → host port, on the daemon's host. (JSON object keys are strings.)
     pub host_ports: BTreeMap<String, u16>,
     /// Step → milliseconds.
     pub timings: BTreeMap<String, u64>,

@@ -64,6 +64,16 @@ impl Ctx {
         Progress::new(!self.global.quiet && !self.global.json)
     }
 
+    /// Host part of the daemon's URL: where a session's forwarded ports are reached too
+    /// (the daemon forwards them on the address its API listens on, unless configured
+    /// otherwise).
+    pub fn api_host(&self) -> String {
+        reqwest::Url::parse(&self.global.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_else(|| "127.0.0.1".into())
+    }
+
     /// The daemon client.
     pub fn client(&self) -> anyhow::Result<&Client> {
         self.client

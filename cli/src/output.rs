@@ -96,8 +96,9 @@ pub fn vnc(session: &Session) -> Option<String> {
     session.vnc_port.map(|p| format!("127.0.0.1:{p}"))
 }
 
-/// A session as `key  value` lines: what it is, where to reach it, how long each step took.
-pub fn session(s: &Session) -> String {
+/// A session as `key  value` lines: what it is, where to reach it (forwarded ports at
+/// `api_host`, the daemon's host), how long each step took.
+pub fn session(s: &Session, api_host: &str) -> String {
     let mut lines: Vec<(String, String)> = vec![
         ("session".into(), s.id.clone()),
         ("kind".into(), s.kind.clone()),
@@ -123,7 +124,7 @@ pub fn session(s: &Session) -> String {
     if s.is_active() {
         for (guest, host) in &s.host_ports {
             text.push_str(&format!(
-                "{:<10} guest {guest} \u{2192} 127.0.0.1:{host}\n",
+                "{:<10} guest {guest} \u{2192} {api_host}:{host}\n",
                 "port"
             ));
         }

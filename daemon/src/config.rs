@@ -1,7 +1,7 @@
 //! Daemon configuration: defaults < TOML file < `CLOUDLET_*` environment variables.
 //! Validated once at load; every error names the setting.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,10 @@ pub struct Config {
     /// `scheme://host[:port]` origin (`CLOUDLET_OVERLAY_URL_ALLOW`, comma-separated).
     /// Empty: fetching by URL is refused.
     pub overlay_url_allow: Vec<String>,
+    /// IPv4 address the VMs' forwarded guest ports listen on (`CLOUDLET_PORTS_ADDRESS`).
+    /// Unset: the API's own address (`listen`), so that whoever can reach the API can
+    /// reach the apps it starts; 127.0.0.1 when that is IPv6 other than `[::]`.
+    pub ports_address: Option<Ipv4Addr>,
 }
 
 impl Default for Config {
@@ -125,6 +129,7 @@ impl Default for Config {
             request_timeout_s: 3600,
             body_idle_timeout_s: 60,
             overlay_url_allow: Vec::new(),
+            ports_address: None,
         }
     }
 }
@@ -155,6 +160,17 @@ impl Config {
         Ok(config)
     }
 
+    /// The address forwarded guest ports listen on (see [`Config::ports_address`]; QEMU's
+    /// user network forwards IPv4 only).
+    pub fn effective_ports_address(&self) -> Ipv4Addr {
+        match (self.ports_address, self.listen.ip()) {
+            (Some(address), _) => address,
+            (None, IpAddr::V4(address)) => address,
+            (None, IpAddr::V6(address)) if address.is_unspecified() => Ipv4Addr::UNSPECIFIED,
+            (None, IpAddr::V6(_)) => Ipv4Addr::LOCALHOST,
+        }
+    }
+
     /// Applies `CLOUDLET_*` overrides read through `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         fn parse<T: std::str::FromStr>(key: &'static str, v: &str) -> Result<T, ConfigError>
@@ -168,6 +184,9 @@ impl Config {
         }
         if let Some(v) = get("CLOUDLET_LISTEN") {
             self.listen = parse("listen", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_PORTS_ADDRESS") {
+            self.ports_address = Some(parse("ports_address", &v)?);
         }
         if let Some(v) = get("CLOUDLET_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
@@ -311,6 +330,9 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   body_idle_timeout_s       CLOUDLET_BODY_IDLE_TIMEOUT_S       60    (a stalled upload is dropped)
   overlay_url_allow         CLOUDLET_OVERLAY_URL_ALLOW (a,b)   []
       Origins (http(s)://host[:port]) synthesis may fetch overlays from.
+  ports_address             CLOUDLET_PORTS_ADDRESS             (listen's address)
+      IPv4 address the VMs' forwarded guest ports listen on, e.g. 0.0.0.0 for devices
+      on the network to reach the apps.
 Log filter: CLOUDLET_LOG (default \"info\", e.g. \"cloudletd=debug\").
 `cloudletd print-config` shows the effective settings as TOML.";
 
@@ -372,6 +394,40 @@ mod tests {
         assert!(c.validate().is_ok());
         let round: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round, c);
+    }
+
+    #[test]
+    fn forwarded_ports_follow_the_api_address_unless_set() {
+        let on = |listen: &str| Config {
+            listen: listen.parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(
+            on("127.0.0.1:8021").effective_ports_address(),
+            Ipv4Addr::LOCALHOST
+        );
+        assert_eq!(
+            on("192.168.1.5:8021").effective_ports_address(),
+            Ipv4Addr::new(192, 168, 1, 5)
+        );
+        assert_eq!(
+            on("[::]:8021").effective_ports_address(),
+            Ipv4Addr::UNSPECIFIED
+        );
+        assert_eq!(
+            on("[::1]:8021").effective_ports_address(),
+            Ipv4Addr::LOCALHOST
+        );
+        let mut c = on("127.0.0.1:8021");
+        c.apply_env(|k| (k == "CLOUDLET_PORTS_ADDRESS").then(|| "0.0.0.0".into()))
+            .unwrap();
+        assert_eq!(c.effective_ports_address(), Ipv4Addr::UNSPECIFIED);
+        let round: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(round, c);
+        let err = c
+            .apply_env(|k| (k == "CLOUDLET_PORTS_ADDRESS").then(|| "::1".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("ports_address"), "{err}");
     }
 
     #[test]

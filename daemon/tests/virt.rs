@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -279,7 +279,9 @@ async fn virt_boot_run_forward_save_retarget_restore() {
     )
     .await;
     let started = Instant::now();
-    let port = forward_port(&hv, &name, GUEST_PORT).await.unwrap();
+    let port = forward_port(&hv, &name, Ipv4Addr::LOCALHOST, GUEST_PORT)
+        .await
+        .unwrap();
     t.add("forward_port (hostfwd_add) after boot", started);
     let started = Instant::now();
     expect_hello(port).await;
@@ -342,7 +344,9 @@ async fn virt_boot_run_forward_save_retarget_restore() {
     assert_eq!(run_ok(&mut con2, "echo $MARK").await, "before-save-42\n");
     run_ok(&mut con2, "pidof nc").await;
     let started = Instant::now();
-    let port2 = forward_port(&hv, &name2, GUEST_PORT).await.unwrap();
+    let port2 = forward_port(&hv, &name2, Ipv4Addr::LOCALHOST, GUEST_PORT)
+        .await
+        .unwrap();
     t.add("forward_port (hostfwd_add) after restore", started);
     expect_hello(port2).await;
     assert!(hv.vnc_port(&name2).await.unwrap().is_some());
@@ -393,7 +397,7 @@ async fn libvirt_errors_are_typed() {
         assert!(err.is_invalid_input());
     }
     assert!(matches!(
-        forward_port(&hv, &missing, 80).await,
+        forward_port(&hv, &missing, Ipv4Addr::LOCALHOST, 80).await,
         Err(VirtError::NotFound { .. })
     ));
     assert!(!hv.is_running(&missing).await.unwrap());

@@ -169,6 +169,10 @@ fn base_overlay_synthesis_through_the_daemon() {
         "hello-from-guest"
     );
     assert_eq!(run(&d, &syn_id, SUMS), sums);
+    assert!(
+        !listens_on_all_addresses(syn["host_ports"]["8080"].as_u64().unwrap()),
+        "by default a guest port is forwarded on the API's loopback address only"
+    );
     assert_eq!(
         run(&d, &syn_id, &format!("kill -0 {pid} && echo alive")),
         "alive"
@@ -260,7 +264,12 @@ fn base_overlay_synthesis_through_the_daemon() {
         .send("GET", "/api/v1/bases/tiny/export", &[], &[])
         .unwrap();
     assert_eq!(status, 200);
-    let other_cloudlet = Daemon::start_in(&tmp.0.join("data2"), &[]).unwrap();
+    // This one forwards guest ports on every address, for devices on the network.
+    let other_cloudlet = Daemon::start_in(
+        &tmp.0.join("data2"),
+        &[("CLOUDLET_PORTS_ADDRESS", "0.0.0.0")],
+    )
+    .unwrap();
     let (status, imported) = other_cloudlet
         .upload("/api/v1/bases/import?name=tiny-copy", &archive)
         .unwrap();
@@ -287,6 +296,12 @@ fn base_overlay_synthesis_through_the_daemon() {
     assert_eq!(status, 201, "{remote}\n{}", other_cloudlet.log_text());
     let remote_id = remote["id"].as_str().unwrap().to_string();
     assert_eq!(run(&other_cloudlet, &remote_id, SUMS), sums);
+    let remote_port = remote["host_ports"]["8080"].as_u64().unwrap();
+    assert_eq!(greeting(remote_port).unwrap(), "hello-from-guest");
+    assert!(
+        listens_on_all_addresses(remote_port),
+        "ports_address 0.0.0.0 was not applied to port {remote_port}"
+    );
     let (status, _) = other_cloudlet
         .json("POST", &format!("/api/v1/sessions/{remote_id}/stop"), None)
         .unwrap();
@@ -414,4 +429,17 @@ fn disk_only_overlay_boots_and_a_restart_cleans_up() {
         domains_with_prefix(&vm).is_empty(),
         "VM {vm} survived the restart"
     );
+}
+
+/// Whether a TCP socket listens on 0.0.0.0:`port` (from `/proc/net/tcp`; state 0A is LISTEN).
+fn listens_on_all_addresses(port: u64) -> bool {
+    let wanted = format!("00000000:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&wanted.as_str()) && fields.get(3) == Some(&"0A")
+        })
 }

@@ -103,7 +103,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
         output::print_json(&value);
     } else if finished {
         let s: crate::api::Session = serde_json::from_value(value)?;
-        output::print(&output::session(&s));
+        output::print(&output::session(&s, &ctx.api_host()));
         output::print(&format!(
             "\nbase `{name}` saved: {}",
             s.base_id.as_deref().unwrap_or("-")

@@ -16,7 +16,7 @@ pub fn run(args: &SessionArg, ctx: &Ctx) -> anyhow::Result<()> {
         output::print_json(&value);
     } else {
         let s: Session = serde_json::from_value(value)?;
-        output::print(&output::session(&s));
+        output::print(&output::session(&s, &ctx.api_host()));
         if let (true, Some(id)) = (s.state == "finished", &s.overlay_id) {
             if s.kind == "overlay" {
                 output::print(&format!(

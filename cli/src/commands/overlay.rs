@@ -95,7 +95,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         output::print_json(&value);
     } else if finished {
-        output::print(&output::session(&s));
+        output::print(&output::session(&s, &ctx.api_host()));
         let id = s.overlay_id.as_deref().unwrap_or("-");
         match &file {
             Some(f) => output::print(&format!(

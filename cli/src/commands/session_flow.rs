@@ -74,7 +74,7 @@ pub fn after_create(ctx: &Ctx, session: Value, what: &str) -> anyhow::Result<Out
     }
     if ctx.json() || !std::io::stdin().is_terminal() {
         if !ctx.json() {
-            output::print(&output::session(&s));
+            output::print(&output::session(&s, &ctx.api_host()));
             output::print(&format!(
                 "\nthe VM is running: save it as {what} with `cloudlet finish-session {id}`, \
                  or discard it with `cloudlet stop-session {id}`",
@@ -83,7 +83,7 @@ pub fn after_create(ctx: &Ctx, session: Value, what: &str) -> anyhow::Result<Out
         }
         return Ok(Outcome::Running(session));
     }
-    output::print(&output::session(&s));
+    output::print(&output::session(&s, &ctx.api_host()));
     output::print(&format!(
         "\nCustomize the VM (VNC {}, serial console {}).\n\
          Press Enter to save it as {what}, q then Enter (or Ctrl-C) to discard it, \

@@ -81,7 +81,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
         output::print_json(&value);
     } else {
         let s: Session = serde_json::from_value(value)?;
-        output::print(&output::session(&s));
+        output::print(&output::session(&s, &ctx.api_host()));
     }
     Ok(())
 }

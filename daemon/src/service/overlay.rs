@@ -148,7 +148,9 @@ impl AppState {
             session.vnc_port = self.hv.vnc_port(&vm).await.ok().flatten().map(i64::from);
             let started = StepTimer::begin("ports");
             for port in &ports {
-                let host = forward_port(&self.hv, &vm, *port).await?;
+                let host =
+                    forward_port(&self.hv, &vm, self.config.effective_ports_address(), *port)
+                        .await?;
                 session.host_ports.0.insert(*port, host);
             }
             timer.record("ports", started);

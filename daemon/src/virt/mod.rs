@@ -4,7 +4,7 @@
 //! VmSpec ──domain_xml::render──▶ XML ──Hypervisor::start──▶ running VM (boots)
 //! saved XML ──domain_xml::retarget──▶ XML on new files
 //!           ──engine: save file with it──▶ Hypervisor::restore ──▶ running VM (resumes)
-//! running VM ──ports::forward_port──▶ 127.0.0.1:<free port> → guest port (user network)
+//! running VM ──ports::forward_port──▶ ports_address:<free port> → guest port (user network)
 //!            ──console::Console──▶ the guest shell on its serial Unix socket
 //! ```
 //!
