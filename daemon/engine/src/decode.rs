@@ -553,19 +553,21 @@ impl MemoryTarget {
         &self,
         layout: &SaveFileLayout,
     ) -> Result<SaveFileWriter<BufWriter<FileAt<'_>>>, DecodeError> {
-        let at = self.prefix.len() as u64;
-        SaveFileWriter::records_at(
-            BufWriter::with_capacity(
-                IO_BUFFER_BYTES,
-                FileAt {
-                    file: self.file.file(),
-                    pos: at,
-                },
-            ),
-            layout,
-            at,
-        )
-        .map_err(DecodeError::SaveFile)
+        self.records_writer(layout, self.prefix.len() as u64)
+    }
+
+    /// A buffered writer of records into the file from byte `at` on.
+    fn records_writer(
+        &self,
+        layout: &SaveFileLayout,
+        at: u64,
+    ) -> Result<SaveFileWriter<BufWriter<FileAt<'_>>>, DecodeError> {
+        let file = FileAt {
+            file: self.file.file(),
+            pos: at,
+        };
+        SaveFileWriter::records_at(BufWriter::with_capacity(IO_BUFFER_BYTES, file), layout, at)
+            .map_err(DecodeError::SaveFile)
     }
 
     /// Writes the records of every page the overlay leaves to the base, then the end of
@@ -583,16 +585,7 @@ impl MemoryTarget {
             path: self.file.tmp_path().display().to_string(),
             source,
         };
-        let file = FileAt {
-            file: self.file.file(),
-            pos: self.base_at,
-        };
-        let mut w = SaveFileWriter::records_at(
-            BufWriter::with_capacity(IO_BUFFER_BYTES, file),
-            layout,
-            self.base_at,
-        )
-        .map_err(DecodeError::SaveFile)?;
+        let mut w = self.records_writer(layout, self.base_at)?;
         let pages = layout.page_count();
         let is_base_page = |i: u64| !self.overlay_pages.contains(i);
         let mut run = vec![0u8; BASE_RUN_BYTES];
@@ -671,7 +664,7 @@ impl Write for FileAt<'_> {
 const IO_BUFFER_BYTES: usize = 1 << 20;
 /// Pages read from the base per positional read.
 const BASE_RUN_PAGES: u64 = 256;
-const BASE_RUN_BYTES: usize = 256 * CHUNK_SIZE_BYTES;
+const BASE_RUN_BYTES: usize = 256 * CHUNK_SIZE_BYTES; // BASE_RUN_PAGES pages
 
 /// The output files while they are being written (under temporary names).
 struct Outputs<'m> {

@@ -224,9 +224,9 @@ pub fn records_len(
     Ok(w.bytes_written())
 }
 
-/// Everything before the first page record of a save file: the libvirt header and XML area (see
-/// [`SaveFileWriter::new`]), the QEMU preamble, the ram START section and the opening of
-/// a ram PART section. The layout is validated first.
+/// Everything before the first page record of a save file: the libvirt header and XML
+/// area (see [`SaveFileWriter::new`]), the QEMU preamble, the ram START section and the
+/// opening of a ram PART section. The layout is validated first.
 pub fn prefix(layout: &SaveFileLayout, domain_xml: Option<&str>) -> Result<Vec<u8>, SaveFileError> {
     layout.validate()?;
     let rebuilt = domain_xml
