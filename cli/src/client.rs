@@ -13,10 +13,10 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::api::{ErrorBody, ProgressEvent};
+use cloudlet_api::{ErrorBody, ErrorCode, ProgressLine};
 
 /// Media type of the progress stream.
-pub const NDJSON: &str = "application/x-ndjson";
+pub use cloudlet_api::NDJSON;
 
 /// An error answered by the daemon (or found by the CLI about a daemon object, such as an
 /// ambiguous session prefix). Shown as `message (code)`.
@@ -174,7 +174,7 @@ impl Client {
     pub fn with_progress(
         &self,
         rb: RequestBuilder,
-        mut on_event: impl FnMut(&ProgressEvent),
+        mut on_event: impl FnMut(&ProgressLine),
     ) -> anyhow::Result<Value> {
         let resp = self.send(rb.header(ACCEPT, NDJSON))?;
         let is_stream = resp
@@ -190,12 +190,17 @@ impl Client {
             if line.trim().is_empty() {
                 continue;
             }
-            let event: ProgressEvent = serde_json::from_str(&line)
-                .map_err(|e| anyhow::anyhow!("bad progress line from the daemon: {e}"))?;
+            let Some(event) = ProgressLine::parse(&line)
+                .map_err(|e| anyhow::anyhow!("bad progress line from the daemon: {e}"))?
+            else {
+                continue; // a line type of a newer daemon
+            };
             match event {
-                ProgressEvent::Result { body } => return Ok(body),
-                ProgressEvent::Error { error, .. } => {
-                    return Err(self.api_error(error.code, error.message).into())
+                ProgressLine::Result { body, .. } => return Ok(body),
+                ProgressLine::Error { error, .. } => {
+                    return Err(self
+                        .api_error(error.code.as_str().into(), error.message)
+                        .into())
                 }
                 other => on_event(&other),
             }
@@ -226,7 +231,10 @@ impl Client {
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
         match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => self.api_error(body.error.code, body.error.message),
+            Ok(body) if body.error.code != ErrorCode::Unknown => {
+                self.api_error(body.error.code.as_str().into(), body.error.message)
+            }
+            Ok(body) => self.api_error(format!("http-{}", status.as_u16()), body.error.message),
             // Not our error shape (a proxy, or a daemon older than the route).
             Err(_) => {
                 let code = match status.as_u16() {

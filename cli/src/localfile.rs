@@ -11,10 +11,10 @@ use reqwest::Method;
 use reqwest::Url;
 use serde_json::Value;
 
-use crate::api::Upload;
 use crate::client::ApiError;
 use crate::ctx::Ctx;
 use crate::transfer;
+use cloudlet_api::Upload;
 
 /// A JSON field holding a local file.
 #[derive(Debug, Clone)]

@@ -4,7 +4,6 @@
 //! `{"error":{..}}` with `--json`), 2 usage, and `run` exits with the guest command's status.
 #![forbid(unsafe_code)]
 
-mod api;
 mod client;
 mod commands;
 mod ctx;

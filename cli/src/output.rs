@@ -1,7 +1,7 @@
 //! Human output: sizes, durations, aligned tables, a session's summary. Results go to
 //! stdout; warnings and progress to stderr. `--json` prints the daemon's JSON as received.
 
-use crate::api::Session;
+use cloudlet_api::Session;
 
 /// Prints to stdout (the one place the CLI writes results).
 #[allow(clippy::print_stdout)]
@@ -101,8 +101,8 @@ pub fn vnc(session: &Session) -> Option<String> {
 pub fn session(s: &Session, api_host: &str) -> String {
     let mut lines: Vec<(String, String)> = vec![
         ("session".into(), s.id.clone()),
-        ("kind".into(), s.kind.clone()),
-        ("state".into(), s.state.clone()),
+        ("kind".into(), s.kind.to_string()),
+        ("state".into(), s.state.to_string()),
     ];
     let mut opt = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -112,16 +112,15 @@ pub fn session(s: &Session, api_host: &str) -> String {
     opt("base", s.base_id.clone());
     opt("overlay", s.overlay_id.clone());
     opt("vm", s.vm_name.clone());
-    if s.is_active() {
+    if s.state.is_active() {
         opt("vnc", vnc(s));
-        opt("console", s.console_path.clone());
     }
     opt("error", s.error.clone());
     let mut text = String::new();
     for (k, v) in &lines {
         text.push_str(&format!("{k:<10} {v}\n"));
     }
-    if s.is_active() {
+    if s.state.is_active() {
         for (guest, host) in &s.host_ports {
             text.push_str(&format!(
                 "{:<10} guest {guest} \u{2192} {api_host}:{host}\n",

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::api::ProgressEvent;
 use crate::output;
+use cloudlet_api::ProgressLine;
 
 /// Whether to draw progress at all.
 #[derive(Debug, Clone, Copy)]
@@ -70,16 +70,16 @@ pub struct Steps {
 
 impl Steps {
     /// Shows one event: the step running, a finished step as a line, work done in a stage.
-    pub fn event(&self, event: &ProgressEvent) {
+    pub fn event(&self, event: &ProgressLine) {
         match event {
-            ProgressEvent::Step { step } => {
+            ProgressLine::Step { step } => {
                 self.pb.set_message(format!("{}: {step}", self.what));
             }
-            ProgressEvent::StepDone { step, ms } => {
+            ProgressLine::StepDone { step, ms } => {
                 self.pb
                     .println(format!("  {step:<12} {}", output::duration_ms(*ms)));
             }
-            ProgressEvent::Progress { stage, done, total } => {
+            ProgressLine::Progress { stage, done, total } => {
                 self.pb
                     .set_message(format!("{}: {stage}{}", self.what, amount(*done, *total)));
             }

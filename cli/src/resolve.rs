@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::api::{Overlay, Session};
 use crate::client::{segment, ApiError};
 use crate::ctx::Ctx;
+use cloudlet_api::{Overlay, Session};
 
 /// The full id of the session `prefix` names.
 pub fn session(ctx: &Ctx, prefix: &str) -> anyhow::Result<String> {

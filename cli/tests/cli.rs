@@ -625,8 +625,8 @@ fn resumed_downloads_check_the_file_version_and_the_range() {
 
 /// Stores `file` in `d` as overlay `id` of base `base_id`, as a finished overlay session
 /// would (only VM sessions make overlays; this test has no VM). Writes the catalogue with
-/// the `sqlite3` tool; false when it is missing.
-fn seed_overlay(d: &Daemon, id: &str, base_id: &str, file: &Path) -> bool {
+/// the `sqlite3` tool (installed by scripts/setup-host.sh; its absence fails the test).
+fn seed_overlay(d: &Daemon, id: &str, base_id: &str, file: &Path) {
     let stored = d.data_dir.join("overlays").join(format!("{id}.overlay"));
     std::fs::copy(file, &stored).unwrap();
     let size = std::fs::metadata(&stored).unwrap().len();
@@ -635,13 +635,11 @@ fn seed_overlay(d: &Daemon, id: &str, base_id: &str, file: &Path) -> bool {
          VALUES ('{id}', '{base_id}', 'ready', '{}', {size}, '2026-01-01T00:00:00Z');",
         stored.display()
     );
-    let run = std::process::Command::new("sqlite3")
+    let mut child = std::process::Command::new("sqlite3")
         .arg(d.data_dir.join("cloudlet.db"))
         .stdin(std::process::Stdio::piped())
-        .spawn();
-    let Ok(mut child) = run else {
-        return false;
-    };
+        .spawn()
+        .expect("the sqlite3 tool is needed: run scripts/setup-host.sh");
     child
         .stdin
         .take()
@@ -649,7 +647,6 @@ fn seed_overlay(d: &Daemon, id: &str, base_id: &str, file: &Path) -> bool {
         .write_all(sql.as_bytes())
         .unwrap();
     assert!(child.wait().unwrap().success(), "sqlite3 failed");
-    true
 }
 
 #[test]
@@ -660,11 +657,8 @@ fn download_overlay_by_prefix_and_resumed() {
     add_base(&d, &vm, "tiny");
     let one = "0190aaaa-0000-7000-8000-000000000001";
     let two = "0190bbbb-0000-7000-8000-000000000002";
-    if !seed_overlay(&d, one, &vm.base_id, &vm.overlay) {
-        eprintln!("SKIPPED download_overlay_by_prefix_and_resumed: no sqlite3 tool");
-        return;
-    }
-    assert!(seed_overlay(&d, two, &vm.base_id, &vm.overlay));
+    seed_overlay(&d, one, &vm.base_id, &vm.overlay);
+    seed_overlay(&d, two, &vm.base_id, &vm.overlay);
     let bytes = std::fs::read(&vm.overlay).unwrap();
 
     let line = fails_with(cli(&d).args(["download-overlay", "0190"]), "ambiguous");
@@ -696,4 +690,29 @@ fn download_overlay_by_prefix_and_resumed() {
     // The file is an overlay for the base it was stored with.
     let info = ok_json(local().args(["info-overlay", file.to_str().unwrap()]));
     assert_eq!(info["base_id"], vm.base_id.as_str());
+}
+
+#[test]
+fn sessions_in_every_active_state_are_listed_and_have_a_console() {
+    let tmp = TempDir::new("cli-active-states").unwrap();
+    let vm = make_vm(&tmp, "vm", 41);
+    let d = daemon_with_imports(&tmp, "data");
+    add_base(&d, &vm, "tiny");
+    let overlay = std::fs::read(&vm.overlay).unwrap();
+    let held = d.stalled_upload("/api/v1/synthesis/upload?base=tiny", &overlay[..4096]);
+    let listed = wait_until(Duration::from_secs(20), || {
+        let v = ok_json(cli(&d).arg("list-session"));
+        let s = v.as_array()?.first()?.clone();
+        (s["state"] == "decoding").then_some(s)
+    })
+    .expect("the held synthesis is listed while decoding");
+    let id = listed["id"].as_str().unwrap();
+    // The table shows it too, and `console` does not refuse it.
+    let table = ok(cli(&d).arg("list-session"));
+    assert!(table.contains("decoding"), "{table}");
+    let console = ok(cli(&d).args(["console", id]));
+    assert!(console.contains("console.sock"), "{console}");
+    let host = ok_json(cli(&d).args(["console", id]));
+    assert_eq!(host["id"], id, "{host}");
+    drop(held);
 }

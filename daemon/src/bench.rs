@@ -1,6 +1,6 @@
 //! `cloudletd bench`: measures the overlay engine (base creation, encode, decode, index
 //! lookups, peak memory) on a generated workload that mimics the reference customization
-//! of `shared/design/host-setup.md`, scaled to a chosen guest. Real VMs are measured by
+//! of docs/benchmarks.md (install a package, write app files), scaled to a chosen guest. Real VMs are measured by
 //! the end-to-end benchmark; this one isolates the engine.
 
 use std::fs::File;

@@ -44,6 +44,7 @@ pub struct AppState {
 pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     let data = store::DataDir::create(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    service::error::set_data_dir(data.root());
     let store = store::Store::open(&data.database())
         .await
         .with_context(|| format!("opening catalogue {}", data.database().display()))?;

@@ -201,6 +201,30 @@ impl Daemon {
         send(self.addr, method, path, &all, body)
     }
 
+    /// Starts a chunked upload of `first` to `path` and leaves the connection open (the
+    /// request stays in progress until the stream is dropped or written to).
+    pub fn stalled_upload(&self, path: &str, first: &[u8]) -> TcpStream {
+        let mut s = TcpStream::connect(self.addr).expect("connecting to the daemon");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            self.token
+        );
+        let mut send = || -> std::io::Result<()> {
+            s.write_all(head.as_bytes())?;
+            if !first.is_empty() {
+                // (an empty chunk would end the body)
+                s.write_all(format!("{:x}\r\n", first.len()).as_bytes())?;
+                s.write_all(first)?;
+                s.write_all(b"\r\n")?;
+            }
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+        };
+        send().expect("starting the upload");
+        s
+    }
+
     /// Kills the daemon (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -42,6 +42,17 @@ pub fn require_host(test: &str) -> bool {
     } else {
         None
     };
+    proceed_or_skip(test, problem)
+}
+
+/// Whether tests that need root (mounts) can run here; fails or skips like
+/// [`require_host`].
+pub fn require_root(test: &str) -> bool {
+    let problem = (!is_root()).then(|| "this test mounts a tmpfs: it must run as root".to_string());
+    proceed_or_skip(test, problem)
+}
+
+fn proceed_or_skip(test: &str, problem: Option<String>) -> bool {
     match problem {
         None => true,
         Some(p) if std::env::var("CLOUDLET_SKIP_E2E").as_deref() == Ok("1") => {

@@ -13,8 +13,8 @@ pub fn set_element_text(xml: &str, tag: &str, text: &str) -> String {
 }
 
 /// Removes every `<backingStore/>` or `<backingStore ...>...</backingStore>` element: an
-/// empty one tells libvirt the qcow2 has no backing file (the guest then reads zeros; see
-/// shared/design/host-setup.md), a stale one points at another run's files.
+/// empty one tells libvirt the qcow2 has no backing file (the guest then reads zeros),
+/// a stale one points at another run's files.
 pub fn remove_backing_store(xml: &str) -> String {
     let mut out = xml.to_string();
     while let Some(start) = out.find("<backingStore") {

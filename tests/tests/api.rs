@@ -405,26 +405,6 @@ fn overlay_urls_are_fetched_only_from_allowed_origins() {
     assert_eq!((status, code(&v)), (502, "fetch-failed"), "{v}");
 }
 
-/// Starts a chunked upload of `first` and leaves the connection open.
-fn stalled_upload(d: &Daemon, path: &str, first: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(d.addr).unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
-        d.token
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    if !first.is_empty() {
-        // (an empty chunk would end the body)
-        s.write_all(format!("{:x}\r\n", first.len()).as_bytes())
-            .unwrap();
-        s.write_all(first).unwrap();
-        s.write_all(b"\r\n").unwrap();
-    }
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s
-}
-
 fn read_status(mut s: TcpStream) -> (u16, String) {
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
@@ -450,7 +430,7 @@ fn size_stall_and_concurrency_limits() {
     let (status, v) = d.upload("/api/v1/uploads", &vec![0u8; 2 << 20]).unwrap();
     assert_eq!((status, code(&v)), (413, "too-large"), "{v}");
     // Undeclared (chunked) and too large: refused when the limit is crossed, nothing kept.
-    let mut s = stalled_upload(&d, "/api/v1/uploads", &vec![1u8; 1 << 19]);
+    let mut s = d.stalled_upload("/api/v1/uploads", &vec![1u8; 1 << 19]);
     for _ in 0..3 {
         let chunk = vec![2u8; 1 << 19];
         if s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
@@ -469,7 +449,7 @@ fn size_stall_and_concurrency_limits() {
     // One synthesis at a time: a second one gets 503 + Retry-After while the first waits
     // for its (stalled) upload; the stalled one ends with a timeout.
     let overlay = std::fs::read(&vm.overlay).unwrap();
-    let first = stalled_upload(&d, "/api/v1/synthesis/upload?base=syn", &overlay[..4096]);
+    let first = d.stalled_upload("/api/v1/synthesis/upload?base=syn", &overlay[..4096]);
     // Wait until it holds the slot (its session is decoding).
     let decoding = cloudlet_e2e::wait_until(Duration::from_secs(20), || {
         let (_, sessions) = d.json("GET", "/api/v1/sessions", None).ok()?;
@@ -544,7 +524,7 @@ fn a_large_overlay_streamed_into_synthesis_keeps_daemon_memory_bounded() {
 
     // Streamed chunked (no Content-Length), 1 MiB at a time, as a device would send it.
     let mut file = std::fs::File::open(&vm.overlay).unwrap();
-    let mut s = stalled_upload(&d, "/api/v1/synthesis/upload?base=syn", b"");
+    let mut s = d.stalled_upload("/api/v1/synthesis/upload?base=syn", b"");
     let mut buf = vec![0u8; 1 << 20];
     let mut sent = 0usize;
     loop {
@@ -577,4 +557,84 @@ fn a_large_overlay_streamed_into_synthesis_keeps_daemon_memory_bounded() {
         peak < before + 192 * 1024,
         "peak RSS grew from {before} KiB to {peak} KiB while a {overlay_len}-byte overlay streamed in"
     );
+}
+
+/// No answer names a file of the daemon's data directory, except the operator route
+/// `/sessions/{id}/host`: not the lists, not a session (even a failed one, whose libvirt
+/// error names its files), not an error answer.
+#[test]
+fn no_answer_names_a_path_of_the_data_directory() {
+    let (_tmp, d, vm) = daemon_with_base("nopaths", &[]);
+    let root = d.data_dir.display().to_string();
+    let overlay = std::fs::read(&vm.overlay).unwrap();
+    // A synthesis that decodes, then fails in libvirt (the synthetic VM cannot resume).
+    let (status, failed) = d
+        .upload("/api/v1/synthesis/upload?base=syn", &overlay)
+        .unwrap();
+    assert_eq!(
+        (status, code(&failed)),
+        (502, "hypervisor-error"),
+        "{failed}"
+    );
+    let mut answers = vec![("POST /synthesis/upload".to_string(), failed.to_string())];
+    let (_, up) = d.upload("/api/v1/uploads", b"x").unwrap();
+    answers.push(("POST /uploads".into(), up.to_string()));
+    let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
+    let id = sessions[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(sessions[0]["state"], "failed", "{sessions}");
+    for path in [
+        "/api/v1/bases".to_string(),
+        "/api/v1/bases/syn".into(),
+        "/api/v1/bases/nope".into(),
+        "/api/v1/overlays".into(),
+        "/api/v1/overlays/0190aaaa-0000-7000-8000-000000000001".into(),
+        "/api/v1/sessions".into(),
+        format!("/api/v1/sessions/{id}"),
+        "/api/v1/openapi.json".into(),
+        "/metrics".into(),
+    ] {
+        let (_, text) = d.get(&path).unwrap();
+        answers.push((format!("GET {path}"), text));
+    }
+    answers.push(("GET /health".into(), get(d.addr, "/health").unwrap().1));
+    for (method, path, body) in [
+        ("POST", format!("/api/v1/sessions/{id}/finish"), json!(null)),
+        (
+            "POST",
+            format!("/api/v1/sessions/{id}/run"),
+            json!({"command": "true"}),
+        ),
+        ("POST", format!("/api/v1/sessions/{id}/stop"), json!(null)),
+        (
+            "POST",
+            "/api/v1/synthesis".into(),
+            json!({"base": "syn", "overlay_path": "/etc/passwd"}),
+        ),
+        (
+            "POST",
+            "/api/v1/overlays".into(),
+            json!({"base": "syn", "bogus": 1}),
+        ),
+    ] {
+        let body = (!body.is_null()).then_some(&body);
+        let (_, v) = d.json(method, &path, body).unwrap();
+        answers.push((format!("{method} {path}"), v.to_string()));
+    }
+    for (what, text) in &answers {
+        assert!(
+            !text.contains(&root),
+            "{what} names the data directory: {text}"
+        );
+    }
+    // The operator route does, on purpose.
+    let (status, host) = d.get(&format!("/api/v1/sessions/{id}/host")).unwrap();
+    assert_eq!(status, 200, "{host}");
+    let host: Value = serde_json::from_str(&host).unwrap();
+    assert!(
+        host["run_dir"].as_str().unwrap().starts_with(&root),
+        "{host}"
+    );
+    let (status, cleared) = d.json("DELETE", "/api/v1/sessions", None).unwrap();
+    assert_eq!(status, 200, "{cleared}");
+    assert!(!cleared.to_string().contains(&root));
 }

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::Base;
 use crate::ctx::Ctx;
 use crate::localfile::{self, FileField};
 use crate::output;
+use cloudlet_api::Base;
 
 /// Flags of `add-base`.
 #[derive(Debug, clap::Args)]

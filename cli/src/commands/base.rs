@@ -102,7 +102,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
         qemu.annotate(&mut value);
         output::print_json(&value);
     } else if finished {
-        let s: crate::api::Session = serde_json::from_value(value)?;
+        let s: cloudlet_api::Session = serde_json::from_value(value)?;
         output::print(&output::session(&s, &ctx.api_host()));
         output::print(&format!(
             "\nbase `{name}` saved: {}",

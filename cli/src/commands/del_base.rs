@@ -3,10 +3,10 @@
 
 use reqwest::Method;
 
-use crate::api::Base;
 use crate::ctx::Ctx;
 use crate::output;
 use crate::resolve;
+use cloudlet_api::Base;
 
 /// Flags of `del-base`.
 #[derive(Debug, clap::Args)]

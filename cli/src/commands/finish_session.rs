@@ -3,10 +3,10 @@
 
 use super::session_flow;
 use super::show_session::SessionArg;
-use crate::api::Session;
 use crate::ctx::Ctx;
 use crate::output;
 use crate::resolve;
+use cloudlet_api::{Session, SessionKind, SessionState};
 
 /// Runs the command.
 pub fn run(args: &SessionArg, ctx: &Ctx) -> anyhow::Result<()> {
@@ -17,8 +17,8 @@ pub fn run(args: &SessionArg, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         let s: Session = serde_json::from_value(value)?;
         output::print(&output::session(&s, &ctx.api_host()));
-        if let (true, Some(id)) = (s.state == "finished", &s.overlay_id) {
-            if s.kind == "overlay" {
+        if let (true, Some(id)) = (s.state == SessionState::Finished, &s.overlay_id) {
+            if s.kind == SessionKind::Overlay {
                 output::print(&format!(
                     "\noverlay {id} saved on the cloudlet (download it with `cloudlet download-overlay {id}`)"
                 ));

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use reqwest::Method;
 
-use crate::api::Base;
 use crate::ctx::Ctx;
 use crate::output;
 use crate::transfer;
+use cloudlet_api::Base;
 
 /// Flags of `import-base`.
 #[derive(Debug, clap::Args)]

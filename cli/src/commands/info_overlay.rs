@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use cloudlet_engine::format::OverlayReader;
 
-use crate::api::Overlay;
 use crate::ctx::Ctx;
 use crate::output;
 use crate::resolve;
+use cloudlet_api::Overlay;
 
 /// Flags of `info-overlay`.
 #[derive(Debug, clap::Args)]

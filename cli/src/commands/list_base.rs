@@ -1,8 +1,8 @@
 //! `cloudlet list-base`: the base VMs on the cloudlet.
 
-use crate::api::Base;
 use crate::ctx::Ctx;
 use crate::output;
+use cloudlet_api::Base;
 
 /// Runs the command.
 pub fn run(ctx: &Ctx) -> anyhow::Result<()> {

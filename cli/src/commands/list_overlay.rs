@@ -1,8 +1,8 @@
 //! `cloudlet list-overlay`: the overlays created on (and stored by) the cloudlet.
 
-use crate::api::Overlay;
 use crate::ctx::Ctx;
 use crate::output;
+use cloudlet_api::Overlay;
 
 /// Runs the command.
 pub fn run(ctx: &Ctx) -> anyhow::Result<()> {

@@ -1,9 +1,9 @@
 //! `cloudlet list-session`: the sessions whose VM may be running; `--all` adds the history
 //! (finished, stopped and failed sessions, until `clear-session`).
 
-use crate::api::Session;
 use crate::ctx::Ctx;
 use crate::output;
+use cloudlet_api::Session;
 
 /// Flags of `list-session`.
 #[derive(Debug, clap::Args)]
@@ -21,7 +21,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
     let mut sessions = Vec::new();
     for v in raw {
         let s: Session = serde_json::from_value(v.clone())?;
-        if args.all || s.is_active() {
+        if args.all || s.state.is_active() {
             shown.push(v);
             sessions.push(s);
         }
@@ -42,10 +42,10 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
             .collect();
         rows.push(vec![
             s.id.clone(),
-            s.kind.clone(),
-            s.state.clone(),
+            s.kind.to_string(),
+            s.state.to_string(),
             s.base_id.as_deref().map_or("-".into(), output::short_id),
-            if ports.is_empty() || !s.is_active() {
+            if ports.is_empty() || !s.state.is_active() {
                 "-".into()
             } else {
                 ports.join(",")

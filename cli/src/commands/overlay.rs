@@ -9,11 +9,11 @@ use serde_json::{json, Value};
 
 use super::download_overlay;
 use super::session_flow::{self, Customize, Outcome};
-use crate::api::Session;
 use crate::ctx::Ctx;
 use crate::elijah::QemuOptions;
 use crate::output;
 use crate::resolve;
+use cloudlet_api::Session;
 
 /// Flags of `overlay`.
 #[derive(Debug, clap::Args)]

@@ -4,10 +4,10 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::RunOutput;
 use crate::ctx::Ctx;
 use crate::output;
 use crate::resolve;
+use cloudlet_api::RunResponse;
 
 /// Flags of `run`.
 #[derive(Debug, clap::Args)]
@@ -43,7 +43,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
         &format!("/api/v1/sessions/{id}/run"),
         Some(&body),
     )?;
-    let out: RunOutput = serde_json::from_value(value.clone())?;
+    let out: RunResponse = serde_json::from_value(value.clone())?;
     if ctx.json() {
         output::print_json(&value);
     } else if !out.output.is_empty() {

@@ -11,9 +11,9 @@ use anyhow::Context;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::api::Session;
 use crate::ctx::Ctx;
 use crate::output;
+use cloudlet_api::{Session, SessionState};
 
 /// How the VM is customized.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,10 +66,10 @@ pub enum Outcome {
 /// and stdin is a terminal (and not `--json`), else return it as it is.
 pub fn after_create(ctx: &Ctx, session: Value, what: &str) -> anyhow::Result<Outcome> {
     let s: Session = serde_json::from_value(session.clone())?;
-    if s.state == "finished" {
+    if s.state == SessionState::Finished {
         return Ok(Outcome::Finished(session));
     }
-    if !s.is_active() {
+    if !s.state.is_active() {
         return Ok(Outcome::Stopped(session));
     }
     if ctx.json() || !std::io::stdin().is_terminal() {
@@ -85,11 +85,11 @@ pub fn after_create(ctx: &Ctx, session: Value, what: &str) -> anyhow::Result<Out
     }
     output::print(&output::session(&s, &ctx.api_host()));
     output::print(&format!(
-        "\nCustomize the VM (VNC {}, serial console {}).\n\
+        "\nCustomize the VM (VNC {}, serial console: `cloudlet console {}`).\n\
          Press Enter to save it as {what}, q then Enter (or Ctrl-C) to discard it, \
          Ctrl-D to leave it running.",
         output::vnc(&s).unwrap_or_else(|| "-".into()),
-        s.console_path.as_deref().unwrap_or("-"),
+        s.id,
     ));
     match wait_for_user() {
         Choice::Save => Ok(Outcome::Finished(finish(ctx, &s.id)?)),

@@ -1,10 +1,10 @@
 //! `cloudlet show-session ID`: one session: state, VM addresses, ports, script results,
 //! timing breakdown.
 
-use crate::api::Session;
 use crate::ctx::Ctx;
 use crate::output;
 use crate::resolve;
+use cloudlet_api::Session;
 
 /// Flags of the commands that name one session.
 #[derive(Debug, clap::Args)]

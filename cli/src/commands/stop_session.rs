@@ -4,10 +4,10 @@
 use reqwest::Method;
 
 use super::show_session::SessionArg;
-use crate::api::Session;
 use crate::ctx::Ctx;
 use crate::output;
 use crate::resolve;
+use cloudlet_api::Session;
 
 /// Runs the command.
 pub fn run(args: &SessionArg, ctx: &Ctx) -> anyhow::Result<()> {

@@ -7,12 +7,12 @@ use std::path::Path;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::Session;
 use crate::ctx::Ctx;
 use crate::elijah::QemuOptions;
 use crate::output;
 use crate::resolve;
 use crate::transfer;
+use cloudlet_api::Session;
 
 /// Flags of `synthesis`.
 #[derive(Debug, clap::Args)]

@@ -11,7 +11,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::ApiError;
-use crate::service::ServiceError;
 use crate::AppState;
 
 /// The daemon's token, kept only as its hash (compared in constant time).
@@ -93,7 +92,7 @@ pub async fn require_token(
         .map(|(_, token)| token.trim());
     match presented {
         Some(t) if state.token.matches(t) => Ok(next.run(request).await),
-        _ => Err(ServiceError::Unauthorized.into()),
+        _ => Err(ApiError::Unauthorized),
     }
 }
 

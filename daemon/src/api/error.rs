@@ -1,115 +1,145 @@
-//! The one place errors become HTTP: status from the error code, JSON body
-//! `{"error": {"code": "...", "message": "..."}}`. Internal errors are logged in full and
-//! answered with a generic message.
+//! The one place errors become HTTP: the status from the error code
+//! (`cloudlet_api::ErrorCode::status`), the JSON body `{"error": {"code", "message",
+//! "request_id"}}`. Internal errors are logged in full under a request id and answered
+//! with a generic message carrying that id. Errors that only HTTP has (authentication,
+//! routing, the request deadline, malformed requests) are variants of [`ApiError`].
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use cloudlet_api::{ErrorBody, ErrorCode, ErrorDetail};
 
-use crate::service::ServiceError;
+use crate::service::{chain, ServiceError};
 
-/// An error response.
+/// An error answer.
 #[derive(Debug)]
-pub struct ApiError(pub ServiceError);
+pub enum ApiError {
+    /// A use case failed.
+    Service(ServiceError),
+    /// Missing or wrong bearer token.
+    Unauthorized,
+    /// No route has this path.
+    RouteNotFound,
+    /// The route exists, not with this method.
+    MethodNotAllowed,
+    /// No answer within the request deadline (the work itself may still complete).
+    Deadline {
+        /// The deadline in seconds.
+        limit_s: u64,
+    },
+    /// The request could not be parsed (body, path or query), or its body is too large.
+    Malformed {
+        /// `invalid-request` or `too-large`.
+        code: ErrorCode,
+        /// What was wrong.
+        message: String,
+    },
+}
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
-        ApiError(e)
-    }
-}
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        ApiError(e.into())
-    }
-}
-
-/// The JSON body of every error answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// Code and message of an error.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code (`not-found`, `overlay-corrupt`, ...).
-    pub code: &'static str,
-    /// What went wrong, for people.
-    pub message: String,
-}
-
-impl ErrorBody {
-    fn new(e: &ServiceError, message: String) -> Self {
-        Self {
-            error: ErrorDetail {
-                code: e.code(),
-                message,
-            },
-        }
+        ApiError::Service(e)
     }
 }
 
 impl ApiError {
-    /// Status and body, for answers that carry an error inside a stream (progress).
+    /// The error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Service(e) => e.code(),
+            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::RouteNotFound => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::Deadline { .. } => ErrorCode::Deadline,
+            ApiError::Malformed { code, .. } => *code,
+        }
+    }
+
+    /// Status and body (also for errors carried inside a progress stream). A 5xx that is
+    /// the daemon's own fault is logged here with a fresh request id, which the body
+    /// carries instead of the details.
     pub fn parts(&self) -> (StatusCode, ErrorBody) {
-        let status = status(&self.0);
-        (
-            status,
-            ErrorBody::new(&self.0, public_message(&self.0, status)),
-        )
-    }
-}
-
-fn public_message(e: &ServiceError, status: StatusCode) -> String {
-    if status == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::error!(error = %e, "internal error");
-        "internal error; see the daemon log".to_string()
-    } else {
-        e.to_string()
-    }
-}
-
-/// HTTP status of an error code.
-pub fn status(e: &ServiceError) -> StatusCode {
-    match e {
-        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-        ServiceError::Ambiguous { .. } | ServiceError::Conflict(_) => StatusCode::CONFLICT,
-        ServiceError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-        ServiceError::PathNotAllowed(_) => StatusCode::FORBIDDEN,
-        ServiceError::OverlayCorrupt(_)
-        | ServiceError::OverlayBaseMismatch(_)
-        | ServiceError::ScriptFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        ServiceError::UrlNotAllowed(_) => StatusCode::FORBIDDEN,
-        ServiceError::FetchFailed(_) | ServiceError::Hypervisor(_) => StatusCode::BAD_GATEWAY,
-        ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
-        ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        ServiceError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-        ServiceError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
-        ServiceError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ServiceError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
-        ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        let code = self.code();
+        let status =
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut detail = ErrorDetail {
+            code,
+            message: String::new(),
+            request_id: None,
+        };
+        match self {
+            ApiError::Service(e) if code == ErrorCode::Internal => {
+                let id = crate::store::new_id();
+                tracing::error!(request_id = %id, error = %chain(e), "internal error");
+                detail.message = format!("internal error; see the daemon log for request {id}");
+                detail.request_id = Some(id);
+            }
+            ApiError::Service(e) => detail.message = e.public_message(),
+            ApiError::Unauthorized => {
+                detail.message =
+                    "missing or invalid bearer token (see the daemon's token_file)".into();
+            }
+            ApiError::RouteNotFound => detail.message = "route not found".into(),
+            ApiError::MethodNotAllowed => {
+                detail.message = "method not allowed on this route".into();
+            }
+            ApiError::Deadline { limit_s } => {
+                detail.message = format!(
+                    "no answer within {limit_s} s (setting request_timeout_s); the work may \
+                     still complete: check the sessions"
+                );
+            }
+            ApiError::Malformed { message, .. } => detail.message.clone_from(message),
+        }
+        (status, ErrorBody { error: detail })
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = status(&self.0);
-        let message = public_message(&self.0, status);
-        let mut response = (status, Json(ErrorBody::new(&self.0, message))).into_response();
+        let (status, body) = self.parts();
+        let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
-        match &self.0 {
-            ServiceError::Busy { retry_after_s, .. } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        match &self {
+            ApiError::Service(e) => {
+                if let Some(s) = e.retry_after_s() {
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+                }
             }
-            ServiceError::Unauthorized => {
+            ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_carry_a_request_id_not_their_cause() {
+        let e = ApiError::from(ServiceError::failed(
+            "reading /var/lib/cloudlet/bases/x",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        ));
+        let (status, body) = e.parts();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let id = body.error.request_id.clone().unwrap();
+        assert!(body.error.message.contains(&id));
+        assert!(!body.error.message.contains("/var/lib"));
+    }
+
+    #[test]
+    fn busy_answers_carry_retry_after() {
+        let r = ApiError::from(ServiceError::Busy {
+            what: "x".into(),
+            retry_after_s: 2,
+        })
+        .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
     }
 }

@@ -5,20 +5,21 @@ use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
+use cloudlet_api::ErrorCode;
 use futures_util::TryStreamExt;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
 use crate::service::intake::{IntakeReader, IntakeWatch};
-use crate::service::ServiceError;
 use crate::AppState;
 
-fn rejected(status: StatusCode, text: String) -> ApiError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ServiceError::TooLarge(text).into()
+fn rejected(status: StatusCode, message: String) -> ApiError {
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorCode::TooLarge
     } else {
-        ServiceError::InvalidRequest(text).into()
-    }
+        ErrorCode::InvalidRequest
+    };
+    ApiError::Malformed { code, message }
 }
 
 /// A JSON body (`application/json`).

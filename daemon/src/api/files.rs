@@ -12,15 +12,15 @@ use tower_http::services::ServeFile;
 
 use super::extract::body_reader;
 use super::ApiResult;
-use crate::service::transfer::Upload;
+use cloudlet_api::Upload;
+
 use crate::service::ServiceError;
 use crate::AppState;
 
 /// Stores the body as a file; requests name it `upload:<id>` in place of a local path.
-#[utoipa::path(post, path = "/api/v1/uploads", tag = "files",
+#[utoipa::path(post, path = "/api/v1/uploads", tag = "files", operation_id = "upload",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = Upload), (status = 413, body = super::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = Upload)), security(("bearer" = [])))]
 pub async fn upload(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -52,7 +52,7 @@ pub async fn serve_file(
     let response = ServeFile::new(path) // unknown extensions: application/octet-stream
         .try_call(request)
         .await
-        .map_err(|e| ServiceError::internal("reading the file", e))?;
+        .map_err(|e| ServiceError::failed("reading the file", e))?;
     if response.status() == StatusCode::NOT_FOUND {
         return Err(ServiceError::NotFound(name.to_string()).into());
     }

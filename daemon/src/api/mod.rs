@@ -11,6 +11,8 @@ mod overlays;
 mod respond;
 mod sessions;
 
+mod openapi;
+
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -19,67 +21,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use cloudlet_api::Health;
 use utoipa::OpenApi;
 
-pub use error::{ApiError, ErrorBody};
-pub use respond::NDJSON;
+pub use error::ApiError;
+pub use openapi::ApiDoc;
 
-use crate::service::ServiceError;
 use crate::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
-
-/// Body of `GET /health`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Health {
-    /// Always "ok" when the daemon answers and its catalogue responds.
-    pub status: &'static str,
-    /// Daemon version.
-    pub version: &'static str,
-    /// Base VMs in the catalogue.
-    pub bases: usize,
-}
-
-/// The OpenAPI document of every route.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "cloudlet", description = "VM synthesis for edge devices: base VMs, VM overlays, synthesis sessions."),
-    paths(
-        health, metrics, openapi,
-        bases::list, bases::create, bases::add, bases::get, bases::delete, bases::export,
-        bases::import,
-        overlays::list, overlays::create, overlays::get, overlays::delete, overlays::download,
-        sessions::synthesize, sessions::synthesize_upload, sessions::list, sessions::clear,
-        sessions::get, sessions::finish, sessions::stop, sessions::run,
-        files::upload,
-    ),
-    components(schemas(crate::service::progress::Event)),
-    modifiers(&BearerAuth),
-    tags(
-        (name = "bases", description = "Base VMs"),
-        (name = "overlays", description = "VM overlays"),
-        (name = "synthesis", description = "Rebuilding and resuming a customized VM"),
-        (name = "sessions", description = "Running and past VM sessions"),
-        (name = "files", description = "Uploads"),
-        (name = "daemon", description = "Health, metrics, this document"),
-    )
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        if let Some(components) = openapi.components.as_mut() {
-            components.add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-            );
-        }
-    }
-}
 
 /// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
 pub fn openapi_json() -> String {
@@ -107,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/synthesis/upload", post(sessions::synthesize_upload))
         .route("/sessions", get(sessions::list).delete(sessions::clear))
         .route("/sessions/{id}", get(sessions::get))
+        .route("/sessions/{id}/host", get(sessions::host))
         .route("/sessions/{id}/finish", post(sessions::finish))
         .route("/sessions/{id}/stop", post(sessions::stop))
         .route("/sessions/{id}/run", post(sessions::run))
@@ -135,11 +86,9 @@ async fn deadline(State(s): State<AppState>, request: Request, next: Next) -> Re
     let response = match tokio::time::timeout(limit, next.run(request)).await {
         Ok(r) => r,
         // 504, not 408: a client must not simply resend (the work may still complete).
-        Err(_) => ApiError::from(ServiceError::Deadline(format!(
-            "no answer within {} s (setting request_timeout_s); the work may still complete: \
-             check the sessions",
-            limit.as_secs()
-        )))
+        Err(_) => ApiError::Deadline {
+            limit_s: limit.as_secs(),
+        }
         .into_response(),
     };
     s.metrics.response(response.status().as_u16());
@@ -147,58 +96,37 @@ async fn deadline(State(s): State<AppState>, request: Request, next: Next) -> Re
 }
 
 async fn not_found() -> ApiError {
-    ServiceError::NotFound("route".into()).into()
+    ApiError::RouteNotFound
 }
 
 async fn method_not_allowed() -> ApiError {
-    ServiceError::MethodNotAllowed.into()
+    ApiError::MethodNotAllowed
 }
 
 /// Liveness and catalogue check; needs no token.
-#[utoipa::path(get, path = "/health", tag = "daemon",
-    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
-async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
-    match state.store.bases().await {
-        Ok(bases) => Ok(Json(Health {
-            status: "ok",
-            version: env!("CARGO_PKG_VERSION"),
-            bases: bases.len(),
-        })),
-        Err(e) => {
-            tracing::error!(error = ?e, "health check: catalogue unavailable");
-            Err(ServiceError::Busy {
-                what: "the catalogue is unavailable".into(),
-                retry_after_s: 5,
-            }
-            .into())
-        }
-    }
+#[utoipa::path(get, path = "/health", tag = "daemon", operation_id = "health",
+    responses((status = 200, body = Health)))]
+async fn health(State(s): State<AppState>) -> ApiResult<Json<Health>> {
+    Ok(Json(s.health().await?))
 }
 
 /// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "daemon",
+#[utoipa::path(get, path = "/metrics", tag = "daemon", operation_id = "metrics",
     responses((status = 200, content_type = "text/plain", body = String)),
     security(("bearer" = [])))]
 async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
-    let mut active: Vec<(String, i64)> = Vec::new();
-    for session in s.store.active_sessions().await? {
-        match active.iter_mut().find(|(k, _)| *k == session.kind) {
-            Some((_, n)) => *n += 1,
-            None => active.push((session.kind, 1)),
-        }
-    }
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.metrics.render(&active),
+        s.metrics_text().await?,
     )
         .into_response())
 }
 
 /// This API's OpenAPI document.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "daemon",
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "daemon", operation_id = "openapi",
     responses((status = 200, content_type = "application/json", body = Object)),
     security(("bearer" = [])))]
 async fn openapi() -> Response {

@@ -9,45 +9,12 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cloudlet_api::{ProgressLine, NDJSON};
 use serde::Serialize;
 
-use super::error::ErrorDetail;
 use super::ApiError;
-use crate::service::progress::{self, Event};
+use crate::service::progress;
 use crate::service::ServiceError;
-
-/// Media type of progress streams.
-pub const NDJSON: &str = "application/x-ndjson";
-
-/// One line of a progress stream.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum Line<T> {
-    /// Progress.
-    Event(Event),
-    /// The end.
-    End(End<T>),
-}
-
-/// The last line of a progress stream.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum End<T> {
-    /// The operation succeeded: `body` is what the plain answer would have been.
-    Result {
-        /// HTTP status of the plain answer.
-        status: u16,
-        /// Its body.
-        body: T,
-    },
-    /// The operation failed.
-    Error {
-        /// HTTP status of the plain answer.
-        status: u16,
-        /// Its error.
-        error: ErrorDetail,
-    },
-}
 
 fn wants_progress(headers: &HeaderMap) -> bool {
     headers
@@ -67,24 +34,29 @@ where
         return match tokio::spawn(work).await {
             Ok(Ok(body)) => (status, Json(body)).into_response(),
             Ok(Err(e)) => e.into_response(),
-            Err(e) => ApiError::from(ServiceError::internal("request task", e)).into_response(),
+            Err(e) => {
+                ApiError::from(ServiceError::failed("running the request", e)).into_response()
+            }
         };
     }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<End<T>>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<ProgressLine>();
     let work = tokio::spawn(progress::watch(tx, work));
     tokio::spawn(async move {
         let result = work
             .await
-            .unwrap_or_else(|e| Err(ServiceError::internal("request task", e).into()));
-        let end = match result {
-            Ok(body) => End::Result {
+            .unwrap_or_else(|e| Err(ServiceError::failed("running the request", e).into()));
+        let end = match result.and_then(|body| {
+            serde_json::to_value(body)
+                .map_err(|e| ServiceError::failed("serializing the answer", e).into())
+        }) {
+            Ok(body) => ProgressLine::Result {
                 status: status.as_u16(),
                 body,
             },
             Err(e) => {
                 let (status, body) = e.parts();
-                End::Error {
+                ProgressLine::Error {
                     status: status.as_u16(),
                     error: body.error,
                 }
@@ -97,17 +69,19 @@ where
         futures_util::stream::unfold((Some(rx), Some(done_rx)), |(mut rx, mut done)| async move {
             if let Some(r) = rx.as_mut() {
                 if let Some(event) = r.recv().await {
-                    return Some((line(&Line::<T>::Event(event)), (rx, done)));
+                    return Some((line(&ProgressLine::from(event)), (rx, done)));
                 }
             }
             let end = done.take()?.await.ok()?;
-            Some((line(&Line::End(end)), (None, None)))
+            Some((line(&end), (None, None)))
         });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, NDJSON)
         .body(Body::from_stream(lines))
-        .unwrap_or_else(|e| ApiError::from(ServiceError::internal("response", e)).into_response())
+        .unwrap_or_else(|e| {
+            ApiError::from(ServiceError::failed("building the response", e)).into_response()
+        })
 }
 
 fn line<T: Serialize>(value: &T) -> Result<String, std::convert::Infallible> {

@@ -4,69 +4,38 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cloudlet_api::{
+    AddBase, Base, CreateBase, ResourceState, ScriptLineResult, Session, SessionKind, SessionState,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
 use super::session::session_params;
-use super::{blocking, error_chain, validate_name, ServiceError, StepTimer};
-use crate::store::bases::{state, BaseRecord};
-use crate::store::sessions::{ScriptLineResult, SessionRecord};
+use super::{blocking, validate_name, ServiceError, StepTimer};
+use crate::store::bases::BaseRecord;
+use crate::store::sessions::SessionRecord;
 use crate::virt::{domain_xml, Console, VmSpec};
 use crate::AppState;
-use cloudlet_engine::base::{create_base, BasePaths};
+use cloudlet_engine::base::{create_base, BaseError, BasePaths};
 
 /// How long a freshly started VM may take to print its ready marker.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long one customization script line may run.
 pub const SCRIPT_LINE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// `cloudlet base DISK`: boot a disk image so that it can be set up, then save it as a base.
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBase {
-    /// Unique name of the base.
-    pub name: String,
-    /// Disk image (raw or qcow2) inside an import directory; the base keeps its own copy.
-    #[schema(value_type = String)]
-    pub disk: PathBuf,
-    /// Kernel for direct kernel boot (else the disk boots by itself).
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub kernel: Option<PathBuf>,
-    /// Initramfs for direct kernel boot.
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line for direct kernel boot.
-    #[serde(default)]
-    pub cmdline: Option<String>,
-    /// Guest RAM in MiB.
-    #[serde(default = "default_memory_mib")]
-    pub memory_mib: u64,
-    /// Virtual CPUs.
-    #[serde(default = "default_vcpus")]
-    pub vcpus: u32,
-    /// Guest TCP ports the application will listen on (forwarded for every session).
-    #[serde(default)]
-    pub guest_ports: Vec<u16>,
-    /// A console line the guest prints when it is ready; wait for it before the script.
-    #[serde(default)]
-    pub ready_marker: Option<String>,
-    /// Shell lines run in the guest over the serial console, in order; the first failing
-    /// line fails the session.
-    #[serde(default)]
-    pub script: Vec<String>,
-    /// Save the base right after the script (else wait for `finish`).
-    #[serde(default)]
-    pub finish: bool,
-}
+/// Largest guest RAM a base may ask for (1 TiB).
+const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Most application ports one VM forwards.
+const MAX_GUEST_PORTS: usize = 64;
 
-fn default_memory_mib() -> u64 {
-    1024
-}
-
-fn default_vcpus() -> u32 {
-    1
+/// Refuses port lists no VM needs (each port costs a host port and a monitor command).
+pub(crate) fn check_ports(ports: &[u16]) -> Result<(), ServiceError> {
+    if ports.len() > MAX_GUEST_PORTS || ports.contains(&0) {
+        return Err(ServiceError::InvalidRequest(format!(
+            "guest_ports takes at most {MAX_GUEST_PORTS} ports, none of them 0"
+        )));
+    }
+    Ok(())
 }
 
 /// What a base session remembers until it finishes.
@@ -79,27 +48,10 @@ pub(crate) struct BaseParams {
     pub dir: PathBuf,
 }
 
-/// `add-base`: register an existing disk and memory snapshot.
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AddBase {
-    /// Unique name.
-    pub name: String,
-    /// Raw disk image the snapshot was taken with.
-    #[schema(value_type = String)]
-    pub disk: PathBuf,
-    /// libvirt save file of the booted VM.
-    #[schema(value_type = String)]
-    pub save_file: PathBuf,
-    /// Guest TCP ports of the application.
-    #[serde(default)]
-    pub guest_ports: Vec<u16>,
-}
-
 impl AppState {
     /// Starts a base session: copies the disk into a new base directory, boots it, runs the
     /// script; with `finish`, saves the base too.
-    pub async fn create_base(&self, req: CreateBase) -> Result<SessionRecord, ServiceError> {
+    pub async fn create_base(&self, req: CreateBase) -> Result<Session, ServiceError> {
         validate_name(&req.name)?;
         if !self
             .store
@@ -113,30 +65,31 @@ impl AppState {
                 req.name
             )));
         }
-        let disk = self.import_path(&req.disk)?;
+        let disk = self.import_path(Path::new(&req.disk))?;
         let kernel = req
             .kernel
             .as_deref()
-            .map(|p| self.import_path(p))
+            .map(|p| self.import_path(Path::new(p)))
             .transpose()?;
         let initrd = req
             .initrd
             .as_deref()
-            .map(|p| self.import_path(p))
+            .map(|p| self.import_path(Path::new(p)))
             .transpose()?;
-        if req.memory_mib < 16 || req.vcpus == 0 || req.vcpus > 64 {
-            return Err(ServiceError::InvalidRequest(
-                "memory_mib must be >= 16 and vcpus 1..=64".into(),
-            ));
+        if !(16..=MAX_MEMORY_MIB).contains(&req.memory_mib) || !(1..=64).contains(&req.vcpus) {
+            return Err(ServiceError::InvalidRequest(format!(
+                "memory_mib must be 16..={MAX_MEMORY_MIB} and vcpus 1..=64"
+            )));
         }
+        check_ports(&req.guest_ports)?;
 
-        let mut session = SessionRecord::new("base", None);
+        let mut session = SessionRecord::new(SessionKind::Base, None);
         let vm_name = session.vm_name.clone().unwrap_or_default();
         // The base directory is named after the session: the VM runs on its final files (a
         // direct-boot kernel path in the saved XML stays valid); a daemon restart removes it.
         let dir = self.data.bases().join(&session.id);
         std::fs::create_dir_all(&dir)
-            .map_err(|e| ServiceError::internal("creating base directory", e))?;
+            .map_err(|e| ServiceError::failed("creating the base directory", e))?;
         session.run_dir = Some(dir.display().to_string());
         self.store.insert_session(&session).await?;
 
@@ -182,15 +135,16 @@ impl AppState {
                 .map(i64::from);
             let params = BaseParams {
                 name: req.name.clone(),
-                source_path: req.disk.display().to_string(),
+                source_path: req.disk.clone(),
                 spec,
                 guest_ports: req.guest_ports.clone(),
                 dir: dir.clone(),
             };
             session.params = Json(
-                serde_json::to_value(&params).map_err(|e| ServiceError::internal("params", e))?,
+                serde_json::to_value(&params)
+                    .map_err(|e| ServiceError::failed("recording the session's parameters", e))?,
             );
-            session.state = "running".into();
+            session.advance(SessionState::Running)?;
             timer.merge_into(&mut session);
             self.store.update_session(&session).await?;
             run_script(&mut console, &req.script, &mut session).await?;
@@ -201,7 +155,7 @@ impl AppState {
         if req.finish {
             return self.finish_session(&session.id).await;
         }
-        Ok(session)
+        Ok(Session::from(&session))
     }
 
     /// Saves a running base session's VM and turns it into a base.
@@ -219,7 +173,7 @@ impl AppState {
             let (paths, save) = (paths.clone(), save.to_path_buf());
             blocking(move || {
                 create_base(&paths, Some(&save))
-                    .map_err(|e| ServiceError::internal("hashing the base", error_chain(&e)))
+                    .map_err(|e| ServiceError::failed("hashing the base", e))
             })
             .await?
         };
@@ -233,22 +187,28 @@ impl AppState {
     }
 
     /// Registers an existing disk + save file as a base (Elijah's `add-base`).
-    pub async fn add_base(&self, req: AddBase) -> Result<BaseRecord, ServiceError> {
+    pub async fn add_base(&self, req: AddBase) -> Result<Base, ServiceError> {
         validate_name(&req.name)?;
-        let disk = self.import_path(&req.disk)?;
-        let save = self.import_path(&req.save_file)?;
+        check_ports(&req.guest_ports)?;
+        let disk = self.import_path(Path::new(&req.disk))?;
+        let save = self.import_path(Path::new(&req.save_file))?;
         let key = crate::store::new_id();
         let dir = self.data.bases().join(&key);
         std::fs::create_dir_all(&dir)
-            .map_err(|e| ServiceError::internal("creating base directory", e))?;
+            .map_err(|e| ServiceError::failed("creating the base directory", e))?;
         let result = async {
             let paths = BasePaths::in_dir(&dir);
             import_disk(&disk, &paths.disk).await?;
             let summary = {
                 let (paths, save) = (paths.clone(), save.to_path_buf());
                 blocking(move || {
-                    create_base(&paths, Some(&save))
-                        .map_err(|e| ServiceError::InvalidRequest(error_chain(&e)))
+                    create_base(&paths, Some(&save)).map_err(|e| match e {
+                        // The user's save file is not one the engine can use.
+                        BaseError::SaveFile { .. } | BaseError::Inconsistent(_) => {
+                            ServiceError::invalid_input("the save file", e)
+                        }
+                        _ => ServiceError::failed("hashing the base", e),
+                    })
                 })
                 .await?
             };
@@ -256,24 +216,24 @@ impl AppState {
                 let meta = paths.memory_meta.clone();
                 blocking(move || {
                     cloudlet_engine::base::read_memory_meta(&meta)
-                        .map_err(|e| ServiceError::internal("memory meta", e))
+                        .map_err(|e| ServiceError::failed("reading the memory layout", e))
                 })
                 .await?
             };
             let xml = layout
                 .domain_xml()
-                .map_err(|e| ServiceError::InvalidRequest(error_chain(&e)))?
+                .map_err(|e| ServiceError::invalid_input("the save file's domain XML", e))?
                 .to_string();
             let params = BaseParams {
                 name: req.name.clone(),
-                source_path: req.disk.display().to_string(),
+                source_path: req.disk.clone(),
                 spec: spec_placeholder(&paths),
                 guest_ports: req.guest_ports.clone(),
                 dir: dir.clone(),
             };
             let record = base_record(&params, &paths, &summary, xml);
             self.store.insert_base(&record).await?;
-            Ok(record)
+            Ok(Base::from(&record))
         }
         .await;
         if result.is_err() {
@@ -284,11 +244,7 @@ impl AppState {
 
     /// Deletes a base; refused while overlays or active sessions use it, unless `force`
     /// (which deletes its overlays and stops its sessions too).
-    pub async fn delete_base(
-        &self,
-        selector: &str,
-        force: bool,
-    ) -> Result<BaseRecord, ServiceError> {
+    pub async fn delete_base(&self, selector: &str, force: bool) -> Result<Base, ServiceError> {
         let base = self.resolve_base(selector).await?;
         let overlays = self.store.overlays(Some(&base.id)).await?;
         let sessions: Vec<SessionRecord> = self
@@ -309,18 +265,20 @@ impl AppState {
         for s in sessions {
             self.stop_session(&s.id).await?;
         }
-        for o in overlays {
-            self.delete_overlay(&o.id).await?;
+        for o in &overlays {
+            self.remove_overlay(o).await?;
         }
-        self.store.set_base_state(&base.id, state::DELETING).await?;
+        self.store
+            .set_base_state(&base.id, ResourceState::Deleting)
+            .await?;
         let _ = std::fs::remove_file(self.data.export_file(&base.id));
         if let Err(e) = std::fs::remove_dir_all(&base.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(ServiceError::internal("removing base files", e));
+                return Err(ServiceError::failed("removing the base's files", e));
             }
         }
         self.store.delete_base(&base.id).await?;
-        Ok(base)
+        Ok(Base::from(&base))
     }
 }
 
@@ -360,8 +318,15 @@ async fn import_disk(src: &Path, dest: &Path) -> Result<(), ServiceError> {
         .arg(dest)
         .output()
         .await
-        .map_err(|e| ServiceError::internal("running qemu-img", e))?;
+        .map_err(|e| ServiceError::failed("running qemu-img", e))?;
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No space left on device") {
+            return Err(ServiceError::failed(
+                "copying the disk image",
+                std::io::Error::from(std::io::ErrorKind::StorageFull),
+            ));
+        }
         return Err(ServiceError::InvalidRequest(format!(
             "cannot read disk image {}: {}",
             src.display(),
@@ -378,7 +343,7 @@ fn copy_boot_file(
 ) -> Result<Option<PathBuf>, ServiceError> {
     let Some(src) = src else { return Ok(None) };
     let dest = dir.join(name);
-    std::fs::copy(src, &dest).map_err(|e| ServiceError::internal("copying boot file", e))?;
+    std::fs::copy(src, &dest).map_err(|e| ServiceError::failed("copying a boot file", e))?;
     Ok(Some(dest))
 }
 
@@ -410,7 +375,7 @@ fn base_record(
     BaseRecord {
         id: cloudlet_engine::decode::hex(&summary.id),
         name: params.name.clone(),
-        state: state::READY.into(),
+        state: ResourceState::Ready,
         source_path: Some(params.source_path.clone()),
         dir: s(&params.dir),
         disk_path: s(&paths.disk),

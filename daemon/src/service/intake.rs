@@ -30,10 +30,9 @@ impl IntakeWatch {
         if self.exceeded.load(Ordering::Relaxed) {
             self.too_large()
         } else if self.stalled.load(Ordering::Relaxed) {
-            ServiceError::Timeout(format!(
-                "no request data for {} s (setting body_idle_timeout_s)",
-                self.idle.as_secs()
-            ))
+            ServiceError::Timeout {
+                idle_s: self.idle.as_secs(),
+            }
         } else {
             e
         }
@@ -41,10 +40,7 @@ impl IntakeWatch {
 
     /// The error for a body declared (or found) larger than the limit.
     pub fn too_large(&self) -> ServiceError {
-        ServiceError::TooLarge(format!(
-            "the body exceeds this daemon's limit of {} bytes (setting max_upload_bytes)",
-            self.limit
-        ))
+        ServiceError::TooLarge { limit: self.limit }
     }
 }
 

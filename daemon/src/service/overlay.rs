@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cloudlet_api::{CreateOverlay, Overlay, ResourceState, Session, SessionKind, SessionState};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
-use super::base::run_script;
-use super::{blocking, error_chain, ServiceError, StepTimer};
+use super::base::{check_ports, run_script};
+use super::{blocking, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::overlays::OverlayRecord;
 use crate::store::sessions::SessionRecord;
@@ -20,30 +21,6 @@ use cloudlet_engine::disk::DiskSource;
 use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
 
 const RESUME_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// `cloudlet overlay BASE`: resume the base so that an application can be installed.
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateOverlay {
-    /// The base: id, unique id prefix, name or source disk path.
-    pub base: String,
-    /// Disk-only overlay (Elijah `-d`): no memory; synthesis boots the disk.
-    #[serde(default)]
-    pub disk_only: bool,
-    /// Guest TCP ports the application listens on, besides the base's.
-    #[serde(default)]
-    pub guest_ports: Vec<u16>,
-    /// Shell lines run in the guest over the serial console, in order.
-    #[serde(default)]
-    pub script: Vec<String>,
-    /// Save and encode right after the script (else wait for `finish`).
-    #[serde(default)]
-    pub finish: bool,
-    /// Do not pass guest TRIM through to the overlay disk (Elijah `-t`): freed blocks then
-    /// keep their old contents and travel in the overlay.
-    #[serde(default)]
-    pub no_trim: bool,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct OverlayParams {
@@ -59,10 +36,8 @@ pub(crate) fn base_paths(base: &BaseRecord) -> BasePaths {
 /// Opens a base's engine view on the blocking pool.
 pub(crate) async fn open_base(base: &BaseRecord) -> Result<Base, ServiceError> {
     let paths = base_paths(base);
-    blocking(move || {
-        Base::open(&paths).map_err(|e| ServiceError::internal("opening base", error_chain(&e)))
-    })
-    .await
+    blocking(move || Base::open(&paths).map_err(|e| ServiceError::failed("opening the base", e)))
+        .await
 }
 
 /// Guest ports of a base plus extra ones, sorted, unique.
@@ -75,7 +50,8 @@ pub(crate) fn merge_ports(base: &BaseRecord, extra: &[u16]) -> Vec<u16> {
 
 impl AppState {
     /// Starts an overlay session.
-    pub async fn create_overlay(&self, req: CreateOverlay) -> Result<SessionRecord, ServiceError> {
+    pub async fn create_overlay(&self, req: CreateOverlay) -> Result<Session, ServiceError> {
+        check_ports(&req.guest_ports)?;
         let base = self.resolve_base(&req.base).await?;
         if base.memory_pages == 0 {
             return Err(ServiceError::InvalidRequest(format!(
@@ -83,7 +59,7 @@ impl AppState {
                 base.name
             )));
         }
-        let (mut session, dir) = self.new_session_with_dir("overlay", &base.id)?;
+        let (mut session, dir) = self.new_session_with_dir(SessionKind::Overlay, &base.id)?;
         let vm = session.vm_name.clone().unwrap_or_default();
         let ports = merge_ports(&base, &req.guest_ports);
         session.params = Json(
@@ -91,7 +67,7 @@ impl AppState {
                 disk_only: req.disk_only,
                 guest_ports: ports.clone(),
             })
-            .map_err(|e| ServiceError::internal("params", e))?,
+            .map_err(|e| ServiceError::failed("recording the session's parameters", e))?,
         );
         self.store.insert_session(&session).await?;
 
@@ -118,7 +94,7 @@ impl AppState {
                         .ok_or_else(|| ServiceError::InvalidRequest("base has no memory".into()))?;
                     let saved = layout
                         .domain_xml()
-                        .map_err(|e| ServiceError::internal("base xml", e))?;
+                        .map_err(|e| ServiceError::failed("reading the base's domain XML", e))?;
                     let xml = domain_xml::retarget(
                         saved,
                         &vm,
@@ -135,9 +111,8 @@ impl AppState {
                     // A base's XML may come from an imported archive.
                     let session_dir = disk.parent().unwrap_or(&base_dir);
                     confine::check_confined(&xml, &[session_dir, &base_dir], None)?;
-                    write_base_save_file(&engine_base, &resume, Some(&xml)).map_err(|e| {
-                        ServiceError::internal("writing the base snapshot", error_chain(&e))
-                    })
+                    write_base_save_file(&engine_base, &resume, Some(&xml))
+                        .map_err(|e| ServiceError::failed("writing the base snapshot", e))
                 })
                 .await?;
             }
@@ -154,7 +129,7 @@ impl AppState {
                 session.host_ports.0.insert(*port, host);
             }
             timer.record("ports", started);
-            session.state = "running".into();
+            session.advance(SessionState::Running)?;
             timer.merge_into(&mut session);
             self.store.update_session(&session).await?;
             if !req.script.is_empty() {
@@ -169,7 +144,7 @@ impl AppState {
         if req.finish {
             return self.finish_session(&session.id).await;
         }
-        Ok(session)
+        Ok(Session::from(&session))
     }
 
     /// Saves the customized VM and encodes the overlay.
@@ -181,7 +156,7 @@ impl AppState {
         let base_id = session
             .base_id
             .clone()
-            .ok_or_else(|| ServiceError::Internal("overlay session without base".into()))?;
+            .ok_or_else(|| ServiceError::Bug("overlay session without base".into()))?;
         let base = self.store.base(&base_id).await?;
         let dir = PathBuf::from(session.run_dir.clone().unwrap_or_default());
         let save = dir.join("custom.save");
@@ -209,22 +184,21 @@ impl AppState {
                 (out.clone(), base_paths(&base).disk, params.disk_only);
             let reporter = super::progress::engine_reporter();
             blocking(move || {
-                let disk = DiskSource::qcow2(&dir.join("disk.qcow2"), &base_disk).map_err(|e| {
-                    ServiceError::internal("reading the customized disk", error_chain(&e))
-                })?;
+                let disk = DiskSource::qcow2(&dir.join("disk.qcow2"), &base_disk)
+                    .map_err(|e| ServiceError::failed("reading the customized disk", e))?;
                 let input = EncodeInput {
                     memory: (!disk_only).then_some(save.as_path()),
                     disk: &disk,
                 };
                 encode(&engine_base, &input, &out, &options, &reporter)
-                    .map_err(|e| ServiceError::internal("encoding the overlay", error_chain(&e)))
+                    .map_err(|e| ServiceError::failed("encoding the overlay", e))
             })
             .await?
         };
         timer.record("encode", started);
         let info = summary.meta.info(summary.file_size);
-        let mut stats =
-            serde_json::to_value(&info).map_err(|e| ServiceError::internal("stats", e))?;
+        let mut stats = serde_json::to_value(&info)
+            .map_err(|e| ServiceError::failed("recording statistics", e))?;
         if let Some(obj) = stats.as_object_mut() {
             obj.insert("encode_ms".into(), serde_json::json!(timer_ms(started)));
         }
@@ -232,7 +206,7 @@ impl AppState {
             id: overlay_id.clone(),
             base_id: base.id.clone(),
             name: None,
-            state: "ready".into(),
+            state: ResourceState::Ready,
             file_path: out.display().to_string(),
             file_size: i64::try_from(summary.file_size).unwrap_or(i64::MAX),
             disk_only: params.disk_only,
@@ -255,17 +229,26 @@ impl AppState {
     }
 
     /// Deletes an overlay and its file.
-    pub async fn delete_overlay(&self, id: &str) -> Result<OverlayRecord, ServiceError> {
-        super::validate_id(id)?;
-        let overlay = self.store.overlay(id).await?;
-        self.store.set_overlay_state(id, "deleting").await?;
+    pub async fn delete_overlay(&self, id: &str) -> Result<Overlay, ServiceError> {
+        let overlay = self.ready_overlay(id).await?;
+        self.remove_overlay(&overlay).await?;
+        Ok(Overlay::from(&overlay))
+    }
+
+    /// Removes an overlay's row and file (marked `deleting` first, so that a crash in
+    /// between is finished by reconciliation).
+    pub(crate) async fn remove_overlay(&self, overlay: &OverlayRecord) -> Result<(), ServiceError> {
+        let id = &overlay.id;
+        self.store
+            .set_overlay_state(id, ResourceState::Deleting)
+            .await?;
         if let Err(e) = std::fs::remove_file(&overlay.file_path) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(ServiceError::internal("removing overlay file", e));
+                return Err(ServiceError::failed("removing the overlay file", e));
             }
         }
         self.store.delete_overlay(id).await?;
-        Ok(overlay)
+        Ok(())
     }
 }
 
@@ -305,11 +288,11 @@ pub(crate) async fn create_cow_disk(base_disk: &Path, disk: &Path) -> Result<(),
         .arg(disk)
         .output()
         .await
-        .map_err(|e| ServiceError::internal("running qemu-img", e))?;
+        .map_err(|e| ServiceError::failed("running qemu-img", e))?;
     if !out.status.success() {
-        return Err(ServiceError::internal(
-            "qemu-img create",
-            String::from_utf8_lossy(&out.stderr).trim(),
+        return Err(ServiceError::failed(
+            "creating the copy-on-write disk",
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
     Ok(())

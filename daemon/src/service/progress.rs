@@ -7,35 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use cloudlet_api::ProgressEvent as Event;
 use tokio::sync::mpsc::UnboundedSender;
-
-/// One progress event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
-    /// A step began (`boot`, `save`, `encode`, `decode`, `restore`, ...).
-    Step {
-        /// Step name (as in the session's `timings`).
-        step: String,
-    },
-    /// A step ended.
-    StepDone {
-        /// Step name.
-        step: String,
-        /// How long it took.
-        ms: u64,
-    },
-    /// Work done inside a long engine stage.
-    Progress {
-        /// Engine stage (`read`, `rebuild`, `encode`, ...).
-        stage: String,
-        /// Units (bytes or chunks) done so far.
-        done: u64,
-        /// Units in all, when known.
-        total: Option<u64>,
-    },
-}
 
 tokio::task_local! {
     static SINK: UnboundedSender<Event>;

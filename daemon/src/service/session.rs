@@ -1,13 +1,11 @@
-//! Sessions: the VM of a base, overlay or synthesis session, and its life cycle.
-//!
-//! ```text
-//! base / overlay:  starting → running ─finish→ saving → encoding → finished
-//! synthesis:       starting → decoding → restoring → running ─stop→ stopped
-//! any:             ─error→ failed (VM destroyed, work files removed)   ─stop→ stopped
-//! ```
+//! Sessions: the VM of a base, overlay or synthesis session, and its life cycle. The
+//! states and their legal changes are `cloudlet_api::SessionState`'s (one table, checked
+//! by [`SessionRecord::advance`]); a failure destroys the VM and removes the work files.
 
 use std::path::Path;
 use std::time::Duration;
+
+use cloudlet_api::{RunRequest, RunResponse, Session, SessionKind, SessionState};
 
 use super::{ServiceError, StepTimer};
 use crate::store::sessions::SessionRecord;
@@ -21,7 +19,7 @@ pub(crate) fn session_params<T: serde::de::DeserializeOwned>(
     session: &SessionRecord,
 ) -> Result<T, ServiceError> {
     serde_json::from_value(session.params.0.clone())
-        .map_err(|e| ServiceError::internal("session params", e))
+        .map_err(|e| ServiceError::failed("reading the session's parameters", e))
 }
 
 impl AppState {
@@ -29,13 +27,13 @@ impl AppState {
     /// as `run_dir`). Not yet stored: callers fill in their parameters first.
     pub(crate) fn new_session_with_dir(
         &self,
-        kind: &str,
+        kind: SessionKind,
         base_id: &str,
     ) -> Result<(SessionRecord, std::path::PathBuf), ServiceError> {
         let mut session = SessionRecord::new(kind, Some(base_id.to_string()));
         let dir = self.data.session_dir(&session.id);
         std::fs::create_dir_all(&dir)
-            .map_err(|e| ServiceError::internal("creating session directory", e))?;
+            .map_err(|e| ServiceError::failed("creating the session directory", e))?;
         session.run_dir = Some(dir.display().to_string());
         Ok((session, dir))
     }
@@ -49,10 +47,10 @@ impl AppState {
         timer: &mut StepTimer,
     ) -> Result<(), ServiceError> {
         let vm = session.vm_name.clone().unwrap_or_default();
-        session.state = "saving".into();
+        session.advance(SessionState::Saving)?;
         self.store.update_session(session).await?;
         timer.time("save", self.hv.save(&vm, path)).await?;
-        session.state = "encoding".into();
+        session.advance(SessionState::Encoding)?;
         self.store.update_session(session).await?;
         Ok(())
     }
@@ -79,10 +77,14 @@ impl AppState {
 
     /// Marks a session failed: destroys its VM and removes its work files.
     pub(crate) async fn fail_session(&self, session: &mut SessionRecord, error: &ServiceError) {
-        tracing::warn!(session = %session.id, error = %error, "session failed");
+        let message = error.session_message();
+        tracing::warn!(session = %session.id, error = %super::chain(error), "session failed");
         self.teardown(session).await;
-        session.state = "failed".into();
-        session.error = Some(error.to_string());
+        if let Err(e) = session.advance(SessionState::Failed) {
+            tracing::error!(session = %session.id, error = %e, "session cannot be marked failed");
+            return;
+        }
+        session.error = Some(message);
         if let Err(e) = self.store.update_session(session).await {
             tracing::error!(session = %session.id, error = %e, "cannot record failed session");
         }
@@ -98,7 +100,7 @@ impl AppState {
         }
         if let Some(dir) = &session.run_dir {
             let owned_by_base = match &session.base_id {
-                Some(id) if session.kind == "base" => self.store.base(id).await.is_ok(),
+                Some(id) if session.kind == SessionKind::Base => self.store.base(id).await.is_ok(),
                 _ => false,
             };
             if !owned_by_base {
@@ -108,32 +110,39 @@ impl AppState {
     }
 
     /// Finishes a base or overlay session: save the VM, build the base or overlay.
-    pub async fn finish_session(&self, id: &str) -> Result<SessionRecord, ServiceError> {
-        let mut session = self.session(id).await?;
-        if session.state != "running" {
+    pub async fn finish_session(&self, id: &str) -> Result<Session, ServiceError> {
+        Ok(Session::from(&self.finish_session_record(id).await?))
+    }
+
+    pub(crate) async fn finish_session_record(
+        &self,
+        id: &str,
+    ) -> Result<SessionRecord, ServiceError> {
+        let mut session = self.session_record(id).await?;
+        if session.kind == SessionKind::Synthesis {
+            return Err(ServiceError::InvalidRequest(
+                "a synthesis session is stopped, not finished".into(),
+            ));
+        }
+        if session.state() != SessionState::Running {
             return Err(ServiceError::Conflict(format!(
                 "session {id} is {}, not running",
-                session.state
+                session.state()
             )));
         }
-        let result = match session.kind.as_str() {
-            "base" => self.finish_base(&mut session).await,
-            "overlay" => self.finish_overlay(&mut session).await,
-            _ => {
-                return Err(ServiceError::InvalidRequest(
-                    "a synthesis session is stopped, not finished".into(),
-                ))
-            }
+        let result = match session.kind {
+            SessionKind::Base => self.finish_base(&mut session).await,
+            _ => self.finish_overlay(&mut session).await,
         };
         match result {
             Ok(()) => {
                 // The VM is gone (saved); its scratch files too, unless they are the base.
-                if session.kind == "overlay" {
+                if session.kind == SessionKind::Overlay {
                     if let Some(dir) = &session.run_dir {
                         let _ = std::fs::remove_dir_all(dir);
                     }
                 }
-                session.state = "finished".into();
+                session.advance(SessionState::Finished)?;
                 self.store.update_session(&session).await?;
                 Ok(session)
             }
@@ -146,29 +155,36 @@ impl AppState {
 
     /// Stops a session: destroys its VM and removes its files (a base being created is
     /// abandoned). Stopping a session that is over is a no-op.
-    pub async fn stop_session(&self, id: &str) -> Result<SessionRecord, ServiceError> {
-        let mut session = self.session(id).await?;
-        if crate::store::sessions::FINAL_STATES.contains(&session.state.as_str()) {
-            return Ok(session);
+    pub async fn stop_session(&self, id: &str) -> Result<Session, ServiceError> {
+        let mut session = self.session_record(id).await?;
+        if session.state().is_final() {
+            return Ok(Session::from(&session));
         }
-        self.teardown(&session).await;
-        session.state = "stopped".into();
+        session.advance(SessionState::Stopping)?;
         self.store.update_session(&session).await?;
-        Ok(session)
+        self.teardown(&session).await;
+        session.advance(SessionState::Stopped)?;
+        self.store.update_session(&session).await?;
+        Ok(Session::from(&session))
     }
 
     /// Runs one shell line in a running session's guest over its serial console.
     pub async fn run_in_session(
         &self,
         id: &str,
-        command: &str,
-        timeout: Duration,
-    ) -> Result<CommandOutput, ServiceError> {
-        let session = self.session(id).await?;
-        if session.state != "running" {
+        req: RunRequest,
+    ) -> Result<RunResponse, ServiceError> {
+        if req.command.contains('\n') {
+            return Err(ServiceError::InvalidRequest(
+                "command must be one line".into(),
+            ));
+        }
+        let timeout = Duration::from_secs(req.timeout_s.unwrap_or(60).clamp(1, 3600));
+        let session = self.session_record(id).await?;
+        if session.state() != SessionState::Running {
             return Err(ServiceError::Conflict(format!(
                 "session {id} is {}, not running",
-                session.state
+                session.state()
             )));
         }
         let path = session
@@ -176,7 +192,8 @@ impl AppState {
             .as_deref()
             .ok_or_else(|| ServiceError::Conflict("session has no console".into()))?;
         let mut console = Console::connect(Path::new(path), CONSOLE_CONNECT_TIMEOUT).await?;
-        Ok(console.run(command, timeout).await?)
+        let CommandOutput { output, status } = console.run(&req.command, timeout).await?;
+        Ok(RunResponse { output, status })
     }
 
     /// Destroys the VMs of sessions a previous run of the daemon left active (their rows
@@ -186,7 +203,8 @@ impl AppState {
         for vm in self.hv.list_with_prefix("cloudlet-").await? {
             let session_id = vm.trim_start_matches("cloudlet-");
             if let Ok(s) = self.store.session(session_id).await {
-                if s.state == "failed" && self.hv.destroy(&vm).await.unwrap_or(false) {
+                if s.state() == SessionState::Failed && self.hv.destroy(&vm).await.unwrap_or(false)
+                {
                     tracing::warn!(vm, "destroyed a VM left by a previous run");
                     reaped += 1;
                 }

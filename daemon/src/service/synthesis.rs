@@ -5,10 +5,10 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use cloudlet_api::{Session, SessionKind, SessionState, Synthesize};
 
 use super::overlay::{merge_ports, new_uuid, open_base, set_boot_files};
-use super::{blocking, error_chain, ServiceError, StepTimer};
+use super::{blocking, chain, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
 use crate::virt::{confine, domain_xml, forward_port};
@@ -17,36 +17,24 @@ use cloudlet_engine::decode::{check_fits, decode, DecodeError, DecodeOutputs};
 use cloudlet_engine::disk::DiskOutputFormat;
 use cloudlet_engine::format::OverlayReader;
 
-/// `cloudlet synthesis BASE OVERLAY`.
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Synthesize {
-    /// The base: id, unique id prefix, name or source disk path.
-    pub base: String,
-    /// An overlay this cloudlet stores.
-    #[serde(default)]
-    pub overlay_id: Option<String>,
-    /// An overlay file inside an import directory, or `upload:<id>`.
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub overlay_path: Option<PathBuf>,
-    /// An overlay the cloudlet downloads itself (Elijah's `synthesis_client -u URL`); its
-    /// origin must be in the daemon's `overlay_url_allow`.
-    #[serde(default)]
-    pub overlay_url: Option<String>,
-}
-
 /// Maps a decode failure to the error a client sees.
 fn decode_error(e: DecodeError) -> ServiceError {
     match &e {
-        DecodeError::BaseMismatch { .. } => ServiceError::OverlayBaseMismatch(error_chain(&e)),
-        _ if e.is_invalid_input() => ServiceError::OverlayCorrupt(error_chain(&e)),
-        _ => ServiceError::internal("synthesis", error_chain(&e)),
+        DecodeError::BaseMismatch { .. } => ServiceError::OverlayBaseMismatch(Box::new(e)),
+        _ if e.is_invalid_input() => ServiceError::OverlayCorrupt(Box::new(e)),
+        _ => ServiceError::failed("decoding the overlay", e),
     }
 }
 
 /// A permit to run one synthesis (`max_concurrent_syntheses`), held until it ends.
 pub type SynthesisSlot = tokio::sync::OwnedSemaphorePermit;
+
+/// A synthesis admitted before its overlay is read: a slot and the base.
+#[derive(Debug)]
+pub struct SynthesisTicket {
+    base: BaseRecord,
+    slot: SynthesisSlot,
+}
 
 impl AppState {
     /// Takes a synthesis slot, or answers `busy` at once (no queueing: a queued device
@@ -64,19 +52,42 @@ impl AppState {
             })
     }
 
+    /// Admits a synthesis whose overlay is the request body: a slot (or `busy` at once)
+    /// and the base, both checked before the first byte is read.
+    pub async fn admit_synthesis(&self, base: &str) -> Result<SynthesisTicket, ServiceError> {
+        let slot = self.synthesis_slot()?;
+        let base = self.resolve_base(base).await?;
+        Ok(SynthesisTicket { base, slot })
+    }
+
+    /// Synthesizes from overlay bytes streaming in (decoding starts with the first
+    /// segment).
+    pub async fn synthesize_stream<R: Read + Send + 'static>(
+        &self,
+        ticket: SynthesisTicket,
+        reader: R,
+    ) -> Result<Session, ServiceError> {
+        let session = self
+            .synthesize_from(ticket.base, reader, None, ticket.slot)
+            .await?;
+        Ok(Session::from(&session))
+    }
+
     /// Synthesizes from an overlay stored here, in an import directory, uploaded, or at an
     /// allowed URL.
-    pub async fn synthesize(&self, req: Synthesize) -> Result<SessionRecord, ServiceError> {
+    pub async fn synthesize(&self, req: Synthesize) -> Result<Session, ServiceError> {
+        let session = self.synthesize_request(req).await?;
+        Ok(Session::from(&session))
+    }
+
+    async fn synthesize_request(&self, req: Synthesize) -> Result<SessionRecord, ServiceError> {
         // First, so that a `busy` answer leaves an uploaded overlay in place for the retry.
         let slot = self.synthesis_slot()?;
         let path = match (&req.overlay_id, &req.overlay_path, &req.overlay_url) {
-            (Some(id), None, None) => {
-                super::validate_id(id)?;
-                super::LocalInput::owned_by_daemon(PathBuf::from(
-                    self.store.overlay(id).await?.file_path,
-                ))
-            }
-            (None, Some(p), None) => self.import_path(p)?,
+            (Some(id), None, None) => super::LocalInput::owned_by_daemon(PathBuf::from(
+                self.ready_overlay(id).await?.file_path,
+            )),
+            (None, Some(p), None) => self.import_path(std::path::Path::new(p))?,
             (None, None, Some(url)) => return self.synthesize_from_url(&req.base, url, slot).await,
             _ => {
                 return Err(ServiceError::InvalidRequest(
@@ -85,7 +96,8 @@ impl AppState {
             }
         };
         let base = self.resolve_base(&req.base).await?;
-        let file = File::open(&*path).map_err(|e| ServiceError::internal("opening overlay", e))?;
+        let file =
+            File::open(&*path).map_err(|e| ServiceError::failed("opening the overlay", e))?;
         self.synthesize_from(
             base,
             BufReader::with_capacity(1 << 20, file),
@@ -124,12 +136,12 @@ impl AppState {
                 self.config.body_idle_timeout_s,
             ))
             .build()
-            .map_err(|e| ServiceError::internal("HTTP client", e))?;
+            .map_err(|e| ServiceError::failed("building the HTTP client", e))?;
         let response = client
             .get(parsed)
             .send()
             .await
-            .map_err(|e| ServiceError::FetchFailed(error_chain(&e)))?;
+            .map_err(|e| ServiceError::FetchFailed(chain(&e)))?;
         if !response.status().is_success() {
             return Err(ServiceError::FetchFailed(format!(
                 "{url} answered {}",
@@ -148,7 +160,7 @@ impl AppState {
 
     /// Synthesizes from overlay bytes read from `reader` (a file, or an upload streaming
     /// in: decoding starts with the first segment).
-    pub async fn synthesize_from<R: Read + Send + 'static>(
+    async fn synthesize_from<R: Read + Send + 'static>(
         &self,
         base: BaseRecord,
         reader: R,
@@ -156,10 +168,12 @@ impl AppState {
         _slot: SynthesisSlot,
     ) -> Result<SessionRecord, ServiceError> {
         let clock = std::time::Instant::now();
-        let (mut session, dir) = self.new_session_with_dir("synthesis", &base.id)?;
+        let (mut session, dir) = self.new_session_with_dir(SessionKind::Synthesis, &base.id)?;
         session.overlay_id = overlay_id;
         let vm = session.vm_name.clone().unwrap_or_default();
-        session.state = "decoding".into();
+        // Known now, so that an operator can find it while the overlay is still decoding.
+        session.console_path = Some(dir.join("console.sock").display().to_string());
+        session.advance(SessionState::Decoding)?;
         self.store.insert_session(&session).await?;
 
         let mut timer = StepTimer::default();
@@ -194,7 +208,7 @@ impl AppState {
                         Some(m) => m
                             .layout
                             .domain_xml()
-                            .map_err(|e| ServiceError::OverlayCorrupt(e.to_string()))?
+                            .map_err(|e| ServiceError::OverlayCorrupt(Box::new(e)))?
                             .to_string(),
                         None => template,
                     };
@@ -244,7 +258,7 @@ impl AppState {
                 .0
                 .insert("decode_base_pages".into(), ms(summary.base_pages_time));
 
-            session.state = "restoring".into();
+            session.advance(SessionState::Restoring)?;
             self.store.update_session(&session).await?;
             if has_memory {
                 timer.time("restore", self.hv.restore(&memory)).await?;
@@ -252,7 +266,6 @@ impl AppState {
             } else {
                 timer.time("boot", self.hv.start(&xml)).await?;
             }
-            session.console_path = Some(console.display().to_string());
             session.vnc_port = self.hv.vnc_port(&vm).await.ok().flatten().map(i64::from);
             let started = StepTimer::begin("ports");
             for port in merge_ports(&base, &guest_ports) {
@@ -261,7 +274,7 @@ impl AppState {
                 session.host_ports.0.insert(port, host);
             }
             timer.record("ports", started);
-            session.state = "running".into();
+            session.advance(SessionState::Running)?;
             Ok(())
         }
         .await;

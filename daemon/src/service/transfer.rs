@@ -1,26 +1,19 @@
 //! Moving a base between cloudlets as one file (`export-base` / `import-base`), streamed
 //! both ways; the archive format is the engine's (`cloudlet_engine::archive`).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
-use super::{blocking, error_chain, validate_name, ServiceError};
-use crate::store::bases::{state, BaseRecord};
+use cloudlet_api::{Base, ResourceState, Upload};
+
+use super::{blocking, validate_name, ServiceError};
+use crate::store::bases::BaseRecord;
 use crate::AppState;
 use cloudlet_engine::archive::{export_base, import_base};
 use cloudlet_engine::base::BasePaths;
-
-/// A file stored by `POST /uploads`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Upload {
-    /// Name it in a request as `upload:<id>`.
-    pub id: String,
-    /// Bytes received.
-    pub size: u64,
-}
 
 fn archive_meta(base: &BaseRecord) -> Result<Vec<u8>, ServiceError> {
     let meta = ArchiveMeta {
@@ -31,7 +24,7 @@ fn archive_meta(base: &BaseRecord) -> Result<Vec<u8>, ServiceError> {
         domain_xml: base.domain_xml.clone(),
         source_path: base.source_path.clone(),
     };
-    serde_json::to_vec(&meta).map_err(|e| ServiceError::internal("archive meta", e))
+    serde_json::to_vec(&meta).map_err(|e| ServiceError::failed("writing the archive's metadata", e))
 }
 
 /// What an archive carries besides the files.
@@ -46,33 +39,18 @@ struct ArchiveMeta {
 }
 
 impl AppState {
-    /// Writes base `selector` as one archive to `out` (on the blocking pool).
-    pub async fn export_base<W: Write + Send + 'static>(
-        &self,
-        selector: &str,
-        out: W,
-    ) -> Result<BaseRecord, ServiceError> {
-        let base = self.resolve_base(selector).await?;
-        let meta = archive_meta(&base)?;
-        let dir = PathBuf::from(&base.dir);
-        blocking(move || {
-            export_base(&dir, &meta, out)
-                .map_err(|e| ServiceError::internal("exporting base", error_chain(&e)))
-        })
-        .await?;
-        Ok(base)
-    }
-
     /// The archive of base `selector` as a file (for downloads with Content-Length and
     /// Range): built on first request, kept until the base is deleted.
-    pub async fn export_file(&self, selector: &str) -> Result<(BaseRecord, PathBuf), ServiceError> {
+    /// Answers (file name, path).
+    pub async fn export_file(&self, selector: &str) -> Result<(String, PathBuf), ServiceError> {
         let base = self.resolve_base(selector).await?;
         let path = self.data.export_file(&base.id);
         // One build at a time: concurrent first downloads wait for it instead of each
         // writing a base-sized copy.
         let _building = self.export_lock.lock().await;
+        let name = format!("{}.cldbase", base.name);
         if path.is_file() {
-            return Ok((base, path));
+            return Ok((name, path));
         }
         let meta = archive_meta(&base)?;
         let (dir, out) = (PathBuf::from(&base.dir), path.clone());
@@ -89,11 +67,11 @@ impl AppState {
             };
             build().map_err(|e| {
                 let _ = std::fs::remove_file(&part);
-                super::failure("exporting the base", &e)
+                ServiceError::failed("exporting the base", e)
             })
         })
         .await?;
-        Ok((base, path))
+        Ok((name, path))
     }
 
     /// Stores an uploaded file for a later request, which names it `upload:<id>`.
@@ -116,7 +94,7 @@ impl AppState {
             };
             store().map_err(|e| {
                 let _ = std::fs::remove_file(&part);
-                super::failure("storing the upload", &e)
+                ServiceError::failed("storing the upload", e)
             })
         })
         .await?;
@@ -129,30 +107,30 @@ impl AppState {
         &self,
         input: R,
         name: Option<String>,
-    ) -> Result<BaseRecord, ServiceError> {
+    ) -> Result<Base, ServiceError> {
         if let Some(n) = &name {
             validate_name(n)?;
         }
         let key = crate::store::new_id();
         let work = self.data.incoming().join(&key);
         std::fs::create_dir_all(&work)
-            .map_err(|e| ServiceError::internal("creating import directory", e))?;
+            .map_err(|e| ServiceError::failed("creating the import directory", e))?;
         let result = async {
             let (meta, id) = {
                 let work = work.clone();
                 blocking(move || {
                     import_base(input, &work).map_err(|e| {
                         if e.is_invalid_input() {
-                            ServiceError::InvalidRequest(error_chain(&e))
+                            ServiceError::invalid_input("base archive", e)
                         } else {
-                            super::failure("importing base", &e)
+                            ServiceError::failed("importing the base", e)
                         }
                     })
                 })
                 .await?
             };
             let meta: ArchiveMeta = serde_json::from_slice(&meta)
-                .map_err(|e| ServiceError::InvalidRequest(format!("base archive metadata: {e}")))?;
+                .map_err(|e| ServiceError::invalid_input("base archive metadata", e))?;
             let id = cloudlet_engine::decode::hex(&id);
             if id != meta.id {
                 return Err(ServiceError::InvalidRequest(format!(
@@ -169,17 +147,17 @@ impl AppState {
             validate_name(&name)?;
             let dir = self.data.bases().join(&key);
             std::fs::rename(&work, &dir)
-                .map_err(|e| ServiceError::internal("moving imported base", e))?;
+                .map_err(|e| ServiceError::failed("moving the imported base", e))?;
             let paths = BasePaths::in_dir(&dir);
             let list = cloudlet_engine::hashlist::HashList::open(&paths.hash_list)
-                .map_err(|e| ServiceError::internal("hash list", e))?;
+                .map_err(|e| ServiceError::failed("reading the hash list", e))?;
             let s = |p: &std::path::Path| p.display().to_string();
             let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             let has_memory = list.memory_pages() > 0;
             let record = BaseRecord {
                 id,
                 name,
-                state: state::READY.into(),
+                state: ResourceState::Ready,
                 source_path: meta.source_path,
                 dir: s(&dir),
                 disk_path: s(&paths.disk),
@@ -201,7 +179,7 @@ impl AppState {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e.into());
             }
-            Ok(record)
+            Ok(Base::from(&record))
         }
         .await;
         if result.is_err() {

@@ -1,29 +1,20 @@
 //! The `bases` table.
 
-use serde::Serialize;
+use cloudlet_api::ResourceState;
 use sqlx::types::Json;
 
 use super::db::{Store, StoreError};
 
-/// Lifecycle of a base row.
-pub mod state {
-    /// Files are being written; the row is not usable yet.
-    pub const CREATING: &str = "creating";
-    /// Complete and usable.
-    pub const READY: &str = "ready";
-    /// Being removed.
-    pub const DELETING: &str = "deleting";
-}
-
-/// One base VM.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+/// One base VM, as stored (the API shows a `cloudlet_api::Base` made from it).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct BaseRecord {
     /// Hex blake3 of the hash list.
     pub id: String,
     /// Unique human name.
     pub name: String,
-    /// See [`state`].
-    pub state: String,
+    /// Lifecycle.
+    #[sqlx(try_from = "String")]
+    pub state: ResourceState,
     /// Disk path the user created it from.
     pub source_path: Option<String>,
     /// Directory holding its files.
@@ -53,7 +44,6 @@ pub struct BaseRecord {
     /// Virtual CPUs.
     pub vcpus: i64,
     /// Guest TCP ports the app listens on.
-    #[schema(value_type = Vec<u16>)]
     pub guest_ports: Json<Vec<u16>>,
     /// RFC 3339 creation time.
     pub created_at: String,
@@ -71,7 +61,7 @@ impl Store {
         ))
         .bind(&b.id)
         .bind(&b.name)
-        .bind(&b.state)
+        .bind(b.state.as_str())
         .bind(&b.source_path)
         .bind(&b.dir)
         .bind(&b.disk_path)
@@ -98,9 +88,9 @@ impl Store {
     }
 
     /// Changes a base's state.
-    pub async fn set_base_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
+    pub async fn set_base_state(&self, id: &str, state: ResourceState) -> Result<(), StoreError> {
         let done = sqlx::query("UPDATE bases SET state = ? WHERE id = ?")
-            .bind(state)
+            .bind(state.as_str())
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -173,7 +163,7 @@ pub(crate) fn sample_base(id: &str, name: &str) -> BaseRecord {
     BaseRecord {
         id: id.into(),
         name: name.into(),
-        state: state::READY.into(),
+        state: ResourceState::Ready,
         source_path: Some(format!("/images/{name}.img")),
         dir: format!("/data/bases/{id}"),
         disk_path: "disk.raw".into(),
@@ -237,14 +227,17 @@ mod tests {
         assert!(by("zz").await.is_empty());
 
         store
-            .set_base_state("abcd1234", state::DELETING)
+            .set_base_state("abcd1234", ResourceState::Deleting)
             .await
             .unwrap();
-        assert_eq!(store.base("abcd1234").await.unwrap().state, state::DELETING);
+        assert_eq!(
+            store.base("abcd1234").await.unwrap().state,
+            ResourceState::Deleting
+        );
         store.delete_base("abcd1234").await.unwrap();
         assert_eq!(store.bases().await.unwrap().len(), 1);
         assert!(store
-            .set_base_state("abcd1234", state::READY)
+            .set_base_state("abcd1234", ResourceState::Ready)
             .await
             .is_err());
     }

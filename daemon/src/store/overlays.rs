@@ -1,12 +1,12 @@
 //! The `overlays` table.
 
-use serde::Serialize;
+use cloudlet_api::ResourceState;
 use sqlx::types::Json;
 
 use super::db::{Store, StoreError};
 
-/// One overlay.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+/// One overlay, as stored (the API shows a `cloudlet_api::Overlay` made from it).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct OverlayRecord {
     /// UUIDv7.
     pub id: String,
@@ -14,8 +14,9 @@ pub struct OverlayRecord {
     pub base_id: String,
     /// Optional human name.
     pub name: Option<String>,
-    /// `creating`, `ready` or `deleting` (as for bases).
-    pub state: String,
+    /// Lifecycle.
+    #[sqlx(try_from = "String")]
+    pub state: ResourceState,
     /// The overlay file.
     pub file_path: String,
     /// Its size.
@@ -27,10 +28,8 @@ pub struct OverlayRecord {
     /// Disk chunks it changes.
     pub modified_disk_chunks: i64,
     /// Counts per encoding, sizes and timings.
-    #[schema(value_type = Object)]
     pub stats: Json<serde_json::Value>,
     /// Guest TCP ports the app listens on.
-    #[schema(value_type = Vec<u16>)]
     pub guest_ports: Json<Vec<u16>>,
     /// Overlay session that made it.
     pub session_id: Option<String>,
@@ -50,7 +49,7 @@ impl Store {
         .bind(&o.id)
         .bind(&o.base_id)
         .bind(&o.name)
-        .bind(&o.state)
+        .bind(o.state.as_str())
         .bind(&o.file_path)
         .bind(o.file_size)
         .bind(o.disk_only)
@@ -66,9 +65,13 @@ impl Store {
     }
 
     /// Changes an overlay's state.
-    pub async fn set_overlay_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
+    pub async fn set_overlay_state(
+        &self,
+        id: &str,
+        state: ResourceState,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query("UPDATE overlays SET state = ? WHERE id = ?")
-            .bind(state)
+            .bind(state.as_str())
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -122,7 +125,7 @@ mod tests {
             id: id.into(),
             base_id: base.into(),
             name: None,
-            state: "ready".into(),
+            state: ResourceState::Ready,
             file_path: format!("/data/overlays/{id}.overlay"),
             file_size: 1234,
             disk_only: false,
@@ -159,7 +162,10 @@ mod tests {
             store.delete_base("b1").await.is_err(),
             "base with overlays must stay"
         );
-        store.set_overlay_state("o1", "deleting").await.unwrap();
+        store
+            .set_overlay_state("o1", ResourceState::Deleting)
+            .await
+            .unwrap();
         store.delete_overlay("o1").await.unwrap();
         store.delete_base("b1").await.unwrap();
         assert!(matches!(

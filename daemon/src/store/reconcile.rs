@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::bases::state;
 use super::{DataDir, Store, StoreError};
+use cloudlet_api::{ResourceState, SessionState};
 
 /// What reconciliation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -28,14 +28,14 @@ pub struct Repairs {
 pub async fn reconcile(store: &Store, data: &DataDir) -> Result<Repairs, StoreError> {
     let mut repairs = Repairs::default();
     for o in store.overlays(None).await? {
-        if o.state != state::READY {
+        if o.state != ResourceState::Ready {
             remove_path(Path::new(&o.file_path), &mut repairs);
             store.delete_overlay(&o.id).await?;
             repairs.rows_removed += 1;
         }
     }
     for b in store.bases().await? {
-        if b.state != state::READY && store.overlays(Some(&b.id)).await?.is_empty() {
+        if b.state != ResourceState::Ready && store.overlays(Some(&b.id)).await?.is_empty() {
             remove_path(Path::new(&b.dir), &mut repairs);
             store.delete_base(&b.id).await?;
             repairs.rows_removed += 1;
@@ -72,7 +72,9 @@ pub async fn reconcile(store: &Store, data: &DataDir) -> Result<Repairs, StoreEr
     remove_unowned(&data.incoming(), |_| false, &mut repairs);
 
     for mut s in store.active_sessions().await? {
-        s.state = "failed".into();
+        if s.advance(SessionState::Failed).is_err() {
+            continue; // cannot happen: every active state may fail
+        }
         s.error = Some("the daemon restarted while this session was active".into());
         store.update_session(&s).await?;
         repairs.sessions_failed += 1;
@@ -115,6 +117,7 @@ mod tests {
     use super::*;
     use crate::store::bases::sample_base;
     use crate::store::sessions::SessionRecord;
+    use cloudlet_api::SessionKind;
 
     #[tokio::test]
     async fn interrupted_work_is_undone_and_ready_data_kept() {
@@ -129,7 +132,7 @@ mod tests {
         store.insert_base(&ready).await.unwrap();
 
         let mut half = sample_base("half1", "half");
-        half.state = state::CREATING.into();
+        half.state = ResourceState::Creating;
         half.dir = data.base_dir("half1").display().to_string();
         std::fs::create_dir(&half.dir).unwrap();
         store.insert_base(&half).await.unwrap();
@@ -137,7 +140,7 @@ mod tests {
         std::fs::create_dir(data.base_dir("orphan")).unwrap();
         std::fs::write(data.overlays().join(".x.overlay.tmp-1-2"), b"partial").unwrap();
         std::fs::write(data.incoming().join("upload"), b"partial").unwrap();
-        let session = SessionRecord::new("synthesis", Some("ready1".into()));
+        let session = SessionRecord::new(SessionKind::Synthesis, Some("ready1".into()));
         store.insert_session(&session).await.unwrap();
 
         let r = reconcile(&store, &data).await.unwrap();
@@ -152,7 +155,10 @@ mod tests {
         assert!(Path::new(&ready.dir).join("disk.raw").exists());
         assert!(!Path::new(&half.dir).exists());
         assert!(store.base("half1").await.is_err());
-        assert_eq!(store.session(&session.id).await.unwrap().state, "failed");
+        assert_eq!(
+            store.session(&session.id).await.unwrap().state(),
+            SessionState::Failed
+        );
         assert_eq!(
             reconcile(&store, &data).await.unwrap(),
             Repairs::default(),

@@ -3,23 +3,22 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use cloudlet_api::{ScriptLineResult, SessionKind, SessionState};
 use sqlx::types::Json;
 
 use super::db::{Store, StoreError};
 
-/// Session states that mean "over".
-pub const FINAL_STATES: [&str; 3] = ["finished", "stopped", "failed"];
-
-/// One session.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+/// One session, as stored (the API shows a `cloudlet_api::Session` made from it).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SessionRecord {
     /// UUIDv7.
     pub id: String,
-    /// `base`, `overlay` or `synthesis`.
-    pub kind: String,
-    /// Current state.
-    pub state: String,
+    /// What it does.
+    #[sqlx(try_from = "String")]
+    pub kind: SessionKind,
+    /// Where it is; changed only through [`SessionRecord::advance`].
+    #[sqlx(try_from = "String")]
+    state: SessionState,
     /// Base it works on.
     pub base_id: Option<String>,
     /// Overlay it made or used.
@@ -33,10 +32,8 @@ pub struct SessionRecord {
     /// VNC port on loopback.
     pub vnc_port: Option<i64>,
     /// Guest port → host port.
-    #[schema(value_type = BTreeMap<String, u16>)]
     pub host_ports: Json<BTreeMap<u16, u16>>,
     /// Step → milliseconds.
-    #[schema(value_type = BTreeMap<String, u64>)]
     pub timings: Json<BTreeMap<String, u64>>,
     /// Why it failed.
     pub error: Option<String>,
@@ -47,22 +44,21 @@ pub struct SessionRecord {
     /// RFC 3339, when it reached a final state.
     pub ended_at: Option<String>,
     /// What the session needs to finish its work (flow-specific JSON).
-    #[schema(value_type = Object)]
     pub params: Json<serde_json::Value>,
-    /// Results of customization script lines: command, output, status.
-    #[schema(value_type = Vec<ScriptLineResult>)]
+    /// Results of customization scripts: command, output, status.
     pub script_results: Json<Vec<ScriptLineResult>>,
 }
 
-/// One customization script line run in the guest.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ScriptLineResult {
-    /// The line.
-    pub command: String,
-    /// What it printed.
-    pub output: String,
-    /// Its exit status (0: success).
-    pub status: i32,
+/// A state change the session state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a {kind} session cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    /// The session's kind.
+    pub kind: SessionKind,
+    /// Its state.
+    pub from: SessionState,
+    /// The state asked for.
+    pub to: SessionState,
 }
 
 const COLUMNS: &str = "id, kind, state, base_id, overlay_id, vm_name, run_dir, console_path, \
@@ -70,14 +66,14 @@ const COLUMNS: &str = "id, kind, state, base_id, overlay_id, vm_name, run_dir, c
 
 impl SessionRecord {
     /// A new session in state `starting`.
-    pub fn new(kind: &str, base_id: Option<String>) -> Self {
+    pub fn new(kind: SessionKind, base_id: Option<String>) -> Self {
         let id = super::new_id();
         let now = super::now_rfc3339();
         Self {
             vm_name: Some(format!("cloudlet-{id}")),
             id,
-            kind: kind.into(),
-            state: "starting".into(),
+            kind,
+            state: SessionState::Starting,
             base_id,
             overlay_id: None,
             run_dir: None,
@@ -93,6 +89,34 @@ impl SessionRecord {
             script_results: Json(Vec::new()),
         }
     }
+
+    /// Where the session is.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// Moves the session to `next`, if its state machine allows it
+    /// ([`SessionState::can_become`]); the caller stores the change.
+    pub fn advance(&mut self, next: SessionState) -> Result<(), IllegalTransition> {
+        if !self.state.can_become(next, self.kind) {
+            return Err(IllegalTransition {
+                kind: self.kind,
+                from: self.state,
+                to: next,
+            });
+        }
+        self.state = next;
+        Ok(())
+    }
+}
+
+/// `('finished', 'stopped', 'failed')`, for SQL.
+fn final_states_sql() -> String {
+    let names: Vec<String> = SessionState::FINAL
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!("({})", names.join(", "))
 }
 
 impl Store {
@@ -102,8 +126,8 @@ impl Store {
             "INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&s.id)
-        .bind(&s.kind)
-        .bind(&s.state)
+        .bind(s.kind.as_str())
+        .bind(s.state.as_str())
         .bind(&s.base_id)
         .bind(&s.overlay_id)
         .bind(&s.vm_name)
@@ -127,15 +151,16 @@ impl Store {
     /// stamps `updated_at`, and `ended_at` on reaching a final state.
     pub async fn update_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
         let now = super::now_rfc3339();
-        let ended = FINAL_STATES
-            .contains(&s.state.as_str())
+        let ended = s
+            .state
+            .is_final()
             .then(|| s.ended_at.clone().unwrap_or(now.clone()));
         let done = sqlx::query(
             "UPDATE sessions SET state = ?, overlay_id = ?, run_dir = ?, console_path = ?, vnc_port = ?, \
              host_ports = ?, timings = ?, error = ?, updated_at = ?, ended_at = ?, params = ?, \
              script_results = ? WHERE id = ?",
         )
-        .bind(&s.state)
+        .bind(s.state.as_str())
         .bind(&s.overlay_id)
         .bind(&s.run_dir)
         .bind(&s.console_path)
@@ -181,7 +206,8 @@ impl Store {
     /// Sessions not in a final state.
     pub async fn active_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         Ok(sqlx::query_as::<_, SessionRecord>(&format!(
-            "SELECT {COLUMNS} FROM sessions WHERE state NOT IN ('finished', 'stopped', 'failed') ORDER BY created_at"
+            "SELECT {COLUMNS} FROM sessions WHERE state NOT IN {} ORDER BY created_at",
+            final_states_sql()
         ))
         .fetch_all(self.pool())
         .await?)
@@ -189,12 +215,13 @@ impl Store {
 
     /// Removes finished sessions' rows (Elijah's `clear-session`); returns how many.
     pub async fn clear_finished_sessions(&self) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM sessions WHERE state IN ('finished', 'stopped', 'failed')")
-                .execute(self.pool())
-                .await?
-                .rows_affected(),
-        )
+        Ok(sqlx::query(&format!(
+            "DELETE FROM sessions WHERE state IN {}",
+            final_states_sql()
+        ))
+        .execute(self.pool())
+        .await?
+        .rows_affected())
     }
 }
 
@@ -206,10 +233,12 @@ mod tests {
     #[tokio::test]
     async fn lifecycle_with_timings_and_ports() {
         let (store, _dir) = test_store().await;
-        let mut s = SessionRecord::new("synthesis", None);
+        let mut s = SessionRecord::new(SessionKind::Synthesis, None);
         store.insert_session(&s).await.unwrap();
         assert_eq!(store.active_sessions().await.unwrap().len(), 1);
-        s.state = "running".into();
+        s.advance(SessionState::Decoding).unwrap();
+        s.advance(SessionState::Restoring).unwrap();
+        s.advance(SessionState::Running).unwrap();
         s.host_ports.0.insert(22, 40022);
         s.timings.0.insert("decode".into(), 120);
         store.update_session(&s).await.unwrap();
@@ -217,11 +246,20 @@ mod tests {
         assert_eq!(got.host_ports.0.get(&22), Some(&40022));
         assert_eq!(got.timings.0.get("decode"), Some(&120));
         assert!(got.ended_at.is_none());
-        s.state = "failed".into();
+        assert!(
+            s.advance(SessionState::Saving).is_err(),
+            "synthesis never saves"
+        );
+        s.advance(SessionState::Failed).unwrap();
         s.error = Some("boom".into());
         store.update_session(&s).await.unwrap();
         let got = store.session(&s.id).await.unwrap();
         assert!(got.ended_at.is_some());
+        assert_eq!(got.state(), SessionState::Failed);
+        assert!(
+            s.clone().advance(SessionState::Running).is_err(),
+            "failed is final"
+        );
         assert!(store.active_sessions().await.unwrap().is_empty());
         assert_eq!(store.clear_finished_sessions().await.unwrap(), 1);
         assert!(store.sessions().await.unwrap().is_empty());

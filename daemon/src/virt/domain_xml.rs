@@ -24,7 +24,7 @@ use super::{DomainType, VirtError, VmSpec};
 /// Paths are written as UTF-8 (`Path::display`); a non-UTF-8 path would reach libvirt
 /// altered and the start fails on a missing file, loudly. No `<cpu>` element: libvirt's
 /// default model (qemu64 under TCG) is portable, whereas `host-passthrough` and
-/// `host-model` make QEMU abort on nested hosts (shared/design/host-setup.md).
+/// `host-model` make QEMU abort on nested hosts (measured: MSR 0x10a).
 pub fn render(spec: &VmSpec) -> String {
     let mut x = String::with_capacity(2048);
     let kind = match spec.domain_type {
@@ -70,7 +70,7 @@ pub fn render(spec: &VmSpec) -> String {
     // has no backing file, and a synthesized disk (a qcow2 backed by the base disk) then
     // reads zeros for every base block (ext4 checksum errors in the guest). Without the
     // element libvirt probes the backing chain from the qcow2 header, which is what we want.
-    // See shared/design/host-setup.md, "Snapshots and overlays by hand".
+    // (Measured by hand: `virsh restore` of a save whose XML kept `<backingStore/>`.)
     // discard='unmap' passes guest TRIM through: discarded ranges become zero clusters in
     // the overlay qcow2, which the encoder records as modified-to-zero.
     let _ = write!(

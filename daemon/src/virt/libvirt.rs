@@ -15,7 +15,7 @@
 //! libvirt's default error handler prints every error to stderr; it is silenced once, the
 //! errors reach the caller as [`VirtError`] instead.
 //!
-//! Pitfalls (shared/design/host-setup.md): `virt` 0.5 wraps no domain save, hence the one
+//! Pitfalls: `virt` 0.5 wraps no domain save, hence the one
 //! `unsafe` call in `save_domain`; `qemu_monitor_command` needs the crate's `qemu`
 //! feature (links libvirt-qemu); the `virt` wrappers panic on a NUL byte in some string
 //! arguments, so every string is checked before it is handed over.

@@ -15,7 +15,7 @@
 //! - [`ports`]: host port forwarding through QEMU's monitor (`hostfwd_add`).
 //! - [`console`]: an async client for the guest's serial console.
 //!
-//! Host pitfalls this module encodes (measured, see `shared/design/host-setup.md`):
+//! Host pitfalls this module encodes (each measured on the project's machines):
 //! the domain type must be configurable (`kvm` hangs nested guests on the project's
 //! machines, tests use `qemu` = TCG) and no `host-passthrough`/`host-model` CPU is ever
 //! asked for (QEMU aborts on MSR 0x10a); a qcow2 disk must not carry an empty

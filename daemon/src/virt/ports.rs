@@ -3,7 +3,7 @@
 //! `ports_address` setting, 127.0.0.1 by default). Works after a boot
 //! and after a restore alike (the user network keeps no state across a save; the guest's
 //! address does), so every session gets its own free host port instead of ports baked
-//! into the overlay as Elijah did. See shared/design/host-setup.md, "Reaching an app".
+//! into the overlay as Elijah did (the guest reaches the host through slirp's NAT).
 //!
 //! The host port is found by binding ADDRESS:0 and closing the socket, so another
 //! process can take it before QEMU binds it: QEMU then answers with an error text, and

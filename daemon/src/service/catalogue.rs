@@ -1,0 +1,122 @@
+//! Reading the catalogue: what the list and show routes answer, the daemon's health, the
+//! metrics' session counts. Only items that are `ready` are shown; rows still being
+//! written or removed are invisible to clients.
+
+use std::path::PathBuf;
+
+use cloudlet_api::{
+    Base, Cleared, Health, HealthStatus, Overlay, ResourceState, Session, SessionHost,
+};
+
+use super::views::host_view;
+use super::{validate_id, ServiceError};
+use crate::store::overlays::OverlayRecord;
+use crate::AppState;
+
+impl AppState {
+    /// Ready bases (`list-base`).
+    pub async fn list_bases(&self) -> Result<Vec<Base>, ServiceError> {
+        Ok(self
+            .store
+            .bases()
+            .await?
+            .iter()
+            .filter(|b| b.state == ResourceState::Ready)
+            .map(Base::from)
+            .collect())
+    }
+
+    /// The ready base a selector means.
+    pub async fn base(&self, selector: &str) -> Result<Base, ServiceError> {
+        Ok(Base::from(&self.resolve_base(selector).await?))
+    }
+
+    /// Ready overlays (`list-overlay`).
+    pub async fn list_overlays(&self) -> Result<Vec<Overlay>, ServiceError> {
+        Ok(self
+            .store
+            .overlays(None)
+            .await?
+            .iter()
+            .filter(|o| o.state == ResourceState::Ready)
+            .map(Overlay::from)
+            .collect())
+    }
+
+    /// A ready overlay's row.
+    pub(crate) async fn ready_overlay(&self, id: &str) -> Result<OverlayRecord, ServiceError> {
+        validate_id(id)?;
+        let overlay = self.store.overlay(id).await?;
+        if overlay.state != ResourceState::Ready {
+            return Err(ServiceError::NotFound(format!("overlay {id}")));
+        }
+        Ok(overlay)
+    }
+
+    /// One ready overlay.
+    pub async fn overlay(&self, id: &str) -> Result<Overlay, ServiceError> {
+        Ok(Overlay::from(&self.ready_overlay(id).await?))
+    }
+
+    /// A ready overlay's file, for download: (file name, path).
+    pub async fn overlay_file(&self, id: &str) -> Result<(String, PathBuf), ServiceError> {
+        let overlay = self.ready_overlay(id).await?;
+        Ok((format!("{id}.overlay"), PathBuf::from(overlay.file_path)))
+    }
+
+    /// Every session (`list-session`), oldest first.
+    pub async fn list_sessions(&self) -> Result<Vec<Session>, ServiceError> {
+        Ok(self
+            .store
+            .sessions()
+            .await?
+            .iter()
+            .map(Session::from)
+            .collect())
+    }
+
+    /// One session.
+    pub async fn session(&self, id: &str) -> Result<Session, ServiceError> {
+        Ok(Session::from(&self.session_record(id).await?))
+    }
+
+    /// Where a session's files are on this host (operators only).
+    pub async fn session_host(&self, id: &str) -> Result<SessionHost, ServiceError> {
+        Ok(host_view(&self.session_record(id).await?))
+    }
+
+    /// Removes ended sessions from the history (`clear-session`).
+    pub async fn clear_sessions(&self) -> Result<Cleared, ServiceError> {
+        let removed = self.store.clear_finished_sessions().await?;
+        Ok(Cleared { removed })
+    }
+
+    /// Liveness: the daemon answers and its catalogue responds.
+    pub async fn health(&self) -> Result<Health, ServiceError> {
+        let bases = self.list_bases().await.map_err(|e| {
+            tracing::error!(error = %super::chain(&e), "health check: catalogue unavailable");
+            ServiceError::Busy {
+                what: "the catalogue is unavailable".into(),
+                retry_after_s: 5,
+            }
+        })?;
+        Ok(Health {
+            status: HealthStatus::Ok,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            bases: u64::try_from(bases.len()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Metrics text, with the active sessions counted by kind.
+    pub async fn metrics_text(&self) -> Result<String, ServiceError> {
+        let mut active: Vec<(String, i64)> = Vec::new();
+        for session in self.store.active_sessions().await? {
+            let kind = session.kind.as_str();
+            match active.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, n)) => *n += 1,
+                None => active.push((kind.to_string(), 1)),
+            }
+        }
+        Ok(self.metrics.render(&active))
+    }
+}
