@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The crate graph enforces the architecture: the engine links neither HTTP nor libvirt nor
-# SQL, and the CLI (which runs on edge devices) never links libvirt.
+# SQL, and the CLI (which runs on edge devices) never links libvirt nor the engine's codec.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail=0
@@ -10,6 +10,12 @@ if deps cloudlet-engine | grep -qE '^(axum|hyper|sqlx|virt|tokio)$'; then
 fi
 if deps cloudlet | grep -qE '^(virt|virt-sys|sqlx)$'; then
   echo "the cloudlet CLI depends on libvirt or sqlx"; fail=1
+fi
+# The CLI links the engine without its `codec` feature: it only reads overlays.
+codec_deps=$(deps cloudlet | grep -E '^(rayon|xdelta3|memmap2)$' || true)
+if [ -n "$codec_deps" ]; then
+  echo "the cloudlet CLI links the engine's codec crates (build it with default-features = false):"
+  echo "$codec_deps"; fail=1
 fi
 [ "$fail" = 0 ] && echo "crate boundaries ok"
 exit "$fail"

@@ -18,6 +18,7 @@ use std::path::Path;
 
 use crate::base::{Base, BaseError, BasePaths};
 use crate::chunk::ChunkHash;
+use crate::cursor::Cursor;
 
 const MAGIC: &[u8; 8] = b"CLDBASEX";
 const MAJOR: u16 = 1;
@@ -164,7 +165,7 @@ pub fn import_base<R: Read>(input: R, dir: &Path) -> Result<(Vec<u8>, ChunkHash)
     input
         .read_exact(&mut head)
         .map_err(|_| ArchiveError::BadHeader)?;
-    if &head[..8] != MAGIC || u16::from_le_bytes([head[8], head[9]]) != MAJOR {
+    if &head[..8] != MAGIC || Cursor::at(&head, MAGIC.len()).u16_le() != Ok(MAJOR) {
         return Err(ArchiveError::BadHeader);
     }
     let decoder = zstd::stream::Decoder::new(input).map_err(ArchiveError::Io)?;

@@ -6,65 +6,42 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// A file being written; it appears under its final name only on [`AtomicFile::commit`].
-/// Dropped without commit, the temporary file is removed.
+/// A temporary name next to `final_path`, for a file that someone else creates and
+/// writes (a writer that wants a path, e.g. the qcow2 writer). Nothing is created here;
+/// whatever is at the temporary name is removed on drop unless committed.
 #[derive(Debug)]
-pub struct AtomicFile {
-    file: Option<File>,
+pub struct AtomicPath {
     tmp_path: PathBuf,
     final_path: PathBuf,
+    committed: bool,
 }
 
-impl AtomicFile {
-    /// Starts writing `final_path` (which may already exist: commit replaces it).
-    pub fn create(final_path: &Path) -> io::Result<Self> {
-        let dir = parent_dir(final_path);
+impl AtomicPath {
+    /// Picks a fresh temporary name for `final_path` (which may already exist: commit
+    /// replaces it).
+    pub fn new(final_path: &Path) -> io::Result<Self> {
         let name = final_path
             .file_name()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
         tmp_name.push(format!(".tmp-{}-{}", std::process::id(), unique_suffix()));
-        let tmp_path = dir.join(tmp_name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)?;
         Ok(Self {
-            file: Some(file),
-            tmp_path,
+            tmp_path: parent_dir(final_path).join(tmp_name),
             final_path: final_path.to_path_buf(),
+            committed: false,
         })
     }
 
-    /// The open temporary file.
-    pub fn file(&self) -> &File {
-        // `file` is only None after commit, which consumes self.
-        self.file
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("file taken before commit"))
-    }
-
-    /// Path of the temporary file (for tools that need a path, e.g. to reopen it).
+    /// Path of the temporary file.
     pub fn tmp_path(&self) -> &Path {
         &self.tmp_path
     }
 
-    /// fsyncs the data, renames it to its final name and fsyncs the directory.
-    pub fn commit(self) -> io::Result<PathBuf> {
-        self.commit_with(true)
-    }
-
-    /// Renames to the final name; with `durable`, fsyncs data and directory too. Files
-    /// that a crash makes worthless anyway (a running VM's synthesized images) skip the
-    /// fsyncs, which cost more than the rest of synthesis.
+    /// Renames the temporary file to its final name; with `durable`, fsyncs the directory
+    /// too. The file's data is the writer's to fsync before.
     pub fn commit_with(mut self, durable: bool) -> io::Result<PathBuf> {
-        if let Some(file) = self.file.take() {
-            if durable {
-                file.sync_all()?;
-            }
-        }
+        self.committed = true;
         if let Err(e) = std::fs::rename(&self.tmp_path, &self.final_path) {
             let _ = std::fs::remove_file(&self.tmp_path);
             return Err(e);
@@ -76,11 +53,58 @@ impl AtomicFile {
     }
 }
 
-impl Drop for AtomicFile {
+impl Drop for AtomicPath {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.committed {
             let _ = std::fs::remove_file(&self.tmp_path);
         }
+    }
+}
+
+/// A file being written; it appears under its final name only on [`AtomicFile::commit`].
+/// Dropped without commit, the temporary file is removed.
+#[derive(Debug)]
+pub struct AtomicFile {
+    file: File,
+    path: AtomicPath,
+}
+
+impl AtomicFile {
+    /// Starts writing `final_path` (which may already exist: commit replaces it).
+    pub fn create(final_path: &Path) -> io::Result<Self> {
+        let path = AtomicPath::new(final_path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path.tmp_path())?;
+        Ok(Self { file, path })
+    }
+
+    /// The open temporary file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Path of the temporary file (for tools that need a path, e.g. to reopen it).
+    pub fn tmp_path(&self) -> &Path {
+        self.path.tmp_path()
+    }
+
+    /// fsyncs the data, renames it to its final name and fsyncs the directory.
+    pub fn commit(self) -> io::Result<PathBuf> {
+        self.commit_with(true)
+    }
+
+    /// Renames to the final name; with `durable`, fsyncs data and directory too. Files
+    /// that a crash makes worthless anyway (a running VM's synthesized images) skip the
+    /// fsyncs, which cost more than the rest of synthesis.
+    pub fn commit_with(self, durable: bool) -> io::Result<PathBuf> {
+        if durable {
+            self.file.sync_all()?;
+        }
+        drop(self.file);
+        self.path.commit_with(durable)
     }
 }
 
@@ -140,5 +164,21 @@ mod tests {
         f.write_all(b"partial").unwrap();
         drop(f);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn path_removes_what_was_created_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.bin");
+        let tmp = AtomicPath::new(&path).unwrap();
+        std::fs::write(tmp.tmp_path(), b"x").unwrap();
+        drop(tmp);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let tmp = AtomicPath::new(&path).unwrap();
+        std::fs::write(tmp.tmp_path(), b"y").unwrap();
+        assert!(!path.exists());
+        tmp.commit_with(false).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"y");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

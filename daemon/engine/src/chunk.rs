@@ -47,6 +47,42 @@ impl ImageKind {
     }
 }
 
+/// Where a base chunk lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// Disk or memory.
+    pub kind: ImageKind,
+    /// Chunk (disk) or global page (memory) index.
+    pub index: u64,
+}
+
+impl Location {
+    /// Packs into one u64 (top bit: memory).
+    pub fn to_u64(self) -> u64 {
+        match self.kind {
+            ImageKind::Memory => self.index | MEMORY_LOCATION_BIT,
+            ImageKind::Disk => self.index,
+        }
+    }
+    /// Inverse of [`Location::to_u64`].
+    pub fn from_u64(v: u64) -> Self {
+        if v & MEMORY_LOCATION_BIT != 0 {
+            Location {
+                kind: ImageKind::Memory,
+                index: v & !MEMORY_LOCATION_BIT,
+            }
+        } else {
+            Location {
+                kind: ImageKind::Disk,
+                index: v,
+            }
+        }
+    }
+}
+
+/// Location bit marking a memory page (clear: a disk chunk).
+const MEMORY_LOCATION_BIT: u64 = 1 << 63;
+
 /// Hash of one chunk.
 pub fn hash_chunk(data: &[u8]) -> ChunkHash {
     *blake3::hash(data).as_bytes()
@@ -98,5 +134,25 @@ mod tests {
         assert_eq!(chunk_count(1), 1);
         assert_eq!(chunk_count(4096), 1);
         assert_eq!(chunk_count(4097), 2);
+    }
+
+    #[test]
+    fn location_packing() {
+        for loc in [
+            Location {
+                kind: ImageKind::Disk,
+                index: 0,
+            },
+            Location {
+                kind: ImageKind::Memory,
+                index: 0,
+            },
+            Location {
+                kind: ImageKind::Memory,
+                index: 123_456_789,
+            },
+        ] {
+            assert_eq!(Location::from_u64(loc.to_u64()), loc);
+        }
     }
 }

@@ -254,7 +254,7 @@ impl<'a> Builder<'a> {
             let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Batch>();
             let producer = scope.spawn(move || -> Result<_, SaveFileError> {
                 let mut seen =
-                    crate::format::Bitmap::new(pages).map_err(|_| SaveFileError::TooLarge {
+                    crate::bitmap::Bitmap::new(pages).map_err(|_| SaveFileError::TooLarge {
                         what: "guest RAM",
                         size: pages,
                         limit: crate::limits::MAX_RAM_BYTES / CHUNK_SIZE_BYTES as u64,

@@ -32,14 +32,16 @@ use crate::atomic::AtomicFile;
 use crate::chunk::{
     chunk_count, hash_chunk, zero_chunk_hash, ChunkHash, ImageKind, CHUNK_SIZE_BYTES,
 };
+use crate::cursor::Cursor;
+// Defined with the chunk types (overlay metadata names locations without a hash list);
+// re-exported where callers have always found it.
+pub use crate::chunk::Location;
 
 const HASHLIST_MAGIC: &[u8; 8] = b"CLDHASH1";
 const HASHLIST_HEADER_BYTES: usize = 32;
 const INDEX_MAGIC: &[u8; 8] = b"CLDINDX1";
 const INDEX_HEADER_BYTES: usize = 16;
 const INDEX_ENTRY_BYTES: usize = 16;
-/// Location bit marking a memory page (clear: a disk chunk).
-const MEMORY_LOCATION_BIT: u64 = 1 << 63;
 /// Bytes hashed per parallel work item when hashing a disk.
 const HASH_BATCH_BYTES: usize = 4 << 20;
 
@@ -76,39 +78,6 @@ impl HashListError {
         HashListError::Corrupt {
             path: path.display().to_string(),
             reason,
-        }
-    }
-}
-
-/// Where a base chunk lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Location {
-    /// Disk or memory.
-    pub kind: ImageKind,
-    /// Chunk (disk) or global page (memory) index.
-    pub index: u64,
-}
-
-impl Location {
-    /// Packs into one u64 (top bit: memory).
-    pub fn to_u64(self) -> u64 {
-        match self.kind {
-            ImageKind::Memory => self.index | MEMORY_LOCATION_BIT,
-            ImageKind::Disk => self.index,
-        }
-    }
-    /// Inverse of [`Location::to_u64`].
-    pub fn from_u64(v: u64) -> Self {
-        if v & MEMORY_LOCATION_BIT != 0 {
-            Location {
-                kind: ImageKind::Memory,
-                index: v & !MEMORY_LOCATION_BIT,
-            }
-        } else {
-            Location {
-                kind: ImageKind::Disk,
-                index: v,
-            }
         }
     }
 }
@@ -202,9 +171,11 @@ impl HashList {
         if &header[..8] != HASHLIST_MAGIC {
             return Err(HashListError::corrupt(path, "bad magic"));
         }
-        let disk_size = le_u64(&header[8..16]);
-        let disk_chunks = le_u64(&header[16..24]);
-        let memory_pages = le_u64(&header[24..32]);
+        let mut fields = Cursor::at(header, HASHLIST_MAGIC.len());
+        let short = |_| HashListError::corrupt(path, "shorter than its header");
+        let disk_size = fields.u64_le().map_err(short)?;
+        let disk_chunks = fields.u64_le().map_err(short)?;
+        let memory_pages = fields.u64_le().map_err(short)?;
         let expected = disk_chunks
             .checked_add(memory_pages)
             .and_then(|n| n.checked_mul(32))
@@ -327,7 +298,10 @@ impl HashIndex {
         if &header[..8] != INDEX_MAGIC {
             return Err(HashListError::corrupt(path, "bad magic"));
         }
-        let entries = usize::try_from(le_u64(&header[8..16]))
+        let entries = Cursor::at(header, INDEX_MAGIC.len())
+            .u64_le()
+            .map_err(|_| HashListError::corrupt(path, "shorter than its header"))?;
+        let entries = usize::try_from(entries)
             .map_err(|_| HashListError::corrupt(path, "entry count too large"))?;
         let expected = entries
             .checked_mul(INDEX_ENTRY_BYTES)
@@ -353,9 +327,10 @@ impl HashIndex {
 
     fn entry(&self, i: usize) -> (u64, u64) {
         let at = INDEX_HEADER_BYTES + i * INDEX_ENTRY_BYTES;
-        match self.map.get(at..at + INDEX_ENTRY_BYTES) {
-            Some(e) => (le_u64(&e[..8]), le_u64(&e[8..])),
-            None => (u64::MAX, u64::MAX),
+        let mut e = Cursor::at(&self.map, at);
+        match (e.u64_le(), e.u64_le()) {
+            (Ok(prefix), Ok(location)) => (prefix, location),
+            _ => (u64::MAX, u64::MAX),
         }
     }
 
@@ -379,14 +354,10 @@ impl HashIndex {
     }
 }
 
+/// The first 8 bytes of a hash, the index's sort key.
 fn prefix(h: &ChunkHash) -> u64 {
-    le_u64(&h[..8])
-}
-
-fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
+    // A hash is 32 bytes: never short.
+    Cursor::new(h).u64_le().unwrap_or(0)
 }
 
 #[allow(unsafe_code)]
@@ -477,26 +448,6 @@ mod tests {
             assert!(HashList::open(&p).is_err(), "cut at {cut}");
             std::fs::write(&p, &full[..cut]).unwrap();
             assert!(HashIndex::open(&p).is_err(), "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn location_packing() {
-        for loc in [
-            Location {
-                kind: ImageKind::Disk,
-                index: 0,
-            },
-            Location {
-                kind: ImageKind::Memory,
-                index: 0,
-            },
-            Location {
-                kind: ImageKind::Memory,
-                index: 123_456_789,
-            },
-        ] {
-            assert_eq!(Location::from_u64(loc.to_u64()), loc);
         }
     }
 }

@@ -62,7 +62,7 @@ pub fn load_or_create(path: &Path) -> io::Result<Token> {
             }
             let mut bytes = [0u8; 32];
             rand::fill(&mut bytes);
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let token = cloudlet_engine::hex::encode(&bytes);
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)

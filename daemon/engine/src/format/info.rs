@@ -46,7 +46,7 @@ impl OverlayMeta {
         let modified_bytes = (memory.modified() + disk.modified()) * CHUNK_SIZE_U64;
         OverlayInfo {
             format_version: format!("{}.{}", super::FORMAT_MAJOR, super::FORMAT_MINOR),
-            base_id: crate::decode::hex(&self.base_id),
+            base_id: crate::hex::encode(&self.base_id),
             file_size,
             disk_size: self.disk_size,
             memory_size: self.memory.as_ref().map_or(0, |m| m.layout.ram_bytes()),

@@ -1,8 +1,11 @@
 //! The overlay metadata: what the overlay was made from and where every chunk goes.
 //! Serialized little-endian; see `docs/overlay-format.md` for the table.
 
-use crate::chunk::{chunk_count, zero_chunk_hash, ChunkHash, ImageKind, CHUNK_SIZE_BYTES};
-use crate::hashlist::Location;
+use crate::bitmap::Bitmap;
+use crate::chunk::{
+    chunk_count, zero_chunk_hash, ChunkHash, ImageKind, Location, CHUNK_SIZE_BYTES,
+};
+use crate::cursor;
 use crate::savefile::SaveFileLayout;
 
 use super::FormatError;
@@ -248,7 +251,7 @@ impl OverlayMeta {
     /// Parses and validates metadata of format major version `major`. Trailing bytes are
     /// allowed (fields a newer minor version appended).
     pub(crate) fn from_bytes(bytes: &[u8], major: u16) -> Result<Self, FormatError> {
-        let mut c = Cursor { bytes, pos: 0 };
+        let mut c = Cursor(cursor::Cursor::new(bytes));
         let base_id = c.array::<32>()?;
         let disk_size = c.u64()?;
         // Checked before anything is sized by it (validation allocates a bitmap per chunk).
@@ -499,6 +502,10 @@ fn invalid(msg: &str) -> FormatError {
     FormatError::Invalid(msg.to_string())
 }
 
+fn ends_early(_: cursor::Truncated) -> FormatError {
+    invalid("metadata ends early")
+}
+
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
@@ -508,32 +515,25 @@ fn put_blob(out: &mut Vec<u8>, blob: &[u8]) {
     out.extend_from_slice(blob);
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
+/// The metadata's reader: the crate's cursor plus varints, blobs and counts, with any
+/// truncation reported as the metadata ending early.
+struct Cursor<'a>(cursor::Cursor<'a>);
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| invalid("metadata ends early"))?;
-        let s = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(s)
+        self.0.bytes(n).map_err(ends_early)
     }
     fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
+        self.0.array().map_err(ends_early)
     }
     fn u8(&mut self) -> Result<u8, FormatError> {
-        Ok(self.array::<1>()?[0])
+        self.0.u8().map_err(ends_early)
     }
     fn u32(&mut self) -> Result<u32, FormatError> {
-        Ok(u32::from_le_bytes(self.array()?))
+        self.0.u32_le().map_err(ends_early)
     }
     fn u64(&mut self) -> Result<u64, FormatError> {
-        Ok(u64::from_le_bytes(self.array()?))
+        self.0.u64_le().map_err(ends_early)
     }
     fn varint(&mut self) -> Result<u64, FormatError> {
         let mut v = 0u64;
@@ -558,51 +558,12 @@ impl<'a> Cursor<'a> {
     /// metadata cannot hold that many, so a corrupt count cannot cause a huge allocation.
     fn count(&mut self, item_bytes: usize) -> Result<usize, FormatError> {
         let n = usize::try_from(self.u64()?).map_err(|_| invalid("count too large"))?;
-        let left = self.bytes.len() - self.pos;
-        if n.checked_mul(item_bytes).is_none_or(|need| need > left) {
+        if n.checked_mul(item_bytes)
+            .is_none_or(|need| need > self.0.remaining())
+        {
             return Err(invalid("count larger than the metadata"));
         }
         Ok(n)
-    }
-}
-
-/// A bitmap over `0..len`, used to check that no chunk is set twice.
-pub(crate) struct Bitmap {
-    words: Vec<u64>,
-    len: u64,
-}
-
-impl Bitmap {
-    pub(crate) fn new(len: u64) -> Result<Self, FormatError> {
-        let words = usize::try_from(len.div_ceil(64)).map_err(|_| invalid("image too large"))?;
-        Ok(Self {
-            words: vec![0; words],
-            len,
-        })
-    }
-
-    /// Sets bit `i`; false if it was already set or is out of range.
-    pub(crate) fn insert(&mut self, i: u64) -> bool {
-        if i >= self.len {
-            return false;
-        }
-        let Some(word) = usize::try_from(i / 64)
-            .ok()
-            .and_then(|w| self.words.get_mut(w))
-        else {
-            return false;
-        };
-        let bit = 1u64 << (i % 64);
-        let fresh = *word & bit == 0;
-        *word |= bit;
-        fresh
-    }
-
-    pub(crate) fn contains(&self, i: u64) -> bool {
-        usize::try_from(i / 64)
-            .ok()
-            .and_then(|w| self.words.get(w))
-            .is_some_and(|word| word & (1u64 << (i % 64)) != 0)
     }
 }
 
@@ -726,15 +687,11 @@ mod tests {
 
     #[test]
     fn overlong_varints_are_refused() {
-        let mut c = Cursor {
-            bytes: &[0xff; 11],
-            pos: 0,
-        };
+        let mut c = Cursor(cursor::Cursor::new(&[0xff; 11]));
         assert!(c.varint().is_err());
-        let mut c = Cursor {
-            bytes: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
-            pos: 0,
-        };
+        let mut c = Cursor(cursor::Cursor::new(&[
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ]));
         assert!(c.varint().is_err(), "65th bit");
     }
 
@@ -762,9 +719,9 @@ mod tests {
         fn varints_and_zigzag_round_trip(v in any::<u64>()) {
             let mut out = Vec::new();
             put_varint(&mut out, zigzag(v));
-            let mut c = Cursor { bytes: &out, pos: 0 };
+            let mut c = Cursor(cursor::Cursor::new(&out));
             prop_assert_eq!(unzigzag(c.varint().expect("reads")), v);
-            prop_assert_eq!(c.pos, out.len());
+            prop_assert_eq!(c.0.remaining(), 0);
         }
     }
 }

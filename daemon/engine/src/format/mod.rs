@@ -27,7 +27,7 @@ mod writer;
 pub(crate) mod zstd_ctx;
 
 pub use info::OverlayInfo;
-pub(crate) use meta::Bitmap;
+
 pub use meta::{Encoding, EncodingCounts, MemorySnapshot, OverlayMeta, Record, SegmentEntry};
 pub use reader::{decompress_segment, OverlayReader, Segment};
 pub use writer::OverlayWriter;

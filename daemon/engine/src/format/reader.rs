@@ -4,6 +4,7 @@
 use std::io::Read;
 
 use crate::chunk::ChunkHash;
+use crate::cursor::Cursor;
 use crate::limits::{
     MAX_OVERLAY_META_BYTES, MAX_OVERLAY_META_DECOMPRESSED_BYTES, MAX_SEGMENT_BYTES,
 };
@@ -54,31 +55,26 @@ fn parse_header(h: &[u8; HEADER_BYTES]) -> Result<Header, FormatError> {
     if h[64..72] != header_check(&h[..64]) {
         return Err(FormatError::HeaderChecksum);
     }
-    let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
-    let u64_at = |i: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&h[i..i + 8]);
-        u64::from_le_bytes(a)
-    };
-    let (major, minor) = (u16_at(8), u16_at(10));
+    // The fields follow the magic in this order; the array is long enough for all of them.
+    let mut c = Cursor::at(h, MAGIC.len());
+    let short = |_| FormatError::Invalid("header ends early".into());
+    let (major, minor) = (c.u16_le().map_err(short)?, c.u16_le().map_err(short)?);
     if !(FORMAT_MAJOR_OLDEST..=FORMAT_MAJOR).contains(&major) {
         return Err(FormatError::UnsupportedVersion { major, minor });
     }
     // Version 1 reserved these bytes as zero flags, which reads as no padding.
-    let pad = u64::from(u32::from_le_bytes([h[12], h[13], h[14], h[15]]));
+    let pad = u64::from(c.u32_le().map_err(short)?);
     if pad > MAX_PAYLOAD_PAD {
         return Err(FormatError::Invalid(format!(
             "payload padding of {pad} bytes is larger than allowed"
         )));
     }
-    let mut meta_hash = [0u8; 32];
-    meta_hash.copy_from_slice(&h[32..64]);
     Ok(Header {
         major,
         minor,
-        meta_compressed_len: u64_at(16),
-        meta_len: u64_at(24),
-        meta_hash,
+        meta_compressed_len: c.u64_le().map_err(short)?,
+        meta_len: c.u64_le().map_err(short)?,
+        meta_hash: c.array().map_err(short)?,
         pad,
     })
 }

@@ -251,6 +251,7 @@ fn write_at_start(file: &File, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursor::Cursor;
     use crate::format::{FormatError, OverlayReader};
     use std::io::BufReader;
 
@@ -292,9 +293,9 @@ mod tests {
         let leftovers = std::fs::read_dir(dir.path()).expect("dir").count();
         assert_eq!(leftovers, 1, "temporary files left behind");
         let payload: u64 = sizes.iter().map(|&s| s as u64).sum();
-        let mut h = [0u8; 4];
-        h.copy_from_slice(&std::fs::read(&path).expect("read")[12..16]);
-        (u64::from(u32::from_le_bytes(h)), size - payload)
+        let file = std::fs::read(&path).expect("read");
+        let pad = Cursor::at(&file, 12).u32_le().expect("header");
+        (u64::from(pad), size - payload)
     }
 
     #[test]
@@ -324,15 +325,12 @@ mod tests {
         w.push_segment(0, 0, 0, bytes, hash).expect("push");
         w.finish(meta()).expect("finish");
         let mut data = std::fs::read(&path).expect("read");
-        let mut h = [0u8; 4];
-        h.copy_from_slice(&data[12..16]);
-        let pad = u32::from_le_bytes(h) as usize;
+        let mut fields = Cursor::at(&data, 12);
+        let pad = fields.u32_le().expect("padding") as usize;
         if pad == 0 {
             return; // this file system cannot insert ranges: nothing padded to tamper with
         }
-        let mut m = [0u8; 8];
-        m.copy_from_slice(&data[16..24]);
-        let pad_start = HEADER_BYTES + u64::from_le_bytes(m) as usize;
+        let pad_start = HEADER_BYTES + fields.u64_le().expect("metadata length") as usize;
         data[pad_start + pad / 2] = 1;
         let err = OverlayReader::open(&data[..]).expect_err("tampered padding");
         assert!(matches!(err, FormatError::Invalid(_)), "{err:?}");

@@ -209,18 +209,6 @@ fn push_extent(extents: &mut Vec<Extent>, extent: Extent) {
     extents.push(extent);
 }
 
-/// Big-endian `u32` at `at`, if `buf` is long enough.
-fn be_u32(buf: &[u8], at: usize) -> Option<u32> {
-    let bytes = buf.get(at..at.checked_add(4)?)?;
-    Some(u32::from_be_bytes(bytes.try_into().ok()?))
-}
-
-/// Big-endian `u64` at `at`, if `buf` is long enough.
-fn be_u64(buf: &[u8], at: usize) -> Option<u64> {
-    let bytes = buf.get(at..at.checked_add(8)?)?;
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
 /// The big-endian `u64` entries of a table (a trailing partial entry is ignored).
 fn table_entries(buf: &[u8]) -> impl Iterator<Item = u64> + '_ {
     buf.chunks_exact(8).map(|entry| {

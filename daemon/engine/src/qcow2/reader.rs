@@ -4,11 +4,13 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::cursor::Cursor;
+
 use super::{
-    be_u32, be_u64, push_extent, table_entries, to_usize, Extent, ExtentKind, Qcow2Error,
-    EXT_BACKING_FORMAT, EXT_END, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_EXTENDED_L2,
-    INCOMPAT_KNOWN, MAGIC, MAX_BACKING_NAME_BYTES, MAX_CLUSTER_BITS, MAX_L1_BYTES,
-    MIN_CLUSTER_BITS, OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_ZERO, V2_HEADER_LEN, V3_HEADER_LEN,
+    push_extent, table_entries, to_usize, Extent, ExtentKind, Qcow2Error, EXT_BACKING_FORMAT,
+    EXT_END, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_EXTENDED_L2, INCOMPAT_KNOWN, MAGIC,
+    MAX_BACKING_NAME_BYTES, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS, OFFSET_MASK,
+    OFLAG_COMPRESSED, OFLAG_ZERO, V2_HEADER_LEN, V3_HEADER_LEN,
 };
 
 /// A qcow2 image opened read-only. It reports and reads only what the image itself defines;
@@ -63,8 +65,8 @@ impl Qcow2Image {
         if !fixed.starts_with(&MAGIC) {
             return Err(Qcow2Error::NotQcow2);
         }
-        let u32_at = |at: usize| be_u32(&fixed, at).ok_or_else(truncated);
-        let u64_at = |at: usize| be_u64(&fixed, at).ok_or_else(truncated);
+        let u32_at = |at: usize| Cursor::at(&fixed, at).u32_be().map_err(|_| truncated());
+        let u64_at = |at: usize| Cursor::at(&fixed, at).u64_be().map_err(|_| truncated());
         if available < 8 {
             return Err(truncated());
         }
@@ -443,9 +445,8 @@ fn read_backing_format(
     let mut format = None;
     while position.saturating_add(8) <= end {
         let at = to_usize(position, "header extension offset")?;
-        let (Some(kind), Some(length)) =
-            (be_u32(header_cluster, at), be_u32(header_cluster, at + 4))
-        else {
+        let mut fields = Cursor::at(header_cluster, at);
+        let (Ok(kind), Ok(length)) = (fields.u32_be(), fields.u32_be()) else {
             break;
         };
         position += 8;

@@ -19,6 +19,7 @@ use super::wire::{
 };
 use super::SaveFileError;
 use crate::chunk::CHUNK_SIZE_U64;
+use crate::cursor;
 use crate::limits::{MAX_QEMU_CONFIG_BYTES, MAX_RAM_BLOCKS, MAX_RAM_BYTES, MAX_SAVE_XML_BYTES};
 
 const LAYOUT_MAGIC: &[u8; 8] = b"CLDSAVL1";
@@ -159,10 +160,7 @@ impl SaveFileLayout {
     /// Parses a blob written by [`SaveFileLayout::to_bytes`] and validates it as the
     /// reader validates a save file. Never panics, whatever the bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SaveFileError> {
-        let mut cur = Cursor {
-            data: bytes,
-            pos: 0,
-        };
+        let mut cur = Cursor(cursor::Cursor::new(bytes));
         if cur.take(LAYOUT_MAGIC.len(), "layout magic")? != LAYOUT_MAGIC {
             return Err(SaveFileError::BadLayoutBlob {
                 reason: "bad magic",
@@ -193,7 +191,7 @@ impl SaveFileLayout {
             let length = cur.le64("block length")?;
             blocks.push(RamBlock { name, length });
         }
-        if cur.pos != bytes.len() {
+        if cur.0.remaining() != 0 {
             return Err(SaveFileError::BadLayoutBlob {
                 reason: "trailing bytes",
             });
@@ -407,38 +405,24 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// A bounds-checked cursor over a serialized layout.
-struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
+fn truncated(what: &'static str) -> impl FnOnce(cursor::Truncated) -> SaveFileError {
+    move |_| SaveFileError::Truncated { what }
 }
+
+/// The crate's cursor, naming what was being read when a serialized layout ends early.
+struct Cursor<'a>(cursor::Cursor<'a>);
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SaveFileError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(SaveFileError::Truncated { what })?;
-        let out = self
-            .data
-            .get(self.pos..end)
-            .ok_or(SaveFileError::Truncated { what })?;
-        self.pos = end;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], SaveFileError> {
-        self.take(N, what)?
-            .try_into()
-            .map_err(|_| SaveFileError::Truncated { what })
+        self.0.bytes(n).map_err(truncated(what))
     }
 
     fn le32(&mut self, what: &'static str) -> Result<u32, SaveFileError> {
-        self.array(what).map(u32::from_le_bytes)
+        self.0.u32_le().map_err(truncated(what))
     }
 
     fn le64(&mut self, what: &'static str) -> Result<u64, SaveFileError> {
-        self.array(what).map(u64::from_le_bytes)
+        self.0.u64_le().map_err(truncated(what))
     }
 
     /// A u32 length (checked against `limit`) and that many bytes.

@@ -1,0 +1,103 @@
+//! The decode's threads: a reader that rebuilds windows of segments in parallel, this
+//! thread applying them in record order (writes are sequential: the save file is a
+//! stream), and a writer of the base's unchanged pages.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::apply::{apply_windows, SelfRefs};
+use super::memory::MemoryTarget;
+use super::outputs::Outputs;
+use super::rebuild::{read_and_rebuild, Window};
+use super::{check_fits, output_error, DecodeError, DecodeOutputs, DecodeSummary};
+use crate::base::Base;
+use crate::format::OverlayReader;
+use crate::progress::Progress;
+
+/// Rebuilt windows that may wait to be applied: with the one being applied and the one
+/// being rebuilt, memory holds at most three windows of ≤ 4 MiB segments.
+const WINDOWS_QUEUED: usize = 1;
+
+/// Runs the decode on `pool`: see the module documentation.
+pub(super) fn decode_with<R: Read + Send>(
+    mut overlay: OverlayReader<R>,
+    base: &Base,
+    outputs: &DecodeOutputs<'_>,
+    progress: &dyn Progress,
+    pool: &rayon::ThreadPool,
+) -> Result<DecodeSummary, DecodeError> {
+    check_fits(overlay.meta(), base)?;
+    let meta = overlay.meta().clone();
+    let mut summary = DecodeSummary {
+        records: meta.records.len() as u64,
+        overlay_bytes: overlay.file_len(),
+        has_memory: meta.memory.is_some(),
+        ..Default::default()
+    };
+    let memory = MemoryTarget::create(&meta, outputs)?;
+    let mut out = Outputs::create(&meta, base, outputs, memory.as_ref())?;
+    let mut self_refs = SelfRefs::new(&meta)?;
+
+    progress.stage("apply", Some(meta.records.len() as u64));
+    let window = 2 * pool.current_num_threads();
+    let meta = &meta;
+    let overlay_ref = &mut overlay;
+    // Set by whichever side fails first (applying, or writing the base's pages), so that
+    // the other stops early instead of finishing work that will be thrown away.
+    let cancel = AtomicBool::new(false);
+    let (read_time, rebuild_time) = std::thread::scope(|scope| {
+        let base_pages = memory.as_ref().zip(meta.memory.as_ref()).map(|(m, mm)| {
+            let cancel = &cancel;
+            scope.spawn(move || {
+                let started = Instant::now();
+                let written = m.write_base_records(base, &mm.layout, &mm.device_state, cancel);
+                if written.is_err() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                written.map(|()| started.elapsed())
+            })
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Window, DecodeError>>(WINDOWS_QUEUED);
+        let producer =
+            scope.spawn(move || read_and_rebuild(overlay_ref, meta, base, pool, window, &tx));
+        let applied = apply_windows(meta, &rx, &mut out, &mut self_refs, &cancel, progress);
+        if applied.is_err() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        // Dropping the receiver stops the producer if applying failed.
+        drop(rx);
+        let produced = producer.join();
+        let finishing = Instant::now();
+        let base_written = base_pages.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(DecodeError::Output {
+                    path: "base page writer thread".into(),
+                    source: std::io::Error::other("panicked"),
+                })
+            })
+        });
+        summary.finish_time = finishing.elapsed();
+        summary.apply_time = applied?;
+        if let Some(written) = base_written {
+            summary.base_pages_time = written?;
+        }
+        produced.map_err(|_| DecodeError::Output {
+            path: "overlay reader thread".into(),
+            source: std::io::Error::other("panicked"),
+        })
+    })?;
+    summary.read_time = read_time;
+    summary.rebuild_time = rebuild_time;
+    let started = Instant::now();
+    overlay.finish()?;
+    let disk_tmp = out.finish(outputs)?;
+    if let Some(target) = memory {
+        target.commit(outputs)?;
+    }
+    disk_tmp
+        .commit_with(outputs.durable)
+        .map_err(output_error(outputs.disk))?;
+    summary.finish_time += started.elapsed();
+    Ok(summary)
+}
