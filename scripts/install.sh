@@ -11,10 +11,19 @@ bash scripts/setup-host.sh
 cargo build --release --locked -p cloudletd -p cloudlet
 install -m 0755 target/release/cloudletd target/release/cloudlet /usr/local/bin/
 install -d -m 0700 /etc/cloudlet
-[ -e /etc/cloudlet/cloudletd.toml ] || install -m 0600 daemon/packaging/cloudletd.toml /etc/cloudlet/
-if [ ! -e /dev/kvm ] || ! [ -w /dev/kvm ]; then
-  sed -i 's/^domain_type = "kvm"/domain_type = "qemu"/' /etc/cloudlet/cloudletd.toml
+new_config=0
+if [ ! -e /etc/cloudlet/cloudletd.toml ]; then
+  install -m 0600 daemon/packaging/cloudletd.toml /etc/cloudlet/
+  new_config=1
 fi
+# kvm only where it works (scripts/detect-domain-type.sh says why): a new config gets the
+# detected type; an existing one is switched to qemu where kvm cannot work, and otherwise
+# left as its owner set it.
+domain_type=$(bash scripts/detect-domain-type.sh)
+if [ "$new_config" = 1 ] || [ "$domain_type" = qemu ]; then
+  sed -i "s/^domain_type = \"[a-z]*\"/domain_type = \"$domain_type\"/" /etc/cloudlet/cloudletd.toml
+fi
+echo "install: $(grep '^domain_type' /etc/cloudlet/cloudletd.toml)"
 install -d /usr/local/share/doc/cloudlet /usr/local/share/man/man1 \
   /usr/share/bash-completion/completions
 install -m 0644 README.md /usr/local/share/doc/cloudlet/

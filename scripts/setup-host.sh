@@ -69,3 +69,5 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   exit 1
 fi
 echo "setup-host: libvirt ready ($(virsh -c qemu:///system version | grep -i 'running hypervisor' || true))"
+# Which domain type works here (install.sh writes it into the config; tests use qemu).
+echo "setup-host: $(bash "$(dirname "$0")/detect-domain-type.sh" 2>&1 >/dev/null)"

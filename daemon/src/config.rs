@@ -68,6 +68,16 @@ pub enum DomainType {
     Qemu,
 }
 
+impl std::fmt::Display for DomainType {
+    /// `kvm` or `qemu`, as in the config file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DomainType::Kvm => "kvm",
+            DomainType::Qemu => "qemu",
+        })
+    }
+}
+
 /// Everything the daemon can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

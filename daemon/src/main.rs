@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            tracing::info!(domain_type = %config.domain_type, "libvirt domain type of the VMs");
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

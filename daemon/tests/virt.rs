@@ -266,6 +266,28 @@ async fn virt_boot_run_forward_save_retarget_restore() {
         con.run("echo a\necho b", CMD).await,
         Err(VirtError::InvalidArgument(_))
     ));
+    // Whole scripts: a function, a loop, a heredoc and the script's own exit status; then
+    // one of several upload lines with a shebang, and no file left behind.
+    let script = "greet() { echo \"hi $1\"; }\nfor i in 1 2; do greet $i; done\n\
+        cat <<'EOF'\nit's $HOME\nEOF\nexit 4\n";
+    let reply = match con.run_script(script, CMD).await {
+        Ok(reply) => reply,
+        Err(e) => panic!("run_script: {e}\nconsole:\n{}", con.recent_output()),
+    };
+    assert_eq!(reply.output, "hi 1\nhi 2\nit's $HOME\n");
+    assert_eq!(reply.status, 4);
+    let long = format!(
+        "#!/bin/sh -e\n# {}\necho \"$0\" | grep -c cloudlet-script\n",
+        "x".repeat(5000)
+    );
+    let started = Instant::now();
+    let reply = con.run_script(&long, CMD).await.unwrap();
+    t.add("run_script (5 KB script)", started);
+    assert_eq!((reply.output.as_str(), reply.status), ("1\n", 0));
+    assert_eq!(
+        run_ok(&mut con, "ls /tmp | grep -c cloudlet-script; true").await,
+        "0\n"
+    );
     // Shell state that must survive save and restore.
     run_ok(&mut con, "MARK=before-save-42").await;
 

@@ -120,7 +120,9 @@ impl AppState {
                     self.hv.start(&domain_xml::render(&spec)).await?;
                     let mut console = Console::connect(&spec.console_socket, BOOT_TIMEOUT).await?;
                     if let Some(marker) = &req.ready_marker {
-                        console.wait_for_line(marker, BOOT_TIMEOUT).await?;
+                        console
+                            .wait_for_boot_marker(marker, BOOT_TIMEOUT, spec.domain_type)
+                            .await?;
                     }
                     Ok::<_, ServiceError>(console)
                 })

@@ -76,6 +76,15 @@ pub enum VirtError {
     /// Something did not happen in time; the text says what was awaited.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// The guest console did not show what was awaited in time; `detail` says what it
+    /// showed last, or that it showed nothing.
+    #[error("timed out waiting for {what}: {detail}")]
+    ConsoleTimeout {
+        /// What was awaited, and for how long.
+        what: String,
+        /// The console's last (escape-stripped) output, or that there was none.
+        detail: String,
+    },
     /// An I/O error (console socket, local port probe).
     #[error("i/o error")]
     Io(#[source] std::io::Error),
