@@ -17,5 +17,13 @@ if [ -n "$codec_deps" ]; then
   echo "the cloudlet CLI links the engine's codec crates (build it with default-features = false):"
   echo "$codec_deps"; fail=1
 fi
+# Test and benchmark helpers (synthetic VMs) stay out of the production daemon.
+if cargo tree -p cloudletd -e features,no-dev --prefix none | grep -q 'cloudlet-engine feature "testkit"'; then
+  echo "cloudletd links the engine's testkit (a test-only feature)"; fail=1
+fi
+# The API contract crate stays runtime-free: the CLI and any Rust client link it.
+if deps cloudlet-api | grep -qE '^(tokio|axum|hyper|sqlx|virt|reqwest)$'; then
+  echo "cloudlet-api depends on a runtime or transport crate:"; deps cloudlet-api | grep -E '^(tokio|axum|hyper|sqlx|virt|reqwest)$'; fail=1
+fi
 [ "$fail" = 0 ] && echo "crate boundaries ok"
 exit "$fail"

@@ -29,7 +29,7 @@ fn make_overlay(dir: &Path) -> (PathBuf, String) {
         ..Default::default()
     };
     encode(&base, &input, &out, &options, &NoProgress).unwrap();
-    (out, cloudlet_engine::decode::hex(&summary.id))
+    (out, cloudlet_engine::hex::encode(&summary.id))
 }
 
 fn cloudlet(args: &[&str]) -> std::process::Output {

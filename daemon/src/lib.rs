@@ -5,7 +5,6 @@
 #![deny(unsafe_code)]
 
 pub mod api;
-pub mod bench;
 pub mod config;
 pub mod metrics;
 pub mod service;

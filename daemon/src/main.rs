@@ -23,8 +23,6 @@ enum Command {
     Serve,
     /// Print the effective configuration as TOML.
     PrintConfig,
-    /// Measure the overlay engine on a generated workload.
-    Bench(cloudletd::bench::BenchArgs),
     /// Print the OpenAPI document of the REST API (docs/openapi.json).
     Openapi,
 }
@@ -57,7 +55,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench(args) => cloudletd::bench::run(&args),
         Command::Openapi => {
             #[allow(clippy::print_stdout)]
             {

@@ -5,109 +5,29 @@
 //!
 //! Needs root and a running libvirtd: without them the tests fail with "run
 //! scripts/setup-host.sh", unless `CLOUDLET_SKIP_E2E=1` (then they print SKIPPED and pass).
-//! Every domain a test starts is destroyed by [`Domains`] on drop, even when it fails.
+//! Every domain a test starts is destroyed by a [`DomainGuard`] on drop, even when it fails.
+//! The host checks, fixture guest, names, guards and greeting come from the shared harness
+//! (`cloudlet-e2e`); what tests `cloudletd::virt` itself stays here.
 //! Timings are printed to stderr (`cargo test -p cloudletd --test virt -- --nocapture`).
 #![allow(clippy::unwrap_used)]
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::io::{BufReader, BufWriter, Write};
+use std::net::Ipv4Addr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cloudlet_e2e::{fixture_guest, greeting, require_host, unique_name, DomainGuard, LIBVIRT_URI};
 use cloudlet_engine::chunk::CHUNK_SIZE_BYTES;
 use cloudlet_engine::savefile::{SaveFileReader, SaveFileWriter};
 use cloudletd::virt::{
     domain_xml, forward_port, CommandOutput, Console, DomainType, Hypervisor, VirtError, VmSpec,
 };
 
-const URI: &str = "qemu:///system";
 const READY: &str = "CLOUDLET-GUEST-READY";
 const BOOT: Duration = Duration::from_secs(120);
 const CMD: Duration = Duration::from_secs(30);
 const GUEST_PORT: u16 = 8080;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Whether the VM tests can run; panics (fails the test) when not, unless
-/// `CLOUDLET_SKIP_E2E=1`.
-fn require_host(test: &str) -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    let libvirtd = Command::new("virsh")
-        .args(["-c", URI, "version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let problem = if !root {
-        "VM tests must run as root"
-    } else if !libvirtd {
-        "libvirtd does not answer on qemu:///system"
-    } else {
-        return true;
-    };
-    if std::env::var("CLOUDLET_SKIP_E2E").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: {problem} (CLOUDLET_SKIP_E2E=1)");
-        return false;
-    }
-    panic!("{problem}: run scripts/setup-host.sh as root (or set CLOUDLET_SKIP_E2E=1 to skip)");
-}
-
-/// The fixture guest's directory (built once, cached by the script).
-fn fixture_guest() -> PathBuf {
-    let dir = repo_root().join("target/fixture-guest");
-    let out = Command::new("bash")
-        .arg(repo_root().join("tests/fixtures/make-savefile.sh"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make-savefile.sh failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
-fn unique_name() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "cloudlet-test-virt-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Destroys its domains on drop with `virsh`, independent of the code under test.
-struct Domains(Vec<String>);
-
-impl Domains {
-    fn add(&mut self, name: &str) {
-        self.0.push(name.to_string());
-    }
-}
-
-impl Drop for Domains {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("virsh")
-                .args(["-q", "-c", URI, "destroy", name])
-                .output();
-            let _ = Command::new("virsh")
-                .args(["-q", "-c", URI, "undefine", name])
-                .output();
-        }
-    }
-}
 
 /// Named durations, printed at the end.
 #[derive(Default)]
@@ -125,29 +45,16 @@ impl Timings {
     }
 }
 
-/// Connects to `127.0.0.1:port` until the guest server answers `hello`. Under the user
-/// network the host side accepts even before the guest listens (and then closes): retry.
+/// Expects the guest server's `hello` on `127.0.0.1:port` (the harness's [`greeting`]
+/// retries while the host side accepts before the guest listens); off the runtime's threads.
 async fn expect_hello(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let got = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            let mut s = TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
+    let got = tokio::task::spawn_blocking(move || greeting(port.into()))
         .await
         .unwrap();
-        match got {
-            Ok(text) if text == "hello\n" => return,
-            Ok(text) => last = format!("{text:?}"),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    match got {
+        Ok(text) => assert_eq!(text, "hello", "on 127.0.0.1:{port}"),
+        Err(e) => panic!("no hello on 127.0.0.1:{port}: {e}"),
     }
-    panic!("no hello on 127.0.0.1:{port}; last: {last}");
 }
 
 async fn run(con: &mut Console, command: &str) -> CommandOutput {
@@ -199,11 +106,11 @@ async fn virt_boot_run_forward_save_retarget_restore() {
     if !require_host("virt_boot_run_forward_save_retarget_restore") {
         return;
     }
-    let guest = fixture_guest();
+    let guest = fixture_guest().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut domains = Domains(Vec::new());
+    let mut domains: Vec<DomainGuard> = Vec::new();
     let mut t = Timings::default();
-    let hv = Hypervisor::new(URI);
+    let hv = Hypervisor::new(LIBVIRT_URI);
 
     let started = Instant::now();
     let version = hv.check().await.unwrap();
@@ -218,9 +125,9 @@ async fn virt_boot_run_forward_save_retarget_restore() {
     t.0.push(("one call incl. connect (avg of 20)", started.elapsed() / 20));
 
     // Boot a rendered VM.
-    let name = unique_name();
+    let name = unique_name("virt");
     let disk = tmp.path().join("disk.img");
-    std::fs::copy(guest.join("disk.img"), &disk).unwrap();
+    std::fs::copy(guest.dir.join("disk.img"), &disk).unwrap();
     let spec = VmSpec {
         name: name.clone(),
         uuid: None,
@@ -229,15 +136,15 @@ async fn virt_boot_run_forward_save_retarget_restore() {
         // VNC) its boot runs out of memory about every other time. 96 MiB never did.
         memory_mib: 96,
         vcpus: 1,
-        kernel: Some(guest.join("vmlinuz")),
-        initrd: Some(guest.join("initrd.img")),
+        kernel: Some(guest.dir.join("vmlinuz")),
+        initrd: Some(guest.dir.join("initrd.img")),
         cmdline: Some("console=ttyS0 quiet init_on_free=1".into()),
         disk: disk.clone(),
         disk_format: "raw".into(),
         console_socket: tmp.path().join("console.sock"),
         vnc: true,
     };
-    domains.add(&name);
+    domains.push(DomainGuard(name.clone()));
     let started = Instant::now();
     hv.start(&domain_xml::render(&spec)).await.unwrap();
     t.add("start (virDomainCreateXML)", started);
@@ -334,7 +241,7 @@ async fn virt_boot_run_forward_save_retarget_restore() {
     let xml = saved_xml(&save);
     let via_libvirt = hv.save_image_xml(&save).await.unwrap();
     assert!(via_libvirt.contains(&format!("<name>{name}</name>")));
-    let name2 = unique_name();
+    let name2 = unique_name("virt");
     let uuid2 = uuid::Uuid::now_v7().to_string();
     let console2 = tmp.path().join("console2.sock");
     let xml2 = domain_xml::retarget(&xml, &name2, Some(&uuid2), &disk, "raw", &console2).unwrap();
@@ -350,7 +257,7 @@ async fn virt_boot_run_forward_save_retarget_restore() {
     t.add("rewrite save file with new xml", started);
 
     // Restore: the same shell, its state, and the server, through a new forward.
-    domains.add(&name2);
+    domains.push(DomainGuard(name2.clone()));
     let started = Instant::now();
     hv.restore(&restored).await.unwrap();
     t.add("restore (virDomainRestoreFlags)", started);
@@ -392,9 +299,9 @@ async fn libvirt_errors_are_typed() {
     if !require_host("libvirt_errors_are_typed") {
         return;
     }
-    let hv = Hypervisor::new(URI);
+    let hv = Hypervisor::new(LIBVIRT_URI);
     let tmp = tempfile::tempdir().unwrap();
-    let missing = unique_name();
+    let missing = unique_name("virt");
     assert!(matches!(
         hv.start("<domain").await,
         Err(VirtError::Libvirt { op: "start", .. })

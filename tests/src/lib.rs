@@ -9,6 +9,7 @@
 pub mod console;
 pub mod daemon;
 pub mod synthetic;
+pub mod tmpfs;
 pub mod xml;
 
 use std::path::{Path, PathBuf};

@@ -48,6 +48,6 @@ pub fn synthetic_vm(dir: &Path, spec: &WorkloadSpec) -> anyhow::Result<Synthetic
     Ok(SyntheticVm {
         workload,
         overlay,
-        base_id: cloudlet_engine::decode::hex(&summary.id),
+        base_id: cloudlet_engine::hex::encode(&summary.id),
     })
 }

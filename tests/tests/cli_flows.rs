@@ -11,13 +11,26 @@ use cloudlet_e2e::daemon::{binary, TempDir};
 use cloudlet_e2e::{fixture_guest, greeting, require_host, Daemon, DomainGuard};
 use serde_json::Value;
 
-const SCRIPT: &str = "\
-# customization of the app VM (comments and blank lines are skipped)
-dd if=/dev/urandom of=/mnt/data/random.bin bs=1024 count=4096 2>/dev/null
-
-cp /mnt/data/random.bin /mnt/data/random-copy.bin && seq 1 20000 > /mnt/data/numbers.txt && sync
-(i=0; while :; do i=$((i+1)); echo $i > /counter; sleep 0.1; done) >/dev/null 2>&1 & echo $! > /counter.pid
-";
+const SCRIPT: &str = r#"#!/bin/sh
+# customization of the app VM: one script, run as a unit (functions, loops, heredocs)
+set -e
+write_data() {
+    dd if=/dev/urandom of=/mnt/data/random.bin bs=1024 count=4096 2>/dev/null
+    cp /mnt/data/random.bin /mnt/data/random-copy.bin
+}
+write_data
+for i in 1 2 3; do
+    echo "line $i"
+done > /mnt/data/lines.txt
+cat > /mnt/data/config.ini <<EOF
+[app]
+name = demo
+EOF
+seq 1 20000 > /mnt/data/numbers.txt && sync
+(i=0; while :; do i=$((i+1)); echo $i > /counter; sleep 0.1; done) >/dev/null 2>&1 &
+echo $! > /counter.pid
+echo customized
+"#;
 const SERVER: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
 
 struct Cli<'a> {
@@ -52,6 +65,34 @@ impl Cli<'_> {
         all.extend_from_slice(args);
         let text = self.ok(&all);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// `cloudlet ARGS` with `input` on stdin; asserts success, returns stdout.
+    fn with_stdin(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(binary("cloudlet").unwrap())
+            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
+            .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
+            .env_remove("CLOUDLET_TOKEN")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "cloudlet {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     /// `cloudlet run ID -- CMD` → its trimmed output.
@@ -129,10 +170,14 @@ fn base_overlay_synthesis_through_the_cli() {
     assert_eq!(ov["state"], "finished", "{ov}");
     assert_eq!(ov["overlay_file"], file.to_str().unwrap());
     let results = ov["script_results"].as_array().unwrap();
-    assert_eq!(
-        results.len(),
-        4,
-        "comments and blank lines are not sent: {ov}"
+    assert_eq!(results.len(), 2, "the script as one unit, then -e: {ov}");
+    assert_eq!(results[0]["status"], 0, "{ov}");
+    assert!(
+        results[0]["output"]
+            .as_str()
+            .unwrap()
+            .contains("customized"),
+        "{ov}"
     );
     let overlay_id = ov["overlay_id"].as_str().unwrap().to_string();
     let stored = cli.json(&["info-overlay", &overlay_id[..overlay_id.len() - 4]]);
@@ -201,6 +246,19 @@ fn base_overlay_synthesis_through_the_cli() {
         "20000"
     );
     assert_eq!(cli.run(prefix, "cat /base-marker"), "base");
+    assert_eq!(
+        cli.run(
+            prefix,
+            "tail -1 /mnt/data/lines.txt; grep name /mnt/data/config.ini"
+        ),
+        "line 3\nname = demo"
+    );
+    // A multi-line script on stdin runs as one unit.
+    let piped = cli.with_stdin(
+        &["run", prefix, "-"],
+        "x=0\nfor i in 1 2 3; do\n  x=$((x+i))\ndone\necho sum=$x\n",
+    );
+    assert_eq!(piped.trim(), "sum=6");
     assert_eq!(
         cli.run(prefix, "kill -0 $(cat /counter.pid) && echo alive"),
         "alive"

@@ -56,9 +56,9 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
     let mut body = json!({
         "name": name,
         "guest_ports": args.customize.ports,
-        "script": args.customize.script_lines()?,
         "finish": args.customize.finish,
     });
+    args.customize.add_to(&mut body)?;
     let optional = [
         ("cmdline", args.append.clone().map(Value::from)),
         (

@@ -53,9 +53,9 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
         "base": resolve::base_selector(&args.base),
         "disk_only": args.disk_only,
         "guest_ports": args.customize.ports,
-        "script": args.customize.script_lines()?,
         "finish": args.customize.finish,
     });
+    args.customize.add_to(&mut body)?;
     // Sent only when set: a daemon without the field refuses unknown fields.
     if args.no_trim {
         body["no_trim"] = Value::Bool(true);

@@ -1,6 +1,8 @@
-//! `cloudlet run ID -- CMD...`: one shell line in a session's guest over its serial console;
-//! prints its output and exits with its status.
+//! `cloudlet run ID -- CMD...`: one shell line in a session's guest over its serial console
+//! (`cloudlet run ID -` reads a whole script from stdin and runs it as one unit); prints
+//! its output and exits with its status.
 
+use anyhow::Context;
 use reqwest::Method;
 use serde_json::json;
 
@@ -17,7 +19,7 @@ pub struct Args {
     /// Seconds to wait for the command.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
-    /// The shell line (words are joined with spaces).
+    /// The shell line (words are joined with spaces); `-` reads a script from stdin.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
@@ -37,7 +39,15 @@ impl std::error::Error for GuestStatus {}
 /// Runs the command.
 pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
     let id = resolve::session(ctx, &args.id)?;
-    let body = json!({ "command": args.command.join(" "), "timeout_s": args.timeout });
+    let command = if args.command == ["-"] {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the script from stdin")?;
+        text
+    } else {
+        args.command.join(" ")
+    };
+    let body = json!({ "command": command, "timeout_s": args.timeout });
     let value = ctx.client()?.json(
         Method::POST,
         &format!("/api/v1/sessions/{id}/run"),

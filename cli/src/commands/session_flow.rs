@@ -21,11 +21,12 @@ pub struct Customize {
     /// Application port in the guest to forward to a host port (repeatable).
     #[arg(long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
-    /// Shell lines to run in the guest over its serial console, one per line (`#` comments
-    /// and blank lines skipped).
+    /// A script to run in the guest over its serial console, as one unit: uploaded, then
+    /// run by the interpreter of its `#!` line (`sh` without one), so heredocs, functions
+    /// and multi-line `if`/`for` work; a non-zero exit status fails the session.
     #[arg(long, value_name = "FILE")]
     pub script: Option<PathBuf>,
-    /// One shell line to run in the guest (repeatable; after --script's lines).
+    /// One shell line to run in the guest (repeatable; after --script).
     #[arg(short = 'e', long = "exec", value_name = "CMD")]
     pub exec: Vec<String>,
     /// Save the VM right after the script instead of waiting for you.
@@ -34,21 +35,16 @@ pub struct Customize {
 }
 
 impl Customize {
-    /// The script lines: the file's, then each `-e`.
-    pub fn script_lines(&self) -> anyhow::Result<Vec<String>> {
-        let mut lines = Vec::new();
+    /// Adds the customization to a create request: `script_text` (the `--script` file,
+    /// whole) and `script` (the `-e` lines).
+    pub fn add_to(&self, body: &mut serde_json::Value) -> anyhow::Result<()> {
         if let Some(path) = &self.script {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading script {}", path.display()))?;
-            lines.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
-            );
+            body["script_text"] = text.into();
         }
-        lines.extend(self.exec.iter().cloned());
-        Ok(lines)
+        body["script"] = self.exec.clone().into();
+        Ok(())
     }
 }
 

@@ -35,6 +35,11 @@ pub struct CreateBase {
     /// A console line the guest prints when it is ready; waited for before the script.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_marker: Option<String>,
+    /// A whole script run in the guest as one unit (uploaded, then run by the interpreter
+    /// of its `#!` line, `sh` without one): heredocs, functions and multi-line `if`/`for`
+    /// work. Runs before `script`; a non-zero exit status fails the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_text: Option<String>,
     /// Shell lines run in the guest over the serial console, in order; the first failing
     /// line fails the session.
     #[serde(default)]
@@ -82,6 +87,10 @@ pub struct CreateOverlay {
     /// Guest TCP ports the application listens on, besides the base's.
     #[serde(default)]
     pub guest_ports: Vec<u16>,
+    /// A whole script run in the guest as one unit (as for `CreateBase`); runs before
+    /// `script`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_text: Option<String>,
     /// Shell lines run in the guest over the serial console, in order.
     #[serde(default)]
     pub script: Vec<String>,
@@ -113,12 +122,14 @@ pub struct Synthesize {
     pub overlay_url: Option<String>,
 }
 
-/// `POST /api/v1/sessions/{id}/run`: one shell line run in the guest.
+/// `POST /api/v1/sessions/{id}/run`: a shell line, or a multi-line script, run in the
+/// guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
-    /// The line (no newlines).
+    /// One shell line, or a whole script (several lines: run as one unit by the
+    /// interpreter of its `#!` line, `sh` without one).
     pub command: String,
     /// Seconds to wait for it (default 60, at most 3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,13 +179,14 @@ wire_enum! {
 /// `GET /health` (no token needed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(default)]
 pub struct Health {
     /// Serving state.
     pub status: HealthStatus,
     /// Daemon version.
+    #[serde(default)]
     pub version: String,
     /// Ready base VMs in the catalogue.
+    #[serde(default)]
     pub bases: u64,
 }
 

@@ -81,10 +81,10 @@ pub struct ScriptLineResult {
     pub status: i32,
 }
 
-/// A base, overlay or synthesis session.
+/// A base, overlay or synthesis session. (`id`, `kind` and `state` are always present; the
+/// rest may be missing in an older daemon's answer.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(default)]
 pub struct Session {
     /// UUIDv7.
     pub id: String,
@@ -93,27 +93,38 @@ pub struct Session {
     /// Where it is.
     pub state: SessionState,
     /// The base it works on (or made, for a finished base session).
+    #[serde(default)]
     pub base_id: Option<String>,
     /// The overlay it used (synthesis) or made (finished overlay session).
+    #[serde(default)]
     pub overlay_id: Option<String>,
     /// Its libvirt domain (`cloudlet-<id>`).
+    #[serde(default)]
     pub vm_name: Option<String>,
     /// VNC display port, on the cloudlet's loopback.
+    #[serde(default)]
     pub vnc_port: Option<u16>,
     /// Guest port → host port where the application answers.
     #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, u16>))]
+    #[serde(default)]
     pub host_ports: BTreeMap<u16, u16>,
     /// Step → milliseconds.
+    #[serde(default)]
     pub timings: BTreeMap<String, u64>,
     /// Customization scripts run in the guest and their results.
+    #[serde(default)]
     pub script_results: Vec<ScriptLineResult>,
     /// Why it failed.
+    #[serde(default)]
     pub error: Option<String>,
     /// RFC 3339.
+    #[serde(default)]
     pub created_at: String,
     /// RFC 3339, last change.
+    #[serde(default)]
     pub updated_at: String,
     /// RFC 3339, when it reached a final state.
+    #[serde(default)]
     pub ended_at: Option<String>,
 }
 

@@ -176,7 +176,7 @@ pub struct WorkloadSpec {
 }
 
 impl WorkloadSpec {
-    /// The reference customization of `shared/design/host-setup.md`, scaled to a guest
+    /// The reference customization (a small application install: docs/benchmarks.md), scaled to a guest
     /// with `ram_bytes` of RAM and a `disk_bytes` disk: 4 MiB random file + 1.1 MB copied
     /// binary + a background process (~2,100 changed pages, ~500 of them copies of base
     /// pages).

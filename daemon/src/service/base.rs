@@ -22,6 +22,8 @@ use cloudlet_engine::base::{create_base, BaseError, BasePaths};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long one customization script line may run.
 pub const SCRIPT_LINE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a whole customization script may run (an install may download and build).
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Largest guest RAM a base may ask for (1 TiB).
 const MAX_MEMORY_MIB: u64 = 1 << 20;
@@ -149,7 +151,13 @@ impl AppState {
             session.advance(SessionState::Running)?;
             timer.merge_into(&mut session);
             self.store.update_session(&session).await?;
-            run_script(&mut console, &req.script, &mut session).await?;
+            run_script(
+                &mut console,
+                req.script_text.as_deref(),
+                &req.script,
+                &mut session,
+            )
+            .await?;
             Ok::<_, ServiceError>(())
         }
         .await;
@@ -284,12 +292,29 @@ impl AppState {
     }
 }
 
-/// Runs customization lines in order; records each result; fails on the first error.
+/// Runs a customization: the whole script first (if any), then the lines in order;
+/// records each result; fails on the first error.
 pub(crate) async fn run_script(
     console: &mut Console,
+    text: Option<&str>,
     script: &[String],
     session: &mut SessionRecord,
 ) -> Result<(), ServiceError> {
+    if let Some(text) = text.filter(|t| !t.trim().is_empty()) {
+        let out = console.run_script(text, SCRIPT_TIMEOUT).await?;
+        let command = script_label(text);
+        session.script_results.0.push(ScriptLineResult {
+            command: command.clone(),
+            output: out.output,
+            status: out.status,
+        });
+        if out.status != 0 {
+            return Err(ServiceError::ScriptFailed {
+                command,
+                status: out.status,
+            });
+        }
+    }
     for line in script {
         let out = console.run(line, SCRIPT_LINE_TIMEOUT).await?;
         session.script_results.0.push(ScriptLineResult {
@@ -305,6 +330,17 @@ pub(crate) async fn run_script(
         }
     }
     Ok(())
+}
+
+/// How a whole script is named in results: its line count and first command line.
+fn script_label(text: &str) -> String {
+    let lines = text.lines().count();
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    format!("script ({lines} lines): {first}")
 }
 
 /// Copies a disk image to `dest` as raw (qcow2 is converted), sparse.
@@ -375,7 +411,7 @@ fn base_record(
     let s = |p: &Path| p.display().to_string();
     let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     BaseRecord {
-        id: cloudlet_engine::decode::hex(&summary.id),
+        id: cloudlet_engine::hex::encode(&summary.id),
         name: params.name.clone(),
         state: ResourceState::Ready,
         source_path: Some(params.source_path.clone()),

@@ -132,10 +132,16 @@ impl AppState {
             session.advance(SessionState::Running)?;
             timer.merge_into(&mut session);
             self.store.update_session(&session).await?;
-            if !req.script.is_empty() {
+            if !req.script.is_empty() || req.script_text.is_some() {
                 let mut console = Console::connect(&console_path, RESUME_TIMEOUT).await?;
                 console.wait_ready(RESUME_TIMEOUT).await?;
-                run_script(&mut console, &req.script, &mut session).await?;
+                run_script(
+                    &mut console,
+                    req.script_text.as_deref(),
+                    &req.script,
+                    &mut session,
+                )
+                .await?;
             }
             Ok(())
         }

@@ -168,17 +168,13 @@ impl AppState {
         Ok(Session::from(&session))
     }
 
-    /// Runs one shell line in a running session's guest over its serial console.
+    /// Runs a shell line, or a multi-line script as one unit, in a running session's guest
+    /// over its serial console.
     pub async fn run_in_session(
         &self,
         id: &str,
         req: RunRequest,
     ) -> Result<RunResponse, ServiceError> {
-        if req.command.contains('\n') {
-            return Err(ServiceError::InvalidRequest(
-                "command must be one line".into(),
-            ));
-        }
         let timeout = Duration::from_secs(req.timeout_s.unwrap_or(60).clamp(1, 3600));
         let session = self.session_record(id).await?;
         if session.state() != SessionState::Running {
@@ -192,7 +188,12 @@ impl AppState {
             .as_deref()
             .ok_or_else(|| ServiceError::Conflict("session has no console".into()))?;
         let mut console = Console::connect(Path::new(path), CONSOLE_CONNECT_TIMEOUT).await?;
-        let CommandOutput { output, status } = console.run(&req.command, timeout).await?;
+        let command = req.command.trim_end_matches('\n');
+        let CommandOutput { output, status } = if command.contains('\n') {
+            console.run_script(command, timeout).await?
+        } else {
+            console.run(command, timeout).await?
+        };
         Ok(RunResponse { output, status })
     }
 

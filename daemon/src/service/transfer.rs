@@ -131,7 +131,7 @@ impl AppState {
             };
             let meta: ArchiveMeta = serde_json::from_slice(&meta)
                 .map_err(|e| ServiceError::invalid_input("base archive metadata", e))?;
-            let id = cloudlet_engine::decode::hex(&id);
+            let id = cloudlet_engine::hex::encode(&id);
             if id != meta.id {
                 return Err(ServiceError::InvalidRequest(format!(
                     "base archive claims id {} but its files have id {id}",

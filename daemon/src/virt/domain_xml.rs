@@ -105,11 +105,15 @@ pub fn render(spec: &VmSpec) -> String {
     if spec.vnc {
         x.push_str("    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>\n");
     }
-    // No USB, balloon or sound: each extra device adds state (and sometimes RAM blocks) to
-    // every save file and nothing the VM needs.
+    // No USB or sound: each extra device adds state to every save file and nothing the VM
+    // needs. A virtio balloon with free page reporting, though: a guest whose kernel has
+    // virtio_balloon (Debian's and Ubuntu's do) reports the pages it frees, QEMU discards
+    // them, and a save (hence an overlay) carries them as zero pages instead of stale data
+    // (measured on a Debian 12 guest: 64 MiB written to /dev/shm and removed, save file
+    // 171 MB with the balloon, 272 MB without).
     x.push_str(concat!(
         "    <controller type='usb' model='none'/>\n",
-        "    <memballoon model='none'/>\n",
+        "    <memballoon model='virtio' freePageReporting='on'/>\n",
         "  </devices>\n",
         "</domain>\n",
     ));

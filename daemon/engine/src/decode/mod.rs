@@ -31,9 +31,6 @@ mod outputs;
 mod pipeline;
 mod rebuild;
 
-/// Lower-case hex of a hash (kept here for callers that always found it here).
-pub use crate::hex::encode as hex;
-
 /// Errors rebuilding a VM from base + overlay.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -173,8 +170,8 @@ pub fn decode<R: Read + Send>(
 pub fn check_fits(meta: &OverlayMeta, base: &Base) -> Result<(), DecodeError> {
     if &meta.base_id != base.id() {
         return Err(DecodeError::BaseMismatch {
-            expected: hex(&meta.base_id),
-            actual: hex(base.id()),
+            expected: crate::hex::encode(&meta.base_id),
+            actual: crate::hex::encode(base.id()),
         });
     }
     if meta.disk_size != base.disk_size() {
