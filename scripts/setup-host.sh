@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts everything cloudlet needs on a Debian 12 host. Idempotent: safe to
 # run again; it only starts libvirtd/virtlogd when they are not already answering.
-# Facts behind each step: ../shared/design/host-setup.md (kept in docs/host-setup.md too).
+# Each step says why in a comment; docs/architecture.md and the README say what it sets up.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -13,7 +13,7 @@ fi
 # backports, and installing qemu-system-x86 7.2 alone removes it.
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   qemu-system-x86 qemu-utils pkg-config libclang-dev clang busybox-static cpio e2fsprogs
-  xdelta3 zstd xz-utils curl sqlite3)
+  xdelta3 zstd xz-utils curl sqlite3 python3 python3-venv)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -31,6 +31,25 @@ if ((${#missing[@]})); then
     case "$p" in qemu-utils | qemu-system-x86) pinned+=("$p=$qemu_version") ;; *) pinned+=("$p") ;; esac
   done
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${pinned[@]}" >/dev/null
+fi
+
+# OpenAPI tools: the validator of docs/openapi.json (.ci/run's "::: openapi" step) and the
+# client generator of tests/openapi/client_check.py (tests/tests/openapi_client.rs). They go
+# into a venv at a fixed path, not into a system Python: Debian's python3 refuses pip
+# installs (PEP 668, "externally-managed-environment"), --break-system-packages could
+# replace packages apt owns, and the python3 first on PATH may be another interpreter
+# (pyenv) on some hosts; the venv works whichever python3 creates it, and client_check.py
+# finds it there. The stamp names the pins, so a changed pin reinstalls and a rerun is fast.
+CI_VENV=/opt/cloudlet-ci-venv
+CI_PIP_PINS=('openapi-spec-validator>=0.9,<0.10' 'openapi-python-client>=0.29,<0.30')
+if [ "$(cat "$CI_VENV/.cloudlet-pins" 2>/dev/null)" != "${CI_PIP_PINS[*]}" ] ||
+  ! "$CI_VENV/bin/python3" -c 'import openapi_spec_validator, openapi_python_client, httpx' \
+    2>/dev/null; then
+  echo "setup-host: installing ${CI_PIP_PINS[*]} into $CI_VENV"
+  "$CI_VENV/bin/python3" -c '' 2>/dev/null || python3 -m venv --clear "$CI_VENV"
+  "$CI_VENV/bin/python3" -m pip install -q --disable-pip-version-check --no-input \
+    "${CI_PIP_PINS[@]}"
+  echo "${CI_PIP_PINS[*]}" >"$CI_VENV/.cloudlet-pins"
 fi
 
 if [ "${CLOUDLET_SKIP_LIBVIRTD:-0}" = 1 ]; then

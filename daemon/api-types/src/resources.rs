@@ -11,7 +11,6 @@ use crate::state::{SessionKind, SessionState};
 /// A base VM: a disk image and a memory snapshot of it booted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(default)]
 pub struct Base {
     /// Content id: hex blake3 of its hash list, equal on every cloudlet holding it.
     pub id: String,
@@ -19,52 +18,69 @@ pub struct Base {
     pub name: String,
     /// The disk image path it was created from, as the user gave it (Elijah names bases
     /// by it; a selector may use it).
+    #[serde(default)]
     pub source_path: Option<String>,
     /// Disk size in bytes.
+    #[serde(default)]
     pub disk_size: u64,
     /// Guest RAM in bytes (0: a disk-only base).
+    #[serde(default)]
     pub memory_size: u64,
     /// Bytes per disk chunk and memory page (4096).
+    #[serde(default)]
     pub chunk_size: u64,
     /// Disk chunks.
+    #[serde(default)]
     pub disk_chunks: u64,
     /// Memory pages (0: a disk-only base).
+    #[serde(default)]
     pub memory_pages: u64,
     /// Virtual CPUs.
+    #[serde(default)]
     pub vcpus: u32,
     /// Guest TCP ports forwarded for every session of this base.
+    #[serde(default)]
     pub guest_ports: Vec<u16>,
     /// RFC 3339 creation time.
+    #[serde(default)]
     pub created_at: String,
 }
 
 /// A VM overlay stored on the cloudlet.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(default)]
 pub struct Overlay {
     /// UUIDv7.
     pub id: String,
     /// The base it applies to.
     pub base_id: String,
     /// Optional human name.
+    #[serde(default)]
     pub name: Option<String>,
     /// Size of the overlay file in bytes.
+    #[serde(default)]
     pub file_size: u64,
     /// Made without memory (Elijah's `-d`): synthesis boots its disk.
+    #[serde(default)]
     pub disk_only: bool,
     /// Memory pages that differ from the base.
+    #[serde(default)]
     pub modified_memory_pages: u64,
     /// Disk chunks that differ from the base.
+    #[serde(default)]
     pub modified_disk_chunks: u64,
     /// Encoder statistics: record counts per encoding, sizes, `encode_ms`.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[serde(default)]
     pub stats: serde_json::Value,
     /// Guest TCP ports of the application (forwarded at synthesis).
+    #[serde(default)]
     pub guest_ports: Vec<u16>,
     /// The overlay session that made it.
+    #[serde(default)]
     pub session_id: Option<String>,
     /// RFC 3339 creation time.
+    #[serde(default)]
     pub created_at: String,
 }
 

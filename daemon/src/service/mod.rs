@@ -166,6 +166,34 @@ impl LocalInput {
     }
 }
 
+/// Opens a file a request named, on the blocking pool, refusing anything but a regular
+/// file: the path was checked when the request came in, but it may have been swapped
+/// since for a FIFO (whose open would block until a writer comes) or a symlink.
+/// `O_NONBLOCK` makes such an open return at once; it has no effect on regular files.
+pub(crate) async fn open_regular(path: &Path) -> Result<std::fs::File, ServiceError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = path.to_path_buf();
+    blocking(move || {
+        let shown = path.display().to_string();
+        let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(i32::try_from(flags.bits()).unwrap_or(0))
+            .open(&path)
+            .map_err(|e| ServiceError::failed(format!("opening {shown}"), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| ServiceError::failed(format!("reading {shown}"), e))?;
+        if !meta.is_file() {
+            return Err(ServiceError::InvalidRequest(format!(
+                "{shown} is not a regular file"
+            )));
+        }
+        Ok(file)
+    })
+    .await
+}
+
 impl std::ops::Deref for LocalInput {
     type Target = Path;
     fn deref(&self) -> &Path {
@@ -220,6 +248,35 @@ pub fn validate_name(name: &str) -> Result<(), ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_fifo_or_symlink_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("overlay");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // A plain open of a FIFO with no writer would block forever.
+        let opened = tokio::time::timeout(Duration::from_secs(5), open_regular(&fifo))
+            .await
+            .expect("opening a FIFO must not block");
+        assert!(
+            matches!(opened, Err(ServiceError::InvalidRequest(_))),
+            "{opened:?}"
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(
+            open_regular(&link).await.is_err(),
+            "symlinks are not followed"
+        );
+        assert!(open_regular(&file).await.is_ok());
+    }
 
     #[test]
     fn ids_and_names() {

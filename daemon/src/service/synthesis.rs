@@ -1,7 +1,6 @@
 //! Synthesis: base + overlay → the customized VM, resumed (or booted, for a disk-only
 //! overlay), its application ports forwarded to fresh host ports.
 
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
@@ -96,8 +95,7 @@ impl AppState {
             }
         };
         let base = self.resolve_base(&req.base).await?;
-        let file =
-            File::open(&*path).map_err(|e| ServiceError::failed("opening the overlay", e))?;
+        let file = super::open_regular(&path).await?;
         self.synthesize_from(
             base,
             BufReader::with_capacity(1 << 20, file),
