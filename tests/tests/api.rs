@@ -274,6 +274,40 @@ fn downloads_resume_uploads_are_consumed_and_progress_streams() {
         )
         .unwrap();
     assert_eq!(reply.status, 416);
+    assert_eq!(code(&reply.json()), "range-not-satisfiable");
+    assert_eq!(
+        reply.header("content-range").map(str::to_string),
+        Some(format!("bytes */{}", full.body.len()))
+    );
+    // Ranges in unknown units or that do not parse are ignored (RFC 9110): the whole file.
+    for ignored in ["bytes=abc", "items=0-1"] {
+        let reply = d
+            .send_full(
+                "GET",
+                "/api/v1/bases/syn/export",
+                &[("Range", ignored)],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            (reply.status, reply.body.len()),
+            (200, full.body.len()),
+            "{ignored}"
+        );
+    }
+    let reply = d
+        .send_full(
+            "GET",
+            "/api/v1/bases/syn/export",
+            &[("Range", "BYTES=0-9")],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.body.len()),
+        (206, 10),
+        "the unit is case-insensitive"
+    );
     // The archive is the base: importing it here again is a conflict, a damaged copy is refused.
     let (status, v) = d
         .upload("/api/v1/bases/import?name=again", &full.body)
@@ -637,4 +671,163 @@ fn no_answer_names_a_path_of_the_data_directory() {
     let (status, cleared) = d.json("DELETE", "/api/v1/sessions", None).unwrap();
     assert_eq!(status, 200, "{cleared}");
     assert!(!cleared.to_string().contains(&root));
+}
+
+/// An exact id beats a name that spells it (and a name beats a source path), so another
+/// base's metadata cannot make a base unreachable; requests asking for absurd VMs are
+/// refused before anything is made.
+#[test]
+fn exact_ids_win_over_names_and_vm_requests_are_bounded() {
+    let (tmp, d, vm) = daemon_with_base("selectors", &[]);
+    // A second base named like the first one's id.
+    let other_dir = tmp.0.join("files/other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = synthetic_vm(&other_dir, &WorkloadSpec::small(8)).unwrap();
+    let (status, squatter) = d
+        .json(
+            "POST",
+            "/api/v1/bases/add",
+            Some(&json!({
+                "name": vm.base_id,
+                "disk": other.workload.base_disk,
+                "save_file": other.workload.base_save,
+            })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{squatter}");
+    let (status, got) = d
+        .json("GET", &format!("/api/v1/bases/{}", vm.base_id), None)
+        .unwrap();
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        (got["id"].as_str(), got["name"].as_str()),
+        (Some(vm.base_id.as_str()), Some("syn"))
+    );
+    // By the squatter's own id it is still found.
+    let (status, got) = d
+        .json("GET", &format!("/api/v1/bases/{}", other.base_id), None)
+        .unwrap();
+    assert_eq!(
+        (status, got["name"].as_str()),
+        (200, Some(vm.base_id.as_str()))
+    );
+
+    let disk = vm.workload.base_disk.display().to_string();
+    for (what, body) in [
+        (
+            "1 TiB + 1 MiB of RAM",
+            json!({"name": "x", "disk": disk, "memory_mib": (1u64 << 20) + 1}),
+        ),
+        (
+            "65 ports",
+            json!({"name": "x", "disk": disk, "guest_ports": (1..=65).collect::<Vec<u16>>()}),
+        ),
+        (
+            "port 0",
+            json!({"name": "x", "disk": disk, "guest_ports": [0]}),
+        ),
+    ] {
+        let (status, v) = d.json("POST", "/api/v1/bases", Some(&body)).unwrap();
+        assert_eq!((status, code(&v)), (400, "invalid-request"), "{what}: {v}");
+    }
+    let (status, v) = d
+        .json(
+            "POST",
+            "/api/v1/overlays",
+            Some(&json!({"base": "syn", "guest_ports": [0]})),
+        )
+        .unwrap();
+    assert_eq!((status, code(&v)), (400, "invalid-request"), "{v}");
+    let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
+    assert_eq!(sessions, json!([]), "nothing was started");
+}
+
+/// A body the client breaks (a malformed chunk, or fewer bytes than its Content-Length
+/// before it stops sending) is the client's error: 400, not 500, and nothing is kept.
+#[test]
+fn broken_request_bodies_are_client_errors() {
+    let (_tmp, d, _vm) = daemon_with_base("broken-bodies", &[]);
+    let head = |extra: &str| {
+        format!(
+            "POST /api/v1/uploads HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n{extra}\r\n",
+            d.token
+        )
+    };
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.write_all(head("Transfer-Encoding: chunked\r\n").as_bytes())
+        .unwrap();
+    s.write_all(b"4\r\nabcd\r\nzz-not-a-size\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (status, text) = read_status(s);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("invalid-request"), "{text}");
+
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.write_all(head("Content-Length: 100000\r\n").as_bytes())
+        .unwrap();
+    s.write_all(&[7u8; 1000]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (status, text) = read_status(s);
+    assert_eq!(status, 400, "{text}");
+    let incoming: Vec<_> = std::fs::read_dir(d.data_dir.join("incoming"))
+        .unwrap()
+        .collect();
+    assert!(incoming.is_empty(), "{incoming:?}");
+}
+
+/// A trickling upload cannot hold a synthesis slot past the request deadline: the client
+/// gets 504, the synthesis is abandoned (its session failed with the reason) and the slot
+/// is free for the next device.
+#[test]
+fn the_request_deadline_frees_the_synthesis_slot() {
+    let (_tmp, d, vm) = daemon_with_base(
+        "deadline-slot",
+        &[
+            ("CLOUDLET_REQUEST_TIMEOUT_S", "3"),
+            ("CLOUDLET_MAX_CONCURRENT_SYNTHESES", "1"),
+        ],
+    );
+    let overlay = std::fs::read(&vm.overlay).unwrap();
+    let mut s = d.stalled_upload("/api/v1/synthesis/upload?base=syn", &overlay[..4096]);
+    // Keep the body alive, slower than the deadline allows.
+    let trickle = std::thread::spawn(move || {
+        for chunk in overlay[4096..].chunks(512).take(20) {
+            let sent = s
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .and_then(|()| s.write_all(chunk))
+                .and_then(|()| s.write_all(b"\r\n"));
+            if sent.is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        read_status(s)
+    });
+    let (status, text) = trickle.join().unwrap();
+    assert_eq!(status, 504, "{text}");
+    let failed = cloudlet_e2e::wait_until(Duration::from_secs(20), || {
+        let (_, sessions) = d.json("GET", "/api/v1/sessions", None).ok()?;
+        let s = sessions.as_array()?.first()?.clone();
+        (s["state"] == "failed").then_some(s)
+    })
+    .expect("the abandoned synthesis ends");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("request_timeout_s"),
+        "{failed}"
+    );
+    // The slot is free: the next synthesis is admitted (it then fails because a synthetic
+    // VM cannot resume, or runs into the short deadline itself) instead of 503 `busy`.
+    let overlay = std::fs::read(&vm.overlay).unwrap();
+    let (status, v) = d
+        .upload("/api/v1/synthesis/upload?base=syn", &overlay)
+        .unwrap();
+    assert!(
+        [(502, "hypervisor-error"), (504, "deadline")].contains(&(status, code(&v))),
+        "{status} {v}"
+    );
 }

@@ -28,6 +28,8 @@ wire_enum! {
         Conflict = "conflict",
         /// 413: a body over `max_upload_bytes`.
         TooLarge = "too-large",
+        /// 416: a download range that lies outside the file (`Content-Range: bytes */SIZE`).
+        RangeNotSatisfiable = "range-not-satisfiable",
         /// 422: a damaged, truncated or foreign file where an overlay was expected.
         OverlayCorrupt = "overlay-corrupt",
         /// 422: the overlay was made for another base.
@@ -61,6 +63,7 @@ impl ErrorCode {
             ErrorCode::Timeout => 408,
             ErrorCode::Ambiguous | ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
+            ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::OverlayCorrupt
             | ErrorCode::OverlayBaseMismatch
             | ErrorCode::ScriptFailed => 422,

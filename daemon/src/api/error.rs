@@ -27,6 +27,11 @@ pub enum ApiError {
         /// The deadline in seconds.
         limit_s: u64,
     },
+    /// A download range outside the file.
+    RangeNotSatisfiable {
+        /// The file's size in bytes.
+        size: u64,
+    },
     /// The request could not be parsed (body, path or query), or its body is too large.
     Malformed {
         /// `invalid-request` or `too-large`.
@@ -51,6 +56,7 @@ impl ApiError {
             ApiError::RouteNotFound => ErrorCode::NotFound,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::Deadline { .. } => ErrorCode::Deadline,
+            ApiError::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
             ApiError::Malformed { code, .. } => *code,
         }
     }
@@ -89,6 +95,9 @@ impl ApiError {
                      still complete: check the sessions"
                 );
             }
+            ApiError::RangeNotSatisfiable { size } => {
+                detail.message = format!("the range lies outside the file ({size} bytes)");
+            }
             ApiError::Malformed { message, .. } => detail.message.clone_from(message),
         }
         (status, ErrorBody { error: detail })
@@ -108,6 +117,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
             }
             _ => {}
         }

@@ -10,7 +10,7 @@ use futures_util::TryStreamExt;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
-use crate::service::intake::{IntakeReader, IntakeWatch};
+use crate::service::intake::{BodyOrigin, IntakeReader, IntakeWatch};
 use crate::AppState;
 
 fn rejected(status: StatusCode, message: String) -> ApiError {
@@ -78,7 +78,10 @@ pub fn body_reader(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (reader, watch) = state.intake(body.into_data_stream().map_err(|e| e.to_string()));
+    let (reader, watch) = state.intake(
+        body.into_data_stream().map_err(|e| e.to_string()),
+        BodyOrigin::Request,
+    );
     if declared.is_some_and(|n| n > state.config.max_upload_bytes) {
         return Err(watch.too_large().into());
     }

@@ -38,6 +38,7 @@ pub async fn serve_file(
     name: &str,
     mut request: Request,
 ) -> ApiResult<Response> {
+    normalize_range(request.headers_mut());
     // ServeFile honours Range but not If-Range: a range is only valid against the same
     // version of the file, so drop it (→ 200, whole file) when the validator differs.
     if let Some(validator) = request.headers().get(header::IF_RANGE) {
@@ -56,6 +57,10 @@ pub async fn serve_file(
     if response.status() == StatusCode::NOT_FOUND {
         return Err(ServiceError::NotFound(name.to_string()).into());
     }
+    if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        return Err(super::ApiError::RangeNotSatisfiable { size });
+    }
     if let Some(len) = response
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -71,4 +76,66 @@ pub async fn serve_file(
             .insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(response)
+}
+
+/// RFC 9110 §14.2: a `Range` in a unit this server does not know, or one that does not
+/// parse, is ignored (the whole file, 200); the unit's name is case-insensitive.
+fn normalize_range(headers: &mut HeaderMap) {
+    let Some(value) = headers.get(header::RANGE) else {
+        return;
+    };
+    let normalized = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once('='))
+        .filter(|(unit, set)| unit.trim().eq_ignore_ascii_case("bytes") && byte_ranges(set))
+        .and_then(|(_, set)| HeaderValue::from_str(&format!("bytes={}", set.trim())).ok());
+    match normalized {
+        Some(v) => {
+            headers.insert(header::RANGE, v);
+        }
+        None => {
+            headers.remove(header::RANGE);
+        }
+    }
+}
+
+/// Whether `set` is a list of byte ranges: `first-[last]` or `-suffix`, digits only.
+fn byte_ranges(set: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    set.split(',')
+        .all(|spec| match spec.trim().split_once('-') {
+            Some(("", suffix)) => digits(suffix),
+            Some((first, last)) => digits(first) && (last.is_empty() || digits(last)),
+            None => false,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(value: &str) -> Option<String> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(value).unwrap());
+        normalize_range(&mut h);
+        h.get(header::RANGE)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn unknown_or_malformed_ranges_are_ignored_and_the_unit_is_case_insensitive() {
+        assert_eq!(range("bytes=4096-").as_deref(), Some("bytes=4096-"));
+        assert_eq!(range("BYTES=0-9, -5").as_deref(), Some("bytes=0-9, -5"));
+        for ignored in [
+            "bytes=abc",
+            "items=0-1",
+            "bytes=",
+            "bytes",
+            "bytes=1-x",
+            "bytes=-",
+        ] {
+            assert_eq!(range(ignored), None, "{ignored}");
+        }
+    }
 }

@@ -66,10 +66,11 @@ fn error_statuses(operation_id: &str) -> &'static [u16] {
         "health" => &[503],
         "metrics" | "openapi" | "list_bases" | "list_overlays" | "list_sessions"
         | "clear_sessions" => &[],
-        "get_base" | "export_base" => &[400, 404, 409, 507],
+        "get_base" => &[400, 404, 409],
+        "export_base" => &[400, 404, 409, 416, 507],
         "delete_base" => &[400, 404, 409],
-        "get_overlay" | "delete_overlay" | "download_overlay" | "get_session"
-        | "get_session_host" => &[400, 404],
+        "get_overlay" | "delete_overlay" | "get_session" | "get_session_host" => &[400, 404],
+        "download_overlay" => &[400, 404, 416],
         "create_base" => &[400, 403, 404, 409, 422, 502, 507],
         "add_base" => &[400, 403, 404, 409, 507],
         "import_base" => &[400, 408, 409, 413, 507],

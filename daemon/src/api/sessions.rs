@@ -55,9 +55,7 @@ pub async fn synthesize_upload(
         Err(e) => return e.into_response(),
     };
     respond(&headers, StatusCode::CREATED, async move {
-        Ok(s.synthesize_stream(ticket, reader)
-            .await
-            .map_err(|e| watch.explain(e))?)
+        Ok(s.synthesize_stream(ticket, reader, &watch).await?)
     })
     .await
 }

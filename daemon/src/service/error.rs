@@ -77,6 +77,12 @@ pub enum ServiceError {
         /// The allowed stall in seconds.
         idle_s: u64,
     },
+    /// The request's deadline passed while its body was still arriving; the work was
+    /// abandoned (and its synthesis slot freed).
+    #[error(
+        "the request deadline (setting request_timeout_s) passed while its body was still arriving"
+    )]
+    DeadlinePassed,
     /// Too much work at once; retry later.
     #[error("{what}; retry in {retry_after_s} s")]
     Busy {
@@ -143,6 +149,7 @@ impl ServiceError {
             ServiceError::FetchFailed(_) => ErrorCode::FetchFailed,
             ServiceError::TooLarge { .. } => ErrorCode::TooLarge,
             ServiceError::Timeout { .. } => ErrorCode::Timeout,
+            ServiceError::DeadlinePassed => ErrorCode::Deadline,
             ServiceError::Busy { .. } => ErrorCode::Busy,
             ServiceError::Hypervisor(_) => ErrorCode::HypervisorError,
             ServiceError::Store(_) | ServiceError::Failed { .. } | ServiceError::Bug(_) => {

@@ -15,11 +15,27 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use super::ServiceError;
 use crate::AppState;
 
+/// Where a body comes from: it decides whose fault a broken stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyOrigin {
+    /// The request's own body: a broken one is the client's error (400).
+    Request,
+    /// An overlay URL the daemon fetches: a broken one is the server's (502).
+    Url,
+}
+
 /// Observes why a body stream stopped.
 #[derive(Debug, Clone)]
 pub struct IntakeWatch {
     exceeded: Arc<AtomicBool>,
     stalled: Arc<AtomicBool>,
+    /// The stream itself failed (cut short, malformed chunk, connection reset).
+    broken: Arc<AtomicBool>,
+    /// The request's deadline passed while the body was still arriving.
+    expired: Arc<AtomicBool>,
+    /// When the request's deadline (`request_timeout_s`) passes.
+    deadline: tokio::time::Instant,
+    origin: BodyOrigin,
     limit: u64,
     idle: Duration,
 }
@@ -27,11 +43,22 @@ pub struct IntakeWatch {
 impl IntakeWatch {
     /// The error to report for `e`, which happened while the body was being read.
     pub fn explain(&self, e: ServiceError) -> ServiceError {
-        if self.exceeded.load(Ordering::Relaxed) {
+        if self.expired.load(Ordering::Relaxed) {
+            ServiceError::DeadlinePassed
+        } else if self.exceeded.load(Ordering::Relaxed) {
             self.too_large()
         } else if self.stalled.load(Ordering::Relaxed) {
             ServiceError::Timeout {
                 idle_s: self.idle.as_secs(),
+            }
+        } else if self.broken.load(Ordering::Relaxed) {
+            match self.origin {
+                BodyOrigin::Request => ServiceError::InvalidRequest(
+                    "the request body was cut short or is malformed".into(),
+                ),
+                BodyOrigin::Url => {
+                    ServiceError::FetchFailed("the overlay's download broke off".into())
+                }
             }
         } else {
             e
@@ -48,8 +75,8 @@ impl IntakeWatch {
 pub type IntakeReader = SyncIoBridge<Box<dyn tokio::io::AsyncRead + Send + Unpin>>;
 
 impl AppState {
-    /// Wraps `stream` with the configured size and stall limits.
-    pub fn intake<S, E>(&self, stream: S) -> (IntakeReader, IntakeWatch)
+    /// Wraps `stream` (from `origin`) with the configured size and stall limits.
+    pub fn intake<S, E>(&self, stream: S, origin: BodyOrigin) -> (IntakeReader, IntakeWatch)
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display,
@@ -57,6 +84,13 @@ impl AppState {
         let watch = IntakeWatch {
             exceeded: Arc::default(),
             stalled: Arc::default(),
+            broken: Arc::default(),
+            expired: Arc::default(),
+            // The same deadline as the API's: past it the client was told 504, so the work
+            // that reads this body (and the synthesis slot it holds) must end too.
+            deadline: tokio::time::Instant::now()
+                + Duration::from_secs(self.config.request_timeout_s),
+            origin,
             limit: self.config.max_upload_bytes,
             idle: Duration::from_secs(self.config.body_idle_timeout_s),
         };
@@ -70,16 +104,25 @@ impl AppState {
                     if done {
                         return None;
                     }
-                    let item = match tokio::time::timeout(w.idle, stream.next()).await {
+                    let until = w.deadline.min(tokio::time::Instant::now() + w.idle);
+                    let item = match tokio::time::timeout_at(until, stream.next()).await {
                         Err(_) => {
-                            w.stalled.store(true, Ordering::Relaxed);
+                            let flag = if until >= w.deadline {
+                                &w.expired
+                            } else {
+                                &w.stalled
+                            };
+                            flag.store(true, Ordering::Relaxed);
                             Err(io::Error::new(
                                 io::ErrorKind::TimedOut,
-                                "request body stalled",
+                                "request body stalled or past the request deadline",
                             ))
                         }
                         Ok(None) => return None,
-                        Ok(Some(Err(e))) => Err(io::Error::other(e.to_string())),
+                        Ok(Some(Err(e))) => {
+                            w.broken.store(true, Ordering::Relaxed);
+                            Err(io::Error::other(e.to_string()))
+                        }
                         Ok(Some(Ok(chunk))) => {
                             total += chunk.len() as u64;
                             if total > w.limit {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use cloudlet_api::{Session, SessionKind, SessionState, Synthesize};
 
+use super::intake::{BodyOrigin, IntakeWatch};
 use super::overlay::{merge_ports, new_uuid, open_base, set_boot_files};
 use super::{blocking, chain, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
@@ -61,13 +62,16 @@ impl AppState {
 
     /// Synthesizes from overlay bytes streaming in (decoding starts with the first
     /// segment).
+    /// `watch` explains a failure caused by the body (too large, stalled, broken, past
+    /// the deadline), in the answer and in the failed session alike.
     pub async fn synthesize_stream<R: Read + Send + 'static>(
         &self,
         ticket: SynthesisTicket,
         reader: R,
+        watch: &IntakeWatch,
     ) -> Result<Session, ServiceError> {
         let session = self
-            .synthesize_from(ticket.base, reader, None, ticket.slot)
+            .synthesize_from(ticket.base, reader, None, ticket.slot, Some(watch))
             .await?;
         Ok(Session::from(&session))
     }
@@ -101,6 +105,7 @@ impl AppState {
             BufReader::with_capacity(1 << 20, file),
             req.overlay_id,
             slot,
+            None,
         )
         .await
     }
@@ -129,9 +134,10 @@ impl AppState {
                 }
             }))
             .connect_timeout(std::time::Duration::from_secs(10))
-            // A server that accepts and then stalls is dropped like a stalled upload.
+            // A server that accepts and then stalls is dropped like a stalled upload (408):
+            // the intake's own idle timer fires first, this one only backs it up.
             .read_timeout(std::time::Duration::from_secs(
-                self.config.body_idle_timeout_s,
+                self.config.body_idle_timeout_s + 5,
             ))
             .build()
             .map_err(|e| ServiceError::failed("building the HTTP client", e))?;
@@ -147,13 +153,12 @@ impl AppState {
             )));
         }
         let declared = response.content_length();
-        let (reader, watch) = self.intake(response.bytes_stream());
+        let (reader, watch) = self.intake(response.bytes_stream(), BodyOrigin::Url);
         if declared.is_some_and(|n| n > self.config.max_upload_bytes) {
             return Err(watch.too_large());
         }
-        self.synthesize_from(base, reader, None, slot)
+        self.synthesize_from(base, reader, None, slot, Some(&watch))
             .await
-            .map_err(|e| watch.explain(e))
     }
 
     /// Synthesizes from overlay bytes read from `reader` (a file, or an upload streaming
@@ -164,6 +169,7 @@ impl AppState {
         reader: R,
         overlay_id: Option<String>,
         _slot: SynthesisSlot,
+        watch: Option<&IntakeWatch>,
     ) -> Result<SessionRecord, ServiceError> {
         let clock = std::time::Instant::now();
         let (mut session, dir) = self.new_session_with_dir(SessionKind::Synthesis, &base.id)?;
@@ -275,7 +281,11 @@ impl AppState {
             session.advance(SessionState::Running)?;
             Ok(())
         }
-        .await;
+        .await
+        .map_err(|e| match watch {
+            Some(w) => w.explain(e),
+            None => e,
+        });
         let ok = result.is_ok();
         let settled = self.settle_start(&mut session, &timer, result).await;
         self.metrics

@@ -32,6 +32,9 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("database migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The database's files could not be made private.
+    #[error("cannot make the database private (mode 0600)")]
+    Permissions(#[source] std::io::Error),
     /// A stored JSON column could not be read.
     #[error("stored {column} is not valid JSON")]
     Json {
@@ -78,6 +81,17 @@ impl Store {
             .await
             .map_err(StoreError::Database)?;
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        // Private whatever the process umask: the catalogue names every file and session.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = std::path::PathBuf::from(name);
+            if file.exists() {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(StoreError::Permissions)?;
+            }
+        }
         Ok(Self { pool })
     }
 
@@ -117,6 +131,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode.0, "wal");
+        let file_mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(file_mode & 0o777, 0o600, "the catalogue is private");
         let fk: (i64,) = sqlx::query_as("PRAGMA foreign_keys")
             .fetch_one(b.pool())
             .await

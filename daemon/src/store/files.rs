@@ -10,7 +10,7 @@
 //! ```
 
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Paths inside the data directory.
@@ -20,7 +20,8 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Creates the directory tree (mode 0700: images may hold private data).
+    /// Creates the directory tree (mode 0700: images may hold private data). A root that
+    /// exists already is set to 0700 too (a `mkdir` by hand leaves it 0755).
     pub fn create(root: &Path) -> io::Result<Self> {
         let dir = Self {
             root: root.to_path_buf(),
@@ -38,6 +39,7 @@ impl DataDir {
                 .mode(0o700)
                 .create(&d)?;
         }
+        std::fs::set_permissions(&dir.root, std::fs::Permissions::from_mode(0o700))?;
         Ok(dir)
     }
 
@@ -118,5 +120,12 @@ mod tests {
         assert_eq!(mode, 0o700);
         assert!(d.overlay_file("x").ends_with("overlays/x.overlay"));
         DataDir::create(d.root()).unwrap(); // idempotent
+                                            // A root made by hand with the usual umask is made private too.
+        let by_hand = tmp.path().join("by-hand");
+        std::fs::create_dir(&by_hand).unwrap();
+        std::fs::set_permissions(&by_hand, std::fs::Permissions::from_mode(0o755)).unwrap();
+        DataDir::create(&by_hand).unwrap();
+        let mode = std::fs::metadata(&by_hand).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }
