@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 /// max_concurrent_syntheses = 2
 /// request_timeout_s = 3600
 /// body_idle_timeout_s = 60
+/// header_timeout_s = 30
+/// max_connections = 512
 /// overlay_url_allow = ["https://overlays.example.org", "http://10.0.0.5:8000"]
 /// ```
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cloudlet/cloudletd.toml";
@@ -113,6 +115,13 @@ pub struct Config {
     /// Longest a request body may stall before the request is dropped
     /// (`CLOUDLET_BODY_IDLE_TIMEOUT_S`).
     pub body_idle_timeout_s: u64,
+    /// Longest a connection may take to send a request's headers, counted from when the
+    /// daemon waits for them: on a new connection and between requests of a kept-alive
+    /// one, so it also closes idle connections (`CLOUDLET_HEADER_TIMEOUT_S`).
+    pub header_timeout_s: u64,
+    /// Connections open at once; more are answered 503 and closed
+    /// (`CLOUDLET_MAX_CONNECTIONS`).
+    pub max_connections: usize,
     /// Overlay URLs the daemon may fetch for synthesis: each entry is a
     /// `scheme://host[:port]` origin (`CLOUDLET_OVERLAY_URL_ALLOW`, comma-separated).
     /// Empty: fetching by URL is refused.
@@ -138,6 +147,8 @@ impl Default for Config {
             max_concurrent_syntheses: 2,
             request_timeout_s: 3600,
             body_idle_timeout_s: 60,
+            header_timeout_s: 30,
+            max_connections: 512,
             overlay_url_allow: Vec::new(),
             ports_address: None,
         }
@@ -244,6 +255,12 @@ impl Config {
         if let Some(v) = get("CLOUDLET_BODY_IDLE_TIMEOUT_S") {
             self.body_idle_timeout_s = parse("body_idle_timeout_s", &v)?;
         }
+        if let Some(v) = get("CLOUDLET_HEADER_TIMEOUT_S") {
+            self.header_timeout_s = parse("header_timeout_s", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_MAX_CONNECTIONS") {
+            self.max_connections = parse("max_connections", &v)?;
+        }
         if let Some(v) = get("CLOUDLET_OVERLAY_URL_ALLOW") {
             self.overlay_url_allow = v
                 .split(',')
@@ -285,6 +302,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "max_concurrent_syntheses",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_connections",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.header_timeout_s == 0 {
+            return Err(ConfigError::Invalid {
+                key: "header_timeout_s",
+                reason: "timeouts must be at least 1 s".into(),
             });
         }
         if self.request_timeout_s == 0 || self.body_idle_timeout_s == 0 {
@@ -338,6 +367,8 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   max_concurrent_syntheses  CLOUDLET_MAX_CONCURRENT_SYNTHESES  2     (more: 503 + Retry-After)
   request_timeout_s         CLOUDLET_REQUEST_TIMEOUT_S         3600
   body_idle_timeout_s       CLOUDLET_BODY_IDLE_TIMEOUT_S       60    (a stalled upload is dropped)
+  header_timeout_s          CLOUDLET_HEADER_TIMEOUT_S          30    (slow or idle connections closed)
+  max_connections           CLOUDLET_MAX_CONNECTIONS           512   (more: 503, closed)
   overlay_url_allow         CLOUDLET_OVERLAY_URL_ALLOW (a,b)   []
       Origins (http(s)://host[:port]) synthesis may fetch overlays from.
   ports_address             CLOUDLET_PORTS_ADDRESS             (listen's address)

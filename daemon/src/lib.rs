@@ -68,8 +68,9 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     match state.hv.check().await {
         Ok(version) => {
             tracing::info!(uri = %state.config.libvirt_uri, %version, "libvirt ready");
-            if let Err(e) = state.reap_orphan_vms().await {
-                tracing::warn!(error = %e, "cannot clean up VMs of a previous run");
+            match state.adopt_running_vms().await {
+                Ok(a) => tracing::info!(?a, "sessions of the previous run reconciled with libvirt"),
+                Err(e) => tracing::warn!(error = %e, "cannot reconcile the previous run's VMs"),
             }
         }
         // The daemon still serves what needs no VM (catalogue, overlays); VM requests fail
@@ -81,7 +82,10 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     Ok(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves. HTTP/1.1 connections must send
+/// each request's headers within `header_timeout_s` (which also closes idle ones), and at
+/// most `max_connections` are open at once: a slow or silent client cannot starve the
+/// others of file descriptors or tasks.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
@@ -90,13 +94,74 @@ pub async fn serve(
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, data_dir = %state.data.root().display(), "cloudletd listening");
     let store = state.store.clone();
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
+    let config = state.config.clone();
+    let app = api::router(state);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(config.header_timeout_s));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refuse_connection(&stream, config.max_connections);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Requests in flight get a moment to answer; long work runs on in its own tasks.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown())
         .await
-        .context("serving HTTP")?;
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
     store.close().await;
     tracing::info!("cloudletd stopped");
     Ok(())
+}
+
+/// Answers a connection over `max_connections` with 503 (best effort, never waiting:
+/// the peer may be one of those holding connections open) and closes it.
+fn refuse_connection(stream: &tokio::net::TcpStream, max: usize) {
+    let body = cloudlet_api::ErrorBody {
+        error: cloudlet_api::ErrorDetail {
+            code: cloudlet_api::ErrorCode::Busy,
+            message: format!(
+                "{max} connections are open (setting max_connections); retry in a moment"
+            ),
+            request_id: None,
+        },
+    };
+    let body = serde_json::to_string(&body).unwrap_or_default();
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Retry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(reply.as_bytes());
+    tracing::warn!(max, "connection refused: too many open");
 }
 
 /// Runs the daemon with `config` until SIGINT or SIGTERM.

@@ -831,3 +831,62 @@ fn the_request_deadline_frees_the_synthesis_slot() {
         "{status} {v}"
     );
 }
+
+/// Slow or silent clients cannot hold the daemon: a connection that does not complete
+/// its headers within `header_timeout_s` (new or kept alive) is closed, and connections
+/// over `max_connections` are answered 503 and closed; once the silent ones are dropped,
+/// the daemon answers again.
+#[test]
+fn silent_and_slow_connections_are_closed_and_capped() {
+    let d = Daemon::start_in(
+        &TempDir::new("conn-limits").unwrap().0.join("data"),
+        &[
+            ("CLOUDLET_HEADER_TIMEOUT_S", "2"),
+            ("CLOUDLET_MAX_CONNECTIONS", "8"),
+        ],
+    )
+    .unwrap();
+    // Closed by the daemon, not by the test: read until EOF (or reset) within 10 s.
+    let closed_within = |mut s: TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        started.elapsed()
+    };
+    let mut slow = TcpStream::connect(d.addr).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert!(
+        closed_within(slow) < Duration::from_secs(8),
+        "a slow header is dropped"
+    );
+    let silent = TcpStream::connect(d.addr).unwrap();
+    assert!(
+        closed_within(silent) < Duration::from_secs(8),
+        "a silent connection is dropped"
+    );
+
+    // Eight silent connections fill the daemon; a ninth is told so at once.
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(d.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ninth = TcpStream::connect(d.addr).unwrap();
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut text = String::new();
+    let _ = ninth.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.contains("\"busy\"") && text.contains("max_connections"),
+        "{text}"
+    );
+    // The held ones time out; the daemon answers again.
+    let back = cloudlet_e2e::wait_until(Duration::from_secs(15), || {
+        (get(d.addr, "/health").ok()?.0 == 200).then_some(())
+    });
+    assert!(back.is_some(), "the daemon never answered again");
+    drop(held);
+}

@@ -56,7 +56,8 @@ fn base_overlay_synthesis_through_the_daemon() {
     let guest = fixture_guest().unwrap();
     let tmp = TempDir::new("flows").unwrap();
     let import = format!("{}:{}", guest.dir.display(), tmp.0.display());
-    let d = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
+    let mut d =
+        Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
     let f = |name: &str| guest.dir.join(name).display().to_string();
 
     // 1. base: boot the fixture disk, wait for its shell, save, hash.
@@ -312,7 +313,29 @@ fn base_overlay_synthesis_through_the_daemon() {
     assert_eq!(status, 200);
     drop(other_cloudlet);
 
-    // 7. clean up: deleting a base with overlays needs force; stopping sessions removes VMs.
+    // 7. the daemon is killed (kill -9) and started again: both synthesized VMs run on,
+    // are re-adopted, answer on their ports and keep their state.
+    d.kill();
+    let d = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
+    for s in [&syn, &syn2] {
+        let id = s["id"].as_str().unwrap();
+        let (_, now) = d
+            .json("GET", &format!("/api/v1/sessions/{id}"), None)
+            .unwrap();
+        assert_eq!(
+            now["state"],
+            "running",
+            "re-adopted: {now}\n{}",
+            d.log_text()
+        );
+        assert_eq!(
+            greeting(s["host_ports"]["8080"].as_u64().unwrap()).unwrap(),
+            "hello-from-guest"
+        );
+        assert_eq!(run(&d, id, SUMS), sums);
+    }
+
+    // 8. clean up: deleting a base with overlays needs force; stopping sessions removes VMs.
     let (status, _) = d.json("DELETE", "/api/v1/bases/tiny", None).unwrap();
     assert_eq!(status, 409);
     for id in [&syn_id, syn2["id"].as_str().unwrap()] {
@@ -356,8 +379,8 @@ fn run_when_up(d: &Daemon, session: &str, command: &str) -> String {
 }
 
 #[test]
-fn disk_only_overlay_boots_and_a_restart_cleans_up() {
-    if !require_host("disk_only_overlay_boots_and_a_restart_cleans_up") {
+fn disk_only_overlay_boots_and_survives_a_restart() {
+    if !require_host("disk_only_overlay_boots_and_survives_a_restart") {
         return;
     }
     let guest = fixture_guest().unwrap();
@@ -423,19 +446,64 @@ fn disk_only_overlay_boots_and_a_restart_cleans_up() {
         "fresh-boot"
     );
 
-    // A daemon killed with VMs running: the next start fails those sessions and destroys
-    // their VMs.
+    // A daemon killed (kill -9) with a VM running and a synthesis caught mid-decode: the
+    // next start re-adopts the running VM (it answers, `run` and `stop` work on it) and
+    // fails the interrupted synthesis, whose files are removed.
     let vm = syn["vm_name"].as_str().unwrap().to_string();
     assert_eq!(domains_with_prefix(&vm), vec![vm.clone()]);
+    let overlay_bytes = d
+        .send(
+            "GET",
+            &format!("/api/v1/overlays/{}/file", overlay["id"].as_str().unwrap()),
+            &[],
+            &[],
+        )
+        .unwrap()
+        .1;
+    let half = &overlay_bytes[..overlay_bytes.len() / 2];
+    let held = d.stalled_upload("/api/v1/synthesis/upload?base=tiny", half);
+    let decoding = cloudlet_e2e::wait_until(Duration::from_secs(20), || {
+        let (_, sessions) = d.json("GET", "/api/v1/sessions", None).ok()?;
+        sessions
+            .as_array()?
+            .iter()
+            .find(|s| s["state"] == "decoding")
+            .map(|s| s["id"].as_str().unwrap_or_default().to_string())
+    })
+    .expect("a synthesis held in decoding");
+
     d.kill();
+    drop(held);
     let d = Daemon::start_in(&data, &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
     let (_, s) = d
         .json("GET", &format!("/api/v1/sessions/{syn_id}"), None)
         .unwrap();
-    assert_eq!(s["state"], "failed", "{s}");
+    assert_eq!(s["state"], "running", "re-adopted: {s}");
+    assert_eq!(
+        domains_with_prefix(&vm),
+        vec![vm.clone()],
+        "the VM survived the restart"
+    );
+    assert_eq!(
+        run_when_up(&d, syn_id, "cat /mnt/data/marker.txt"),
+        "disk-only-42"
+    );
+    let (_, interrupted) = d
+        .json("GET", &format!("/api/v1/sessions/{decoding}"), None)
+        .unwrap();
+    assert_eq!(interrupted["state"], "failed", "{interrupted}");
+    assert!(
+        interrupted["error"].as_str().unwrap().contains("restarted"),
+        "{interrupted}"
+    );
+    assert!(!data.join("sessions").join(&decoding).exists());
+    let (status, stopped) = d
+        .json("POST", &format!("/api/v1/sessions/{syn_id}/stop"), None)
+        .unwrap();
+    assert_eq!((status, stopped["state"].as_str()), (200, Some("stopped")));
     assert!(
         domains_with_prefix(&vm).is_empty(),
-        "VM {vm} survived the restart"
+        "VM {vm} survived its stop"
     );
 }
 

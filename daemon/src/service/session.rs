@@ -14,6 +14,19 @@ use crate::AppState;
 
 const CONSOLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What [`AppState::adopt_running_vms`] found at start.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    /// Running sessions whose VM was alive: kept running.
+    pub adopted: u64,
+    /// Running sessions whose VM was gone: failed.
+    pub failed: u64,
+    /// VMs of sessions a restart interrupted: destroyed.
+    pub destroyed: u64,
+    /// `cloudlet-*` VMs without a session row here: left alone.
+    pub foreign: u64,
+}
+
 /// The flow-specific parameters a session stored when it started.
 pub(crate) fn session_params<T: serde::de::DeserializeOwned>(
     session: &SessionRecord,
@@ -197,20 +210,43 @@ impl AppState {
         Ok(RunResponse { output, status })
     }
 
-    /// Destroys the VMs of sessions a previous run of the daemon left active (their rows
-    /// were marked failed by the store's reconciliation).
-    pub async fn reap_orphan_vms(&self) -> Result<u64, ServiceError> {
-        let mut reaped = 0;
-        for vm in self.hv.list_with_prefix("cloudlet-").await? {
+    /// After a restart: re-adopts the VMs of sessions that were running (they ran on
+    /// without the daemon: their forwarded ports live in QEMU, their console socket and
+    /// files are where the session row says), fails running sessions whose VM is gone,
+    /// and destroys the VMs of sessions that reconciliation failed (caught mid-transition).
+    /// A `cloudlet-*` VM without a session row is reported and left alone: it may belong to
+    /// another daemon on this host.
+    pub async fn adopt_running_vms(&self) -> Result<Adoption, ServiceError> {
+        let mut adoption = Adoption::default();
+        let alive = self.hv.list_with_prefix("cloudlet-").await?;
+        for mut session in self.store.active_sessions().await? {
+            let vm = session.vm_name.clone().unwrap_or_default();
+            if session.state() == SessionState::Running && alive.contains(&vm) {
+                tracing::info!(session = %session.id, vm, "re-adopted a running VM");
+                adoption.adopted += 1;
+                continue;
+            }
+            let gone =
+                ServiceError::Conflict(format!("its VM {vm} was gone when the daemon restarted"));
+            self.fail_session(&mut session, &gone).await;
+            adoption.failed += 1;
+        }
+        for vm in &alive {
             let session_id = vm.trim_start_matches("cloudlet-");
-            if let Ok(s) = self.store.session(session_id).await {
-                if s.state() == SessionState::Failed && self.hv.destroy(&vm).await.unwrap_or(false)
-                {
-                    tracing::warn!(vm, "destroyed a VM left by a previous run");
-                    reaped += 1;
+            match self.store.session(session_id).await {
+                Ok(s) if s.state() == SessionState::Failed => {
+                    if self.hv.destroy(vm).await.unwrap_or(false) {
+                        tracing::warn!(vm, "destroyed the VM of a session a restart interrupted");
+                        adoption.destroyed += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(vm, "a cloudlet VM without a session here: left alone");
+                    adoption.foreign += 1;
                 }
             }
         }
-        Ok(reaped)
+        Ok(adoption)
     }
 }

@@ -3,9 +3,12 @@
 //!
 //! - bases and overlays left `creating` or `deleting`: files and row removed;
 //! - files and directories in the data dir that no row owns: removed;
-//! - `incoming/` and `sessions/` emptied (uploads, work in progress, VM files);
-//! - sessions left in a non-final state: marked failed (the VM layer, which knows about
-//!   libvirt domains, destroys their VMs).
+//! - `incoming/` emptied (uploads, work in progress);
+//! - sessions caught in a transition (starting, saving, encoding, decoding, restoring,
+//!   stopping): marked failed, their work files removed (the VM layer, which knows about
+//!   libvirt domains, destroys their VMs);
+//! - sessions that were `running` are kept with their files: their VMs run on without
+//!   the daemon, and the VM layer re-adopts them (or fails those whose VM is gone).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -22,11 +25,33 @@ pub struct Repairs {
     pub paths_removed: u64,
     /// Sessions marked failed.
     pub sessions_failed: u64,
+    /// Running sessions kept for re-adoption.
+    pub sessions_kept: u64,
 }
 
 /// Runs every repair.
 pub async fn reconcile(store: &Store, data: &DataDir) -> Result<Repairs, StoreError> {
     let mut repairs = Repairs::default();
+    // Sessions first: a running session's work directory must survive the sweeps below
+    // (a base session's lives under bases/).
+    let mut kept_dirs: HashSet<String> = HashSet::new();
+    for mut s in store.active_sessions().await? {
+        if s.state() == SessionState::Running {
+            kept_dirs.extend(s.run_dir.clone());
+            repairs.sessions_kept += 1;
+            continue;
+        }
+        let was = s.state();
+        if s.advance(SessionState::Failed).is_err() {
+            continue; // cannot happen: every active state may fail
+        }
+        s.error = Some(format!(
+            "the daemon restarted while this {} session was {was}",
+            s.kind
+        ));
+        store.update_session(&s).await?;
+        repairs.sessions_failed += 1;
+    }
     for o in store.overlays(None).await? {
         if o.state != ResourceState::Ready {
             remove_path(Path::new(&o.file_path), &mut repairs);
@@ -45,7 +70,10 @@ pub async fn reconcile(store: &Store, data: &DataDir) -> Result<Repairs, StoreEr
     let bases: HashSet<String> = all_bases.iter().map(|b| b.dir.clone()).collect();
     remove_unowned(
         &data.bases(),
-        |p| bases.contains(&p.display().to_string()),
+        |p| {
+            let p = p.display().to_string();
+            bases.contains(&p) || kept_dirs.contains(&p)
+        },
         &mut repairs,
     );
     // A cached export is kept only while its base exists (and is complete: no `.part`).
@@ -71,17 +99,13 @@ pub async fn reconcile(store: &Store, data: &DataDir) -> Result<Repairs, StoreEr
     );
     remove_unowned(&data.incoming(), |_| false, &mut repairs);
 
-    for mut s in store.active_sessions().await? {
-        if s.advance(SessionState::Failed).is_err() {
-            continue; // cannot happen: every active state may fail
-        }
-        s.error = Some("the daemon restarted while this session was active".into());
-        store.update_session(&s).await?;
-        repairs.sessions_failed += 1;
-    }
-    // No session is active now: their work files (VM disks, save files) are worthless.
-    remove_unowned(&data.sessions(), |_| false, &mut repairs);
-    if repairs != Repairs::default() {
+    // Work files of sessions that are over (or were just failed) are worthless.
+    remove_unowned(
+        &data.sessions(),
+        |p| kept_dirs.contains(&p.display().to_string()),
+        &mut repairs,
+    );
+    if repairs.rows_removed + repairs.paths_removed + repairs.sessions_failed > 0 {
         tracing::warn!(?repairs, "repaired state left by an interrupted run");
     }
     Ok(repairs)
@@ -142,6 +166,20 @@ mod tests {
         std::fs::write(data.incoming().join("upload"), b"partial").unwrap();
         let session = SessionRecord::new(SessionKind::Synthesis, Some("ready1".into()));
         store.insert_session(&session).await.unwrap();
+        // A running session keeps its files (its VM runs on without the daemon).
+        let mut running = SessionRecord::new(SessionKind::Synthesis, Some("ready1".into()));
+        for next in [
+            SessionState::Decoding,
+            SessionState::Restoring,
+            SessionState::Running,
+        ] {
+            running.advance(next).unwrap();
+        }
+        let run_dir = data.session_dir(&running.id);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::write(run_dir.join("disk.qcow2"), b"vm disk").unwrap();
+        running.run_dir = Some(run_dir.display().to_string());
+        store.insert_session(&running).await.unwrap();
 
         let r = reconcile(&store, &data).await.unwrap();
         assert_eq!(
@@ -149,7 +187,8 @@ mod tests {
             Repairs {
                 rows_removed: 1,
                 paths_removed: 4,
-                sessions_failed: 1
+                sessions_failed: 1,
+                sessions_kept: 1,
             }
         );
         assert!(Path::new(&ready.dir).join("disk.raw").exists());
@@ -160,9 +199,20 @@ mod tests {
             SessionState::Failed
         );
         assert_eq!(
+            store.session(&running.id).await.unwrap().state(),
+            SessionState::Running
+        );
+        assert!(
+            run_dir.join("disk.qcow2").exists(),
+            "a running session's files stay"
+        );
+        assert_eq!(
             reconcile(&store, &data).await.unwrap(),
-            Repairs::default(),
-            "second run has nothing to do"
+            Repairs {
+                sessions_kept: 1,
+                ..Repairs::default()
+            },
+            "second run has nothing to repair"
         );
     }
 }
