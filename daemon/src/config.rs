@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 /// body_idle_timeout_s = 60
 /// header_timeout_s = 30
 /// max_connections = 512
+/// libvirt_timeout_s = 30
 /// overlay_url_allow = ["https://overlays.example.org", "http://10.0.0.5:8000"]
 /// ```
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cloudlet/cloudletd.toml";
@@ -122,6 +123,9 @@ pub struct Config {
     /// Connections open at once; more are answered 503 and closed
     /// (`CLOUDLET_MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// Longest the daemon waits for libvirt at start, per call (`CLOUDLET_LIBVIRT_TIMEOUT_S`):
+    /// a wedged libvirtd then costs a warning, not an unreachable daemon.
+    pub libvirt_timeout_s: u64,
     /// Overlay URLs the daemon may fetch for synthesis: each entry is a
     /// `scheme://host[:port]` origin (`CLOUDLET_OVERLAY_URL_ALLOW`, comma-separated).
     /// Empty: fetching by URL is refused.
@@ -149,6 +153,7 @@ impl Default for Config {
             body_idle_timeout_s: 60,
             header_timeout_s: 30,
             max_connections: 512,
+            libvirt_timeout_s: 30,
             overlay_url_allow: Vec::new(),
             ports_address: None,
         }
@@ -261,6 +266,9 @@ impl Config {
         if let Some(v) = get("CLOUDLET_MAX_CONNECTIONS") {
             self.max_connections = parse("max_connections", &v)?;
         }
+        if let Some(v) = get("CLOUDLET_LIBVIRT_TIMEOUT_S") {
+            self.libvirt_timeout_s = parse("libvirt_timeout_s", &v)?;
+        }
         if let Some(v) = get("CLOUDLET_OVERLAY_URL_ALLOW") {
             self.overlay_url_allow = v
                 .split(',')
@@ -310,7 +318,7 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
-        if self.header_timeout_s == 0 {
+        if self.header_timeout_s == 0 || self.libvirt_timeout_s == 0 {
             return Err(ConfigError::Invalid {
                 key: "header_timeout_s",
                 reason: "timeouts must be at least 1 s".into(),
@@ -369,6 +377,7 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   body_idle_timeout_s       CLOUDLET_BODY_IDLE_TIMEOUT_S       60    (a stalled upload is dropped)
   header_timeout_s          CLOUDLET_HEADER_TIMEOUT_S          30    (slow or idle connections closed)
   max_connections           CLOUDLET_MAX_CONNECTIONS           512   (more: 503, closed)
+  libvirt_timeout_s         CLOUDLET_LIBVIRT_TIMEOUT_S         30    (per libvirt call at start)
   overlay_url_allow         CLOUDLET_OVERLAY_URL_ALLOW (a,b)   []
       Origins (http(s)://host[:port]) synthesis may fetch overlays from.
   ports_address             CLOUDLET_PORTS_ADDRESS             (listen's address)

@@ -37,6 +37,9 @@ pub struct AppState {
     pub metrics: std::sync::Arc<metrics::Metrics>,
     /// Held while a base archive is built for download.
     pub export_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Set once the previous run's VMs are reconciled with libvirt ([`adopt_vms`]); until
+    /// then `/health` says `starting` and other routes answer 503.
+    pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Opens the data directory and catalogue, repairs what a crash interrupted.
@@ -64,22 +67,47 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         token,
         metrics: std::sync::Arc::default(),
         export_lock: std::sync::Arc::default(),
+        ready: std::sync::Arc::default(),
     };
-    match state.hv.check().await {
-        Ok(version) => {
+    Ok(state)
+}
+
+/// Reconciles the previous run's VMs with libvirt (re-adopts running ones, destroys
+/// those of interrupted work), every libvirt call bounded by `libvirt_timeout_s`, then
+/// marks the daemon ready. Runs while the daemon already answers `/health`.
+pub async fn adopt_vms(state: AppState) {
+    let limit = std::time::Duration::from_secs(state.config.libvirt_timeout_s);
+    match tokio::time::timeout(limit, state.hv.check()).await {
+        Ok(Ok(version)) => {
             tracing::info!(uri = %state.config.libvirt_uri, %version, "libvirt ready");
-            match state.adopt_running_vms().await {
-                Ok(a) => tracing::info!(?a, "sessions of the previous run reconciled with libvirt"),
-                Err(e) => tracing::warn!(error = %e, "cannot reconcile the previous run's VMs"),
+            match tokio::time::timeout(limit, state.adopt_running_vms()).await {
+                Ok(Ok(a)) => {
+                    tracing::info!(?a, "sessions of the previous run reconciled with libvirt");
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot reconcile the previous run's VMs"),
+                Err(_) => tracing::error!(
+                    "libvirt did not finish listing VMs in {} s (setting libvirt_timeout_s); \
+                     running sessions stay unverified",
+                    limit.as_secs()
+                ),
             }
         }
+        Err(_) => tracing::error!(
+            uri = %state.config.libvirt_uri,
+            "libvirt did not answer in {} s (setting libvirt_timeout_s); VM requests will \
+             fail until it does, running sessions stay unverified",
+            limit.as_secs()
+        ),
         // The daemon still serves what needs no VM (catalogue, overlays); VM requests fail
         // with a hypervisor error until libvirtd answers.
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(uri = %state.config.libvirt_uri, error = %e, "libvirt unavailable")
         }
     }
-    Ok(state)
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!("cloudletd ready");
 }
 
 /// Serves the API on `listener` until `shutdown` resolves. HTTP/1.1 connections must send
@@ -168,6 +196,7 @@ fn refuse_connection(stream: &tokio::net::TcpStream, max: usize) {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let state = open_state(config).await?;
+    tokio::spawn(adopt_vms(state.clone()));
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

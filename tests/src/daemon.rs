@@ -137,7 +137,8 @@ impl Daemon {
                 }
             }
             match get(self.addr, "/health") {
-                Ok((200, _)) => Some(Ok(())),
+                // 200 `starting` while it reconciles the previous run's VMs: wait for `ok`.
+                Ok((200, body)) if body.contains(r#""status":"ok""#) => Some(Ok(())),
                 _ => None,
             }
         });

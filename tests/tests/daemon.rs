@@ -92,3 +92,60 @@ fn a_second_daemon_cannot_take_the_same_port() {
     let status = status.expect("second daemon should exit");
     assert!(!status.success());
 }
+
+/// A libvirtd that accepts connections and never answers cannot make the daemon
+/// unreachable: `/health` answers at once with `starting`, other routes 503 + Retry-After,
+/// and after `libvirt_timeout_s` the daemon serves without libvirt and says why in its log.
+#[test]
+fn a_wedged_libvirtd_does_not_make_the_daemon_unreachable() {
+    use cloudlet_e2e::daemon::{get, send};
+    use std::net::SocketAddr;
+    use std::process::{Command, Stdio};
+
+    let tmp = TempDir::new("wedged-libvirt").unwrap();
+    let sock = tmp.0.join("libvirt-sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new(); // accepted, never answered
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let addr: SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let log = tmp.0.join("daemon.log");
+    let mut child = Command::new(binary("cloudletd").unwrap())
+        .env("CLOUDLET_LISTEN", addr.to_string())
+        .env("CLOUDLET_TOKEN_FILE", tmp.0.join("token"))
+        .env("CLOUDLET_DATA_DIR", tmp.0.join("data"))
+        .env(
+            "CLOUDLET_LIBVIRT_URI",
+            format!("qemu+unix:///system?socket={}", sock.display()),
+        )
+        .env("CLOUDLET_LIBVIRT_TIMEOUT_S", "4")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let starting = cloudlet_e2e::wait_until(Duration::from_secs(10), || match get(addr, "/health") {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    })
+    .expect("/health answers while libvirt hangs");
+    assert!(starting.contains(r#""status":"starting""#), "{starting}");
+    let busy = send(addr, "GET", "/api/v1/bases", &[], &[]).unwrap();
+    assert_eq!(busy.status, 503, "{:?}", busy.json());
+    assert_eq!(busy.header("retry-after"), Some("2"));
+    assert_eq!(busy.json()["error"]["code"], "busy");
+    let ready = cloudlet_e2e::wait_until(Duration::from_secs(20), || {
+        let (status, body) = get(addr, "/health").ok()?;
+        (status == 200 && body.contains(r#""status":"ok""#)).then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready.is_some(), "never ready:\n{log}");
+    assert!(log.contains("libvirt did not answer"), "{log}");
+}

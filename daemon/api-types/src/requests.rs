@@ -169,10 +169,14 @@ pub struct Cleared {
 
 wire_enum! {
     /// Whether the daemon serves requests.
-    HealthStatus("`ok`: the daemon answers and its catalogue responds.")
+    HealthStatus("`ok`: the daemon serves every route; `starting`: it answers but is still \
+        reconciling the previous run's VMs with libvirt (other routes answer 503 + \
+        Retry-After until then).")
     {
         /// Serving.
         Ok = "ok",
+        /// Reconciling the previous run's VMs; other routes answer 503 meanwhile.
+        Starting = "starting",
     }
 }
 

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), until_ready))
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .with_state(state)
 }
@@ -93,6 +94,19 @@ async fn deadline(State(s): State<AppState>, request: Request, next: Next) -> Re
     };
     s.metrics.response(response.status().as_u16());
     response
+}
+
+/// While the daemon reconciles the previous run's VMs, only `/health` is served: the
+/// catalogue's sessions are not settled yet. Others get 503 + Retry-After, not a hang.
+async fn until_ready(State(s): State<AppState>, request: Request, next: Next) -> Response {
+    if s.ready.load(std::sync::atomic::Ordering::Acquire) || request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    ApiError::from(crate::service::ServiceError::Busy {
+        what: "the daemon is starting: it is reconciling the previous run's VMs".into(),
+        retry_after_s: 2,
+    })
+    .into_response()
 }
 
 async fn not_found() -> ApiError {

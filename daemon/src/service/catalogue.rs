@@ -100,8 +100,13 @@ impl AppState {
                 retry_after_s: 5,
             }
         })?;
+        let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
         Ok(Health {
-            status: HealthStatus::Ok,
+            status: if ready {
+                HealthStatus::Ok
+            } else {
+                HealthStatus::Starting
+            },
             version: env!("CARGO_PKG_VERSION").to_string(),
             bases: u64::try_from(bases.len()).unwrap_or(u64::MAX),
         })
