@@ -6,6 +6,10 @@ use crate::chunk::{
     chunk_count, zero_chunk_hash, ChunkHash, ImageKind, Location, CHUNK_SIZE_BYTES,
 };
 use crate::cursor;
+use crate::limits::{
+    MAX_DEVICE_STATE_BYTES, MAX_OVERLAY_LAYOUT_BYTES, MAX_OVERLAY_META_DECOMPRESSED_BYTES,
+    MAX_OVERLAY_RECORDS, OVERLAY_META_SLACK_BYTES,
+};
 use crate::savefile::SaveFileLayout;
 
 use super::FormatError;
@@ -84,6 +88,75 @@ const RECORD_V1_BYTES: usize = 1 + 1 + 8 + 8 + 32;
 /// The least a version 2 record takes (kind, encoding, two one-byte varints; no hash).
 const RECORD_V2_MIN_BYTES: usize = 1 + 1 + 1 + 1;
 const SEGMENT_BYTES: usize = 8 + 4 + 4 + 8 + 4 + 32;
+/// The most a record can take in either version (version 2: kind, encoding, two
+/// ten-byte varints and a hash).
+const RECORD_MAX_BYTES: u64 = 1 + 1 + 10 + 10 + 32;
+/// Most entries reserved up front for a table read from the file; beyond it the vector
+/// grows as entries actually parse, so a count alone never sizes an allocation.
+const PRESIZE_MAX: usize = 1 << 16;
+
+/// Most records metadata may hold: one per disk chunk plus one per memory page (no chunk
+/// is set twice), and never more than [`MAX_OVERLAY_RECORDS`].
+pub(crate) fn record_bound(disk_size: u64, memory_pages: u64) -> u64 {
+    chunk_count(disk_size)
+        .saturating_add(memory_pages)
+        .min(MAX_OVERLAY_RECORDS)
+}
+
+/// How long decompressed metadata may be, from its first bytes: `None` until `prefix`
+/// holds everything up to the device state's length, then the bound. The record table
+/// and the segment table (at most one segment per record) are bounded per record, the
+/// layout and device state by their caps and actual lengths, and the rest (properties,
+/// appended fields) by a fixed slack. Lets the reader refuse a lying length before it
+/// decompresses more than a few bytes.
+pub(crate) fn meta_len_bound(prefix: &[u8]) -> Result<Option<u64>, FormatError> {
+    let mut c = cursor::Cursor::new(prefix);
+    let Ok(_base_id) = c.array::<32>() else {
+        return Ok(None);
+    };
+    let Ok(disk_size) = c.u64_le() else {
+        return Ok(None);
+    };
+    if disk_size > crate::limits::MAX_DISK_BYTES {
+        return Err(invalid("disk size larger than allowed"));
+    }
+    let Ok(flag) = c.u8() else {
+        return Ok(None);
+    };
+    let (memory_pages, device_state_len) = match flag {
+        0 => (0, 0),
+        1 => {
+            let Ok(layout_len) = c.u64_le() else {
+                return Ok(None);
+            };
+            if layout_len > MAX_OVERLAY_LAYOUT_BYTES {
+                return Err(invalid("memory layout larger than allowed"));
+            }
+            let layout_len =
+                usize::try_from(layout_len).map_err(|_| invalid("length too large"))?;
+            let Ok(layout) = c.bytes(layout_len) else {
+                return Ok(None);
+            };
+            let layout = SaveFileLayout::from_bytes(layout).map_err(FormatError::Layout)?;
+            let Ok(device_state_len) = c.u64_le() else {
+                return Ok(None);
+            };
+            if device_state_len > MAX_DEVICE_STATE_BYTES {
+                return Err(invalid("device state larger than allowed"));
+            }
+            (layout.page_count(), device_state_len)
+        }
+        _ => return Err(invalid("bad memory flag")),
+    };
+    let per_record = RECORD_MAX_BYTES + SEGMENT_BYTES as u64;
+    let bound = record_bound(disk_size, memory_pages)
+        .saturating_mul(per_record)
+        .saturating_add(c.position() as u64)
+        .saturating_add(device_state_len)
+        .saturating_add(OVERLAY_META_SLACK_BYTES)
+        .min(MAX_OVERLAY_META_DECOMPRESSED_BYTES);
+    Ok(Some(bound))
+}
 
 /// One compressed payload segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,8 +334,16 @@ impl OverlayMeta {
         let memory = match c.u8()? {
             0 => None,
             1 => {
-                let layout = SaveFileLayout::from_bytes(c.blob()?).map_err(FormatError::Layout)?;
-                let device_state = c.blob()?.to_vec();
+                let layout = c.blob()?;
+                if layout.len() as u64 > MAX_OVERLAY_LAYOUT_BYTES {
+                    return Err(invalid("memory layout larger than allowed"));
+                }
+                let layout = SaveFileLayout::from_bytes(layout).map_err(FormatError::Layout)?;
+                let device_state = c.blob()?;
+                if device_state.len() as u64 > MAX_DEVICE_STATE_BYTES {
+                    return Err(invalid("device state larger than allowed"));
+                }
+                let device_state = device_state.to_vec();
                 Some(MemorySnapshot {
                     layout,
                     device_state,
@@ -270,8 +351,14 @@ impl OverlayMeta {
             }
             _ => return Err(invalid("bad memory flag")),
         };
+        // Everything below is counted; the layout (known now) bounds the records and so
+        // the segments, before either table is read.
+        let max_records = record_bound(
+            disk_size,
+            memory.as_ref().map_or(0, |m| m.layout.page_count()),
+        );
         let property_count = c.count(16)?;
-        let mut properties = Vec::with_capacity(property_count);
+        let mut properties = Vec::with_capacity(property_count.min(PRESIZE_MAX));
         for _ in 0..property_count {
             let k =
                 String::from_utf8(c.blob()?.to_vec()).map_err(|_| invalid("property not utf-8"))?;
@@ -281,8 +368,9 @@ impl OverlayMeta {
         }
         let unchanged_memory = c.u64()?;
         let unchanged_disk = c.u64()?;
-        let segment_count = c.count(SEGMENT_BYTES)?;
-        let mut segments = Vec::with_capacity(segment_count);
+        // Every segment carries at least one record (the encoder closes none empty).
+        let segment_count = c.bounded_count(SEGMENT_BYTES, max_records, "segments")?;
+        let mut segments = Vec::with_capacity(segment_count.min(PRESIZE_MAX));
         for _ in 0..segment_count {
             segments.push(SegmentEntry {
                 offset: c.u64()?,
@@ -294,9 +382,9 @@ impl OverlayMeta {
             });
         }
         let records = if major == 1 {
-            records_v1(&mut c)?
+            records_v1(&mut c, max_records)?
         } else {
-            records_v2(&mut c)?
+            records_v2(&mut c, max_records)?
         };
         let meta = OverlayMeta {
             base_id,
@@ -417,17 +505,17 @@ fn stores_hash(encoding: Encoding) -> bool {
     !matches!(encoding, Encoding::Zero | Encoding::SelfRef(_))
 }
 
-fn records_v2(c: &mut Cursor<'_>) -> Result<Vec<Record>, FormatError> {
-    let n = c.count(RECORD_V2_MIN_BYTES)?;
+fn records_v2(c: &mut Cursor<'_>, max_records: u64) -> Result<Vec<Record>, FormatError> {
+    let n = c.bounded_count(RECORD_V2_MIN_BYTES, max_records, "records")?;
     let kinds = c.take(n)?;
     let codes = c.take(n)?;
-    let mut indices = Vec::with_capacity(n);
+    let mut indices = Vec::with_capacity(n.min(PRESIZE_MAX));
     let mut previous = 0u64;
     for _ in 0..n {
         previous = previous.wrapping_add(unzigzag(c.varint()?));
         indices.push(previous);
     }
-    let mut records = Vec::with_capacity(n);
+    let mut records = Vec::with_capacity(n.min(PRESIZE_MAX));
     for (i, ((&kind, &code), index)) in kinds.iter().zip(codes).zip(indices).enumerate() {
         let kind = ImageKind::from_code(kind).ok_or_else(|| invalid("bad image kind"))?;
         let stored = c.varint()?;
@@ -460,9 +548,9 @@ fn records_v2(c: &mut Cursor<'_>) -> Result<Vec<Record>, FormatError> {
     Ok(records)
 }
 
-fn records_v1(c: &mut Cursor<'_>) -> Result<Vec<Record>, FormatError> {
-    let record_count = c.count(RECORD_V1_BYTES)?;
-    let mut records = Vec::with_capacity(record_count);
+fn records_v1(c: &mut Cursor<'_>, max_records: u64) -> Result<Vec<Record>, FormatError> {
+    let record_count = c.bounded_count(RECORD_V1_BYTES, max_records, "records")?;
+    let mut records = Vec::with_capacity(record_count.min(PRESIZE_MAX));
     for _ in 0..record_count {
         let kind = ImageKind::from_code(c.u8()?).ok_or_else(|| invalid("bad image kind"))?;
         let code = c.u8()?;
@@ -564,6 +652,22 @@ impl<'a> Cursor<'a> {
             return Err(invalid("count larger than the metadata"));
         }
         Ok(n)
+    }
+    /// A count as in [`Cursor::count`] that must also stay within `bound` (what the
+    /// layout allows); over it is [`FormatError::TooMany`].
+    fn bounded_count(
+        &mut self,
+        item_bytes: usize,
+        bound: u64,
+        what: &'static str,
+    ) -> Result<usize, FormatError> {
+        let at = self.0.clone();
+        let count = self.u64()?;
+        if count > bound {
+            return Err(FormatError::TooMany { what, count, bound });
+        }
+        self.0 = at;
+        self.count(item_bytes)
     }
 }
 
@@ -695,7 +799,66 @@ mod tests {
         assert!(c.varint().is_err(), "65th bit");
     }
 
+    /// Offset of the record count in `meta`'s serialized form.
+    fn record_count_at(meta: &OverlayMeta) -> usize {
+        meta.to_bytes().len() - records_v2_len(&meta.records)
+    }
+
+    #[test]
+    fn valid_metadata_is_within_its_length_bound() {
+        let bytes = meta_with(sample()).to_bytes();
+        let bound = meta_len_bound(&bytes)
+            .expect("valid")
+            .expect("prefix complete");
+        assert!(bytes.len() as u64 <= bound);
+        assert_eq!(meta_len_bound(&bytes[..40]).expect("partial"), None);
+    }
+
+    #[test]
+    fn counts_over_the_layout_are_refused_before_anything_is_sized_by_them() {
+        let meta = meta_with(sample());
+        let chunks = meta.disk_chunks();
+        let at = record_count_at(&meta);
+        let mut bytes = meta.to_bytes();
+        bytes[at..at + 8].copy_from_slice(&(chunks + 1).to_le_bytes());
+        let err = OverlayMeta::from_bytes(&bytes, 2).expect_err("too many records");
+        assert!(
+            matches!(err, FormatError::TooMany { what: "records", bound, .. } if bound == chunks),
+            "{err:?}"
+        );
+        // The segment count sits 60 bytes per segment before the records.
+        let at = at - SEGMENT_BYTES - 8;
+        let mut bytes = meta.to_bytes();
+        bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let err = OverlayMeta::from_bytes(&bytes, 2).expect_err("too many segments");
+        assert!(
+            matches!(
+                err,
+                FormatError::TooMany {
+                    what: "segments",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
     proptest! {
+        /// Any record count gives a value or an error; over the layout's bound (one per
+        /// disk chunk here), the count itself is refused.
+        #[test]
+        fn any_record_count_is_bounded(count in any::<u64>()) {
+            let meta = meta_with(sample());
+            let at = record_count_at(&meta);
+            let mut bytes = meta.to_bytes();
+            bytes[at..at + 8].copy_from_slice(&count.to_le_bytes());
+            let result = OverlayMeta::from_bytes(&bytes, 2);
+            if count > meta.disk_chunks() {
+                let too_many = matches!(result, Err(FormatError::TooMany { what: "records", .. }));
+                prop_assert!(too_many);
+            }
+        }
+
         /// Any damage to a valid table, or any bytes at all, give a value or an error,
         /// never a panic or a huge allocation.
         #[test]

@@ -20,6 +20,8 @@
 //! arrives: it can apply segments while an upload is still streaming in, decode them in
 //! parallel, or fetch one segment on demand.
 
+use crate::chunk::ChunkHash;
+
 mod info;
 mod meta;
 mod reader;
@@ -96,6 +98,35 @@ pub enum FormatError {
         segment: usize,
         /// Announced size.
         expected: u64,
+    },
+    /// The header declares more metadata than the overlay's layout can need (checked
+    /// before that much is decompressed).
+    #[error(
+        "overlay metadata of {declared} bytes is larger than its layout allows ({bound} bytes)"
+    )]
+    MetaTooLarge {
+        /// Decompressed length the header declares.
+        declared: u64,
+        /// Most the layout (or the absolute cap) allows.
+        bound: u64,
+    },
+    /// A count in the metadata exceeds what the layout allows (checked before anything is
+    /// sized by it).
+    #[error("overlay metadata holds {count} {what}, more than the {bound} its layout allows")]
+    TooMany {
+        /// What is counted.
+        what: &'static str,
+        /// The count in the file.
+        count: u64,
+        /// Most allowed.
+        bound: u64,
+    },
+    /// The overlay was made for another base (found from the first metadata bytes, before
+    /// the rest is decompressed).
+    #[error("overlay was made for another base")]
+    WrongBase {
+        /// Base id the overlay names.
+        found: ChunkHash,
     },
     /// The metadata is inconsistent.
     #[error("overlay metadata is invalid: {0}")]

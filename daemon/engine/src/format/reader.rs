@@ -9,7 +9,7 @@ use crate::limits::{
     MAX_OVERLAY_META_BYTES, MAX_OVERLAY_META_DECOMPRESSED_BYTES, MAX_SEGMENT_BYTES,
 };
 
-use super::meta::{OverlayMeta, SegmentEntry};
+use super::meta::{meta_len_bound, OverlayMeta, SegmentEntry};
 use super::{FormatError, FORMAT_MAJOR, FORMAT_MAJOR_OLDEST, HEADER_BYTES, MAGIC, MAX_PAYLOAD_PAD};
 
 /// One verified, still compressed payload segment.
@@ -79,18 +79,97 @@ fn parse_header(h: &[u8; HEADER_BYTES]) -> Result<Header, FormatError> {
     })
 }
 
+/// Metadata is decompressed this much at a time: the buffer grows only by bytes that
+/// actually came out of the decompressor.
+const META_READ_STEP: usize = 64 << 10;
+
+/// Decompresses verified metadata that the header says is `meta_len` bytes long. As soon
+/// as its first bytes fix the layout, a `meta_len` beyond what that layout can need is
+/// refused; output beyond `meta_len` is refused as it appears. With `base_id`, an overlay
+/// for another base is refused once its first 32 bytes are out.
+fn decompress_meta(
+    compressed: &[u8],
+    meta_len: u64,
+    base_id: Option<&ChunkHash>,
+) -> Result<Vec<u8>, FormatError> {
+    let undecodable = |_| FormatError::Invalid("metadata does not decompress".into());
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed).map_err(undecodable)?;
+    // One byte past the declared length is enough to know the header lied.
+    let mut decoder = (&mut decoder).take(meta_len.saturating_add(1));
+    let mut bytes = Vec::new();
+    let mut step = vec![0u8; META_READ_STEP];
+    let mut bound_checked = false;
+    let mut base_checked = base_id.is_none();
+    loop {
+        let n = match decoder.read(&mut step) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(undecodable(e)),
+        };
+        bytes.extend_from_slice(step.get(..n).unwrap_or_default());
+        if bytes.len() as u64 > meta_len {
+            return Err(FormatError::Invalid(
+                "metadata decompresses to more than its declared length".into(),
+            ));
+        }
+        if !base_checked {
+            if let (Some(expected), Some(found)) = (base_id, bytes.first_chunk::<32>()) {
+                if found != expected {
+                    return Err(FormatError::WrongBase { found: *found });
+                }
+                base_checked = true;
+            }
+        }
+        if !bound_checked {
+            if let Some(bound) = meta_len_bound(&bytes)? {
+                if meta_len > bound {
+                    return Err(FormatError::MetaTooLarge {
+                        declared: meta_len,
+                        bound,
+                    });
+                }
+                bound_checked = true;
+            }
+        }
+    }
+    if bytes.len() as u64 != meta_len {
+        return Err(FormatError::Invalid("metadata size mismatch".into()));
+    }
+    Ok(bytes)
+}
+
 impl<R: Read> OverlayReader<R> {
     /// Reads and verifies the header and metadata.
-    pub fn open(mut reader: R) -> Result<Self, FormatError> {
+    pub fn open(reader: R) -> Result<Self, FormatError> {
+        Self::open_inner(reader, None)
+    }
+
+    /// Like [`OverlayReader::open`], but refuses an overlay made for another base than
+    /// `base_id` ([`FormatError::WrongBase`]) as soon as the first 32 bytes of its
+    /// (verified) metadata are decompressed, before the rest is. The base id is the
+    /// first field of the compressed metadata, not of the header, so this is the
+    /// earliest point it can be known.
+    pub fn open_for_base(reader: R, base_id: &ChunkHash) -> Result<Self, FormatError> {
+        Self::open_inner(reader, Some(base_id))
+    }
+
+    fn open_inner(mut reader: R, base_id: Option<&ChunkHash>) -> Result<Self, FormatError> {
         let mut h = [0u8; HEADER_BYTES];
         reader
             .read_exact(&mut h)
             .map_err(FormatError::read("header"))?;
         let header = parse_header(&h)?;
-        if header.meta_compressed_len > MAX_OVERLAY_META_BYTES
-            || header.meta_len > MAX_OVERLAY_META_DECOMPRESSED_BYTES
-        {
+        if header.meta_compressed_len > MAX_OVERLAY_META_BYTES {
             return Err(FormatError::Invalid("metadata larger than allowed".into()));
+        }
+        // The declared length never sizes a buffer; this cap and the layout's bound
+        // (in decompress_meta) keep what decompression may produce in proportion.
+        if header.meta_len > MAX_OVERLAY_META_DECOMPRESSED_BYTES {
+            return Err(FormatError::MetaTooLarge {
+                declared: header.meta_len,
+                bound: MAX_OVERLAY_META_DECOMPRESSED_BYTES,
+            });
         }
         // Grows as bytes arrive, so a lying length cannot allocate before data backs it.
         let mut compressed = Vec::new();
@@ -104,13 +183,7 @@ impl<R: Read> OverlayReader<R> {
         if *blake3::hash(&compressed).as_bytes() != header.meta_hash {
             return Err(FormatError::MetaHash);
         }
-        let meta_len = usize::try_from(header.meta_len)
-            .map_err(|_| FormatError::Invalid("metadata larger than allowed".into()))?;
-        let bytes = zstd::bulk::decompress(&compressed, meta_len)
-            .map_err(|_| FormatError::Invalid("metadata does not decompress".into()))?;
-        if bytes.len() != meta_len {
-            return Err(FormatError::Invalid("metadata size mismatch".into()));
-        }
+        let bytes = decompress_meta(&compressed, header.meta_len, base_id)?;
         let meta = OverlayMeta::from_bytes(&bytes, header.major)?;
         // The padding is not hashed: it must be zero, so nothing can hide in it.
         // header.pad ≤ MAX_PAYLOAD_PAD (checked in parse_header).
