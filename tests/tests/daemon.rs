@@ -129,11 +129,12 @@ fn a_wedged_libvirtd_does_not_make_the_daemon_unreachable() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let starting = cloudlet_e2e::wait_until(Duration::from_secs(10), || match get(addr, "/health") {
-        Ok((200, body)) => Some(body),
-        _ => None,
-    })
-    .expect("/health answers while libvirt hangs");
+    let starting =
+        cloudlet_e2e::wait_until(Duration::from_secs(10), || match get(addr, "/health") {
+            Ok((200, body)) => Some(body),
+            _ => None,
+        })
+        .expect("/health answers while libvirt hangs");
     assert!(starting.contains(r#""status":"starting""#), "{starting}");
     let busy = send(addr, "GET", "/api/v1/bases", &[], &[]).unwrap();
     assert_eq!(busy.status, 503, "{:?}", busy.json());

@@ -20,7 +20,10 @@ use cloudlet_engine::format::OverlayReader;
 /// Maps a decode failure to the error a client sees.
 fn decode_error(e: DecodeError) -> ServiceError {
     match &e {
-        DecodeError::BaseMismatch { .. } => ServiceError::OverlayBaseMismatch(Box::new(e)),
+        DecodeError::BaseMismatch { .. }
+        | DecodeError::Format(cloudlet_engine::format::FormatError::WrongBase { .. }) => {
+            ServiceError::OverlayBaseMismatch(Box::new(e))
+        }
         _ if e.is_invalid_input() => ServiceError::OverlayCorrupt(Box::new(e)),
         _ => ServiceError::failed("decoding the overlay", e),
     }
@@ -199,7 +202,10 @@ impl AppState {
                 let reporter = super::progress::engine_reporter();
                 blocking(move || {
                     let overlay =
-                        OverlayReader::open(reader).map_err(|e| decode_error(e.into()))?;
+                        // The base id is checked from the metadata's first bytes, before
+                        // the rest of it is decompressed.
+                        OverlayReader::open_for_base(reader, engine_base.id())
+                            .map_err(|e| decode_error(e.into()))?;
                     let meta = overlay.meta();
                     check_fits(meta, &engine_base).map_err(decode_error)?;
                     let ports: Vec<u16> = meta
