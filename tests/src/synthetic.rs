@@ -22,6 +22,36 @@ pub struct SyntheticVm {
     pub base_id: String,
 }
 
+impl SyntheticVm {
+    /// Registers this VM's base in `d` as `name` (`POST /api/v1/bases/add`) and checks
+    /// it was created with the expected id; returns the answer.
+    pub fn add_base(
+        &self,
+        d: &crate::Daemon,
+        name: &str,
+        guest_ports: &[u16],
+    ) -> anyhow::Result<serde_json::Value> {
+        let (status, base) = d.json(
+            "POST",
+            "/api/v1/bases/add",
+            Some(&serde_json::json!({
+                "name": name,
+                "disk": self.workload.base_disk,
+                "save_file": self.workload.base_save,
+                "guest_ports": guest_ports,
+            })),
+        )?;
+        anyhow::ensure!(status == 201, "add-base answered {status}: {base}");
+        anyhow::ensure!(
+            base["id"] == self.base_id.as_str(),
+            "add-base made {} instead of {}",
+            base["id"],
+            self.base_id
+        );
+        Ok(base)
+    }
+}
+
 /// Generates `spec` under `dir` and encodes its overlay.
 pub fn synthetic_vm(dir: &Path, spec: &WorkloadSpec) -> anyhow::Result<SyntheticVm> {
     let workload = generate(dir, spec).context("generating the workload")?;

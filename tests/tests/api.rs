@@ -34,20 +34,7 @@ fn daemon_with_workload(
     let mut all = vec![("CLOUDLET_IMPORT_DIRS", import.as_str())];
     all.extend_from_slice(env);
     let d = Daemon::start_in(&tmp.0.join("data"), &all).unwrap();
-    let (status, base) = d
-        .json(
-            "POST",
-            "/api/v1/bases/add",
-            Some(&json!({
-                "name": "syn",
-                "disk": vm.workload.base_disk,
-                "save_file": vm.workload.base_save,
-                "guest_ports": [8080],
-            })),
-        )
-        .unwrap();
-    assert_eq!(status, 201, "{base}");
-    assert_eq!(base["id"], vm.base_id.as_str());
+    vm.add_base(&d, "syn", &[8080]).unwrap();
     (tmp, d, vm)
 }
 
@@ -683,18 +670,7 @@ fn exact_ids_win_over_names_and_vm_requests_are_bounded() {
     let other_dir = tmp.0.join("files/other");
     std::fs::create_dir_all(&other_dir).unwrap();
     let other = synthetic_vm(&other_dir, &WorkloadSpec::small(8)).unwrap();
-    let (status, squatter) = d
-        .json(
-            "POST",
-            "/api/v1/bases/add",
-            Some(&json!({
-                "name": vm.base_id,
-                "disk": other.workload.base_disk,
-                "save_file": other.workload.base_save,
-            })),
-        )
-        .unwrap();
-    assert_eq!(status, 201, "{squatter}");
+    other.add_base(&d, &vm.base_id, &[]).unwrap();
     let (status, got) = d
         .json("GET", &format!("/api/v1/bases/{}", vm.base_id), None)
         .unwrap();

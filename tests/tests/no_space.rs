@@ -32,18 +32,7 @@ fn a_full_data_disk_answers_no_space_and_keeps_nothing() {
     let data = tmp.0.join("data");
     let fs = Tmpfs::mount(&data, "256m").unwrap();
     let d = Daemon::start_in(&data, &[("CLOUDLET_IMPORT_DIRS", import.as_str())]).unwrap();
-    let (status, base) = d
-        .json(
-            "POST",
-            "/api/v1/bases/add",
-            Some(&json!({
-                "name": "syn",
-                "disk": vm.workload.base_disk,
-                "save_file": vm.workload.base_save,
-            })),
-        )
-        .unwrap();
-    assert_eq!(status, 201, "{base}");
+    vm.add_base(&d, "syn", &[]).unwrap();
     let (status, archive) = d.send("GET", "/api/v1/bases/syn/export", &[], &[]).unwrap();
     assert_eq!(status, 200);
     // The cached export is not needed any more: drop it, then leave 2 MiB free.
@@ -55,20 +44,10 @@ fn a_full_data_disk_answers_no_space_and_keeps_nothing() {
 
     // Decode of a synthesis: the rebuilt memory does not fit.
     let overlay = std::fs::read(&vm.overlay).unwrap();
-    let reply = d
-        .send_full(
-            "POST",
-            "/api/v1/synthesis/upload?base=syn",
-            &[("Content-Type", "application/octet-stream")],
-            &overlay,
-        )
+    let (status, v) = d
+        .upload("/api/v1/synthesis/upload?base=syn", &overlay)
         .unwrap();
-    assert_eq!(
-        (reply.status, code(&reply.json())),
-        (507, "no-space"),
-        "{:?}",
-        reply.json()
-    );
+    assert_eq!((status, code(&v)), (507, "no-space"), "{v}");
     assert!(
         fs.entries("sessions").is_empty(),
         "{:?}",

@@ -15,7 +15,6 @@ use cloudlet_e2e::daemon::TempDir;
 use cloudlet_e2e::synthetic::synthetic_vm;
 use cloudlet_e2e::Daemon;
 use cloudlet_engine::testkit::WorkloadSpec;
-use serde_json::json;
 
 /// `client_check.py`'s exit status when the generator or its dependencies are missing.
 const MISSING_TOOLS: i32 = 3;
@@ -32,18 +31,7 @@ fn generated_python_client_talks_to_the_daemon() {
         &[("CLOUDLET_IMPORT_DIRS", import.as_str())],
     )
     .unwrap();
-    let (status, base) = d
-        .json(
-            "POST",
-            "/api/v1/bases/add",
-            Some(&json!({
-                "name": "syn",
-                "disk": vm.workload.base_disk,
-                "save_file": vm.workload.base_save,
-            })),
-        )
-        .unwrap();
-    assert_eq!(status, 201, "{base}");
+    vm.add_base(&d, "syn", &[]).unwrap();
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let url = format!("http://{}", d.addr);

@@ -58,7 +58,10 @@ pub async fn serve_file(
         return Err(ServiceError::NotFound(name.to_string()).into());
     }
     if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let size = tokio::fs::metadata(path)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         return Err(super::ApiError::RangeNotSatisfiable { size });
     }
     if let Some(len) = response

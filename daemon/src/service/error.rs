@@ -172,7 +172,8 @@ impl ServiceError {
     /// files, goes to the log).
     pub fn session_message(&self) -> String {
         if self.code() == ErrorCode::Internal {
-            format!("internal error while {self}; see the daemon log")
+            // The step's own text may name a file of the daemon (`opening <path>`).
+            redact_data_dir(&format!("internal error while {self}; see the daemon log"))
         } else {
             self.public_message()
         }
