@@ -9,11 +9,14 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+# debootstrap, fdisk, extlinux and syslinux-common build the Debian test guest
+# (tests/fixtures/build-debian.sh).
 # qemu-utils is named together with qemu-system-x86: the image ships qemu-utils 10.0 from
 # backports, and installing qemu-system-x86 7.2 alone removes it.
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   qemu-system-x86 qemu-utils pkg-config libclang-dev clang busybox-static cpio e2fsprogs
-  xdelta3 zstd xz-utils curl sqlite3 python3 python3-venv)
+  xdelta3 zstd xz-utils curl sqlite3 python3 python3-venv
+  debootstrap fdisk extlinux syslinux-common)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -6,6 +6,7 @@
 //! fail with "run scripts/setup-host.sh", unless `CLOUDLET_SKIP_E2E=1` is set, which skips
 //! them with a loud message.
 
+pub mod cli;
 pub mod console;
 pub mod daemon;
 pub mod synthetic;
@@ -150,6 +151,49 @@ pub fn fixture_guest() -> anyhow::Result<FixtureGuest> {
         .map_err(anyhow::Error::msg)
 }
 
+/// A stock Debian 12 guest disk (bootloader, systemd, bash on the serial console), built
+/// by `tests/fixtures/build-debian.sh` and cached under `target/debian-guest`.
+#[derive(Debug, Clone)]
+pub struct DebianGuest {
+    /// Output directory (an import directory for the daemon).
+    pub dir: PathBuf,
+    /// The raw disk image.
+    pub disk: PathBuf,
+    /// What the guest prints on its console once it is up.
+    pub ready_marker: String,
+}
+
+/// Builds (once per machine, cached; a few minutes the first time) and returns the Debian
+/// guest.
+pub fn debian_guest() -> anyhow::Result<DebianGuest> {
+    static BUILT: OnceLock<Result<DebianGuest, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = repo_root().join("target/debian-guest");
+            let script = repo_root().join("tests/fixtures/build-debian.sh");
+            let out = Command::new("bash")
+                .arg(&script)
+                .arg(&dir)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "build-debian.sh failed:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let marker = std::fs::read_to_string(dir.join("marker")).map_err(|e| e.to_string())?;
+            Ok(DebianGuest {
+                disk: dir.join("disk.img"),
+                ready_marker: marker.trim().to_string(),
+                dir,
+            })
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 /// A unique name for a test resource: `cloudlet-test-<test>-<pid>-<n>`.
 pub fn unique_name(test: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -220,6 +264,31 @@ pub fn greeting(port: u64) -> anyhow::Result<String> {
         std::thread::sleep(Duration::from_millis(200));
     }
     anyhow::bail!("nothing answered on 127.0.0.1:{port}")
+}
+
+/// `GET /` of an HTTP app on a forwarded port (retried while it does not answer yet): the
+/// response body.
+pub fn http_get(port: u64) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let port = u16::try_from(port)?;
+    let mut last = String::new();
+    for _ in 0..50 {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")?;
+                let mut text = String::new();
+                let _ = s.read_to_string(&mut text);
+                if let Some((_, body)) = text.split_once("\r\n\r\n") {
+                    return Ok(body.trim().to_string());
+                }
+                last = format!("no HTTP answer: {text:?}");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("no HTTP answer on 127.0.0.1:{port}: {last}")
 }
 
 /// `qemu-img create -f qcow2 -b BACKING -F raw DISK`: a copy-on-write disk over a raw base

@@ -4,10 +4,10 @@
 //! The API-level checks of the same flows are in vm_flows.rs.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use cloudlet_e2e::daemon::{binary, TempDir};
+use cloudlet_e2e::cli::Cli;
+use cloudlet_e2e::daemon::TempDir;
 use cloudlet_e2e::{fixture_guest, greeting, require_host, Daemon, DomainGuard};
 use serde_json::Value;
 
@@ -32,74 +32,6 @@ echo $! > /counter.pid
 echo customized
 "#;
 const SERVER: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
-
-struct Cli<'a> {
-    d: &'a Daemon,
-}
-
-impl Cli<'_> {
-    fn output(&self, args: &[&str]) -> Output {
-        Command::new(binary("cloudlet").unwrap())
-            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
-            .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
-            .env_remove("CLOUDLET_TOKEN")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.output(args);
-        assert!(
-            out.status.success(),
-            "cloudlet {args:?}: {}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.d.log_text()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let text = self.ok(&all);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-    }
-
-    /// `cloudlet ARGS` with `input` on stdin; asserts success, returns stdout.
-    fn with_stdin(&self, args: &[&str], input: &str) -> String {
-        use std::io::Write;
-        let mut child = Command::new(binary("cloudlet").unwrap())
-            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
-            .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
-            .env_remove("CLOUDLET_TOKEN")
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "cloudlet {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `cloudlet run ID -- CMD` → its trimmed output.
-    fn run(&self, id: &str, command: &str) -> String {
-        self.ok(&["run", id, "--", command]).trim().to_string()
-    }
-}
 
 #[test]
 fn base_overlay_synthesis_through_the_cli() {

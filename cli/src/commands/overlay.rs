@@ -26,6 +26,15 @@ pub struct Args {
     /// Do not pass the guest's TRIM through to the overlay disk (Elijah's -t).
     #[arg(short = 't', long)]
     pub no_trim: bool,
+    /// Before saving, run `fstrim` in the guest: deleted files cost nothing in the overlay
+    /// even on file systems mounted without `discard`.
+    #[arg(long, conflicts_with = "no_trim")]
+    pub fstrim: bool,
+    /// Before saving, drop the guest's page cache and let free page reporting return the
+    /// freed memory, so cached file pages are not shipped (Elijah's -m). Memory the guest
+    /// frees by itself is never shipped: the VMs have a free-page-reporting balloon.
+    #[arg(short = 'm', long, visible_alias = "extract-free-memory")]
+    pub drop_caches: bool,
     /// Accepted for Elijah compatibility: an overlay is always one compressed file.
     #[arg(short = 'z', long)]
     pub zip: bool,
@@ -57,8 +66,14 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
     });
     args.customize.add_to(&mut body)?;
     // Sent only when set: a daemon without the field refuses unknown fields.
-    if args.no_trim {
-        body["no_trim"] = Value::Bool(true);
+    for (set, field) in [
+        (args.no_trim, "no_trim"),
+        (args.fstrim, "fstrim"),
+        (args.drop_caches, "drop_caches"),
+    ] {
+        if set {
+            body[field] = Value::Bool(true);
+        }
     }
     let client = ctx.client()?;
     let steps = ctx.progress().steps("overlay");

@@ -100,6 +100,17 @@ pub struct CreateOverlay {
     /// Do not pass guest TRIM through to the overlay disk (Elijah `-t`).
     #[serde(default)]
     pub no_trim: bool,
+    /// Right before saving, run `fstrim` on the guest's file systems, so the blocks of
+    /// deleted files are zero in the overlay even where a file system is mounted without
+    /// `discard`. Needs TRIM passed through (not with `no_trim`).
+    #[serde(default)]
+    pub fstrim: bool,
+    /// Right before saving, write back and drop the guest's page cache and wait for the
+    /// guest's free page reporting to hand the freed pages to the host, so cached file
+    /// pages are not shipped (they read as zero in the saved memory). The app's first
+    /// file reads after synthesis then come from the disk.
+    #[serde(default)]
+    pub drop_caches: bool,
 }
 
 /// `POST /api/v1/synthesis` (`cloudlet synthesis BASE OVERLAY`): exactly one overlay

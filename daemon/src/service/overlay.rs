@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cloudlet_api::{CreateOverlay, Overlay, ResourceState, Session, SessionKind, SessionState};
+use cloudlet_api::{
+    CreateOverlay, Overlay, ResourceState, ScriptLineResult, Session, SessionKind, SessionState,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
@@ -22,10 +24,43 @@ use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
 
 const RESUME_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Free page reporting hands memory freed in the guest to QEMU in batches, about 2 s after
+/// it was freed (the kernel's PAGE_REPORTING_DELAY); the save must come after that.
+const REPORTING_SETTLE: Duration = Duration::from_secs(4);
+/// One guest preparation command (`fstrim`, dropping caches) before the save.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
+const PREPARE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct OverlayParams {
     disk_only: bool,
     guest_ports: Vec<u16>,
+    /// Sessions recorded by an older daemon lack these.
+    #[serde(default)]
+    fstrim: bool,
+    #[serde(default)]
+    drop_caches: bool,
+}
+
+impl OverlayParams {
+    /// Guest commands run right before the save, in order: trim first (it reads file
+    /// system metadata), then drop the page cache that reading filled.
+    fn before_save(&self) -> Vec<&'static str> {
+        let mut commands = Vec::new();
+        if self.fstrim {
+            // util-linux trims every mounted file system; busybox's fstrim takes one.
+            commands.push("sync; fstrim -a 2>/dev/null || fstrim /");
+        }
+        if self.drop_caches {
+            // Free page reporting skips free blocks below its order (2 MiB by default): at
+            // 4 KiB, freed memory scattered in small blocks is handed back too.
+            commands.push(
+                "echo 0 > /sys/module/page_reporting/parameters/page_reporting_order 2>/dev/null; \
+                 sync; echo 3 > /proc/sys/vm/drop_caches",
+            );
+        }
+        commands
+    }
 }
 
 /// The base's files as the engine names them.
@@ -52,6 +87,11 @@ impl AppState {
     /// Starts an overlay session.
     pub async fn create_overlay(&self, req: CreateOverlay) -> Result<Session, ServiceError> {
         check_ports(&req.guest_ports)?;
+        if req.fstrim && req.no_trim {
+            return Err(ServiceError::InvalidRequest(
+                "fstrim needs TRIM passed through to the overlay disk: not with no_trim".into(),
+            ));
+        }
         let base = self.resolve_base(&req.base).await?;
         if base.memory_pages == 0 {
             return Err(ServiceError::InvalidRequest(format!(
@@ -66,6 +106,8 @@ impl AppState {
             serde_json::to_value(OverlayParams {
                 disk_only: req.disk_only,
                 guest_ports: ports.clone(),
+                fstrim: req.fstrim,
+                drop_caches: req.drop_caches,
             })
             .map_err(|e| ServiceError::failed("recording the session's parameters", e))?,
         );
@@ -167,6 +209,15 @@ impl AppState {
         let dir = PathBuf::from(session.run_dir.clone().unwrap_or_default());
         let save = dir.join("custom.save");
         let mut timer = StepTimer::default();
+        let commands = params.before_save();
+        if !commands.is_empty() {
+            let started = StepTimer::begin("prepare_save");
+            self.prepare_guest_for_save(session, &commands).await;
+            if params.drop_caches {
+                tokio::time::sleep(REPORTING_SETTLE).await;
+            }
+            timer.record("prepare_save", started);
+        }
         self.save_session_vm(session, &save, &mut timer).await?;
         let overlay_id = crate::store::new_id();
         let out = self.data.overlay_file(&overlay_id);
@@ -232,6 +283,41 @@ impl AppState {
         session.overlay_id = Some(overlay_id);
         timer.merge_into(session);
         Ok(())
+    }
+
+    /// Runs the commands that make the saved VM smaller. They only shrink the overlay, so
+    /// a failure is recorded in the session's script results and logged, and the save goes
+    /// on: the overlay is still correct, only bigger.
+    async fn prepare_guest_for_save(&self, session: &mut SessionRecord, commands: &[&str]) {
+        let Some(path) = session.console_path.clone() else {
+            return;
+        };
+        let mut console = match Console::connect(Path::new(&path), PREPARE_CONNECT_TIMEOUT).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(session = %session.id, error = %e, "cannot prepare the guest for the save");
+                session.script_results.0.push(ScriptLineResult {
+                    command: commands.join("; "),
+                    output: format!("not run: {e}"),
+                    status: -1,
+                });
+                return;
+            }
+        };
+        for command in commands {
+            let (output, status) = match console.run(command, PREPARE_TIMEOUT).await {
+                Ok(out) => (out.output, out.status),
+                Err(e) => (format!("not finished: {e}"), -1),
+            };
+            if status != 0 {
+                tracing::warn!(session = %session.id, command, status, "guest preparation for the save failed");
+            }
+            session.script_results.0.push(ScriptLineResult {
+                command: (*command).to_string(),
+                output,
+                status,
+            });
+        }
     }
 
     /// Deletes an overlay and its file.

@@ -1,0 +1,82 @@
+//! The `cloudlet` binary, run against a test daemon the way a user runs it.
+#![allow(clippy::unwrap_used)] // test helpers: a failure here is a test failure
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::daemon::binary;
+use crate::Daemon;
+
+/// `cloudlet` with the daemon's URL and token file.
+pub struct Cli<'a> {
+    /// The daemon it talks to.
+    pub d: &'a Daemon,
+}
+
+impl Cli<'_> {
+    /// `cloudlet ARGS`, whatever its outcome.
+    pub fn output(&self, args: &[&str]) -> Output {
+        Command::new(binary("cloudlet").unwrap())
+            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
+            .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
+            .env_remove("CLOUDLET_TOKEN")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `cloudlet ARGS`; asserts success (with the daemon's log), returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "cloudlet {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.d.log_text()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `cloudlet --json ARGS`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// `cloudlet ARGS` with `input` on stdin; asserts success, returns stdout.
+    pub fn with_stdin(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(binary("cloudlet").unwrap())
+            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
+            .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
+            .env_remove("CLOUDLET_TOKEN")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "cloudlet {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `cloudlet run ID -- CMD` → its trimmed output.
+    pub fn run(&self, id: &str, command: &str) -> String {
+        self.ok(&["run", id, "--", command]).trim().to_string()
+    }
+}
