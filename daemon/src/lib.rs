@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod fault;
 pub mod metrics;
 pub mod service;
 pub mod store;

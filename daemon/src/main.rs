@@ -41,6 +41,13 @@ fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
             tracing::info!(domain_type = %config.domain_type, "libvirt domain type of the VMs");
+            if let Some(point) = cloudletd::fault::armed() {
+                tracing::warn!(
+                    point,
+                    "{} is set: this daemon kills itself at that point (a test hook)",
+                    cloudletd::fault::VAR
+                );
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

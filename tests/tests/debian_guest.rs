@@ -103,6 +103,13 @@ fn stock_debian_guest_through_the_cli() {
         before[1].parse::<u64>().unwrap() + 1,
         "the hit counter did not continue"
     );
+    for (what, v) in [("base", &base), ("overlay", &ov), ("synthesis", &syn)] {
+        eprintln!("{what} step times (ms): {}", v["timings"]);
+    }
+    eprintln!(
+        "app overlay: {} bytes",
+        std::fs::metadata(&file).unwrap().len()
+    );
     let id = syn["id"].as_str().unwrap().to_string();
     let uname = cli.ok(&["run", &id, "--", "uname", "-a"]);
     assert!(

@@ -26,10 +26,13 @@ use crate::chunk::{
 use crate::disk::read_raw_chunk;
 use crate::hashlist::{self, HashIndex, HashList, HashListError, Location};
 use crate::limits::{MAX_DEVICE_STATE_BYTES, MAX_SAVE_XML_BYTES};
+use crate::progress::{NoProgress, Progress};
 use crate::savefile::{SaveFileError, SaveFileLayout, SaveFileReader, SaveFileWriter};
 
 const MEMORY_META_MAGIC: &[u8; 8] = b"CLDMEMM1";
 const IO_BUFFER_BYTES: usize = 1 << 20;
+/// Pages imported between two progress reports (16 MiB).
+const PROGRESS_PAGES: u64 = 4096;
 
 /// Errors creating, opening or reading a base.
 #[derive(Debug, thiserror::Error)]
@@ -138,9 +141,18 @@ pub struct BaseSummary {
 /// Turns a raw disk (already at `paths.disk`) and, optionally, a libvirt save file into a
 /// base: page image, memory meta, hash list and index, each written atomically.
 pub fn create_base(paths: &BasePaths, save_file: Option<&Path>) -> Result<BaseSummary, BaseError> {
+    create_base_with_progress(paths, save_file, &NoProgress)
+}
+
+/// [`create_base`], reporting the stages `memory` (pages) and `disk` (bytes hashed).
+pub fn create_base_with_progress(
+    paths: &BasePaths,
+    save_file: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<BaseSummary, BaseError> {
     let started = Instant::now();
     let (memory_hashes, nonzero) = match save_file {
-        Some(save) => import_memory(save, paths)?,
+        Some(save) => import_memory(save, paths, progress)?,
         None => (Vec::new(), 0),
     };
     let memory_time = started.elapsed();
@@ -149,7 +161,8 @@ pub fn create_base(paths: &BasePaths, save_file: Option<&Path>) -> Result<BaseSu
     let disk_size = std::fs::metadata(&paths.disk)
         .map_err(BaseError::io(&paths.disk))?
         .len();
-    let disk_hashes = hashlist::hash_file(&paths.disk)?;
+    progress.stage("disk", Some(disk_size));
+    let disk_hashes = hashlist::hash_file_with_progress(&paths.disk, progress)?;
     let disk_hash_time = started.elapsed();
 
     let started = Instant::now();
@@ -171,7 +184,11 @@ pub fn create_base(paths: &BasePaths, save_file: Option<&Path>) -> Result<BaseSu
 }
 
 /// Parses a save file into the page image and memory meta; returns every page's hash.
-fn import_memory(save: &Path, paths: &BasePaths) -> Result<(Vec<ChunkHash>, u64), BaseError> {
+fn import_memory(
+    save: &Path,
+    paths: &BasePaths,
+    progress: &dyn Progress,
+) -> Result<(Vec<ChunkHash>, u64), BaseError> {
     let file = File::open(save).map_err(BaseError::io(save))?;
     let mut reader = SaveFileReader::open(BufReader::with_capacity(IO_BUFFER_BYTES, file))
         .map_err(BaseError::save(save))?;
@@ -186,7 +203,14 @@ fn import_memory(save: &Path, paths: &BasePaths) -> Result<(Vec<ChunkHash>, u64)
         .map_err(BaseError::io(&paths.memory_pages))?;
     let mut page = [0u8; CHUNK_SIZE_BYTES];
     let mut nonzero = 0u64;
+    progress.stage("memory", Some(pages));
+    let mut unreported = 0u64;
     while let Some(index) = reader.next_page(&mut page).map_err(BaseError::save(save))? {
+        unreported += 1;
+        if unreported == PROGRESS_PAGES {
+            progress.inc(unreported);
+            unreported = 0;
+        }
         let slot = usize::try_from(index).ok().and_then(|i| hashes.get_mut(i));
         let Some(slot) = slot else {
             return Err(BaseError::Inconsistent(format!(
@@ -201,6 +225,7 @@ fn import_memory(save: &Path, paths: &BasePaths) -> Result<(Vec<ChunkHash>, u64)
                 .map_err(BaseError::io(&paths.memory_pages))?;
         }
     }
+    progress.inc(unreported);
     let device_state = reader.finish().map_err(BaseError::save(save))?;
     out.commit().map_err(BaseError::io(&paths.memory_pages))?;
     write_memory_meta(&paths.memory_meta, &layout, &device_state)?;

@@ -33,6 +33,7 @@ use crate::chunk::{
     chunk_count, hash_chunk, zero_chunk_hash, ChunkHash, ImageKind, CHUNK_SIZE_BYTES,
 };
 use crate::cursor::Cursor;
+use crate::progress::{NoProgress, Progress};
 // Defined with the chunk types (overlay metadata names locations without a hash list);
 // re-exported where callers have always found it.
 pub use crate::chunk::Location;
@@ -85,6 +86,14 @@ impl HashListError {
 /// Hashes every 4 KiB chunk of a file, in parallel, reading it once in large sequential
 /// blocks. A partial last chunk is hashed zero-padded to 4 KiB.
 pub fn hash_file(path: &Path) -> Result<Vec<ChunkHash>, HashListError> {
+    hash_file_with_progress(path, &NoProgress)
+}
+
+/// [`hash_file`], reporting the bytes hashed after each batch.
+pub fn hash_file_with_progress(
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<Vec<ChunkHash>, HashListError> {
     let mut file = File::open(path).map_err(HashListError::io(path))?;
     let len = file.metadata().map_err(HashListError::io(path))?.len();
     let mut hashes = Vec::with_capacity(usize::try_from(chunk_count(len)).unwrap_or(0));
@@ -101,6 +110,7 @@ pub fn hash_file(path: &Path) -> Result<Vec<ChunkHash>, HashListError> {
             .map(hash_chunk)
             .collect();
         hashes.extend(batch);
+        progress.inc(filled as u64);
         if filled < buf.len() {
             break;
         }

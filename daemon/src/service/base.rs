@@ -16,7 +16,7 @@ use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
 use crate::virt::{domain_xml, Console, VmSpec};
 use crate::AppState;
-use cloudlet_engine::base::{create_base, BaseError, BasePaths};
+use cloudlet_engine::base::{create_base, create_base_with_progress, BaseError, BasePaths};
 
 /// How long a freshly started VM may take to print its ready marker.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -181,8 +181,9 @@ impl AppState {
         let started = StepTimer::begin("hash");
         let summary = {
             let (paths, save) = (paths.clone(), save.to_path_buf());
+            let reporter = super::progress::engine_reporter();
             blocking(move || {
-                create_base(&paths, Some(&save))
+                create_base_with_progress(&paths, Some(&save), &reporter)
                     .map_err(|e| ServiceError::failed("hashing the base", e))
             })
             .await?

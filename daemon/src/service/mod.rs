@@ -66,6 +66,7 @@ impl StepTimer {
             ms,
         });
         self.0.insert(step.to_string(), ms);
+        crate::fault::point("after", step);
     }
 
     pub(crate) fn merge_into(&self, session: &mut SessionRecord) {

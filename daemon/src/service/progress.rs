@@ -64,6 +64,11 @@ impl cloudlet_engine::progress::Progress for EngineReporter {
     }
 
     fn inc(&self, units: u64) {
+        if crate::fault::armed().is_some() {
+            if let Ok(s) = self.state.lock() {
+                crate::fault::point("during", s.stage);
+            }
+        }
         let Some(sink) = &self.sink else { return };
         let done = self.done.fetch_add(units, Ordering::Relaxed) + units;
         let Ok(mut s) = self.state.lock() else { return };
