@@ -202,9 +202,9 @@ impl AppState {
                 let reporter = super::progress::engine_reporter();
                 blocking(move || {
                     let overlay =
-                        // The base id is checked from the metadata's first bytes, before
-                        // the rest of it is decompressed.
-                        OverlayReader::open_for_base(reader, engine_base.id())
+                        // The base id and sizes are checked from the metadata's first
+                        // bytes, before the rest of it is decompressed or sized by it.
+                        OverlayReader::open_for_base(reader, &engine_base.shape())
                             .map_err(|e| decode_error(e.into()))?;
                     let meta = overlay.meta();
                     check_fits(meta, &engine_base).map_err(decode_error)?;
