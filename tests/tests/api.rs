@@ -866,3 +866,94 @@ fn silent_and_slow_connections_are_closed_and_capped() {
     assert!(back.is_some(), "the daemon never answered again");
     drop(held);
 }
+
+/// Base archive header: magic, major 1, minor 0 (the stream after it is zstd).
+const ARCHIVE_HEAD: &[u8; 12] = b"CLDBASEX\x01\x00\x00\x00";
+
+/// A valid-looking archive of a disk-only base whose `disk.raw` is `size` zero bytes,
+/// compressed as it is written: a few tens of KB however large `size` is.
+fn zero_disk_archive(size: u64) -> Vec<u8> {
+    let meta = json!({"id": "00", "name": "zeros", "guest_ports": [], "vcpus": 1,
+        "domain_xml": "<domain/>", "source_path": null})
+    .to_string();
+    let zeros = vec![0u8; 1 << 20];
+    let mut file_hash = blake3::Hasher::new();
+    for _ in 0..size >> 20 {
+        file_hash.update(&zeros);
+    }
+    let mut table = Vec::new();
+    table.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    table.extend_from_slice(meta.as_bytes());
+    table.extend_from_slice(&1u32.to_le_bytes());
+    table.extend_from_slice(&8u16.to_le_bytes());
+    table.extend_from_slice(b"disk.raw");
+    table.extend_from_slice(&size.to_le_bytes());
+    table.extend_from_slice(file_hash.finalize().as_bytes());
+    let mut stream_hash = blake3::Hasher::new();
+    stream_hash.update(&table);
+    let mut enc = zstd::stream::Encoder::new(ARCHIVE_HEAD.to_vec(), 3).unwrap();
+    enc.write_all(&table).unwrap();
+    for _ in 0..size >> 20 {
+        stream_hash.update(&zeros);
+        enc.write_all(&zeros).unwrap();
+    }
+    enc.write_all(stream_hash.finalize().as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+fn allocated_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// A small archive cannot expand into a large base: declared sizes over
+/// `max_import_bytes` are refused (413) before anything is written, and a legitimate
+/// archive's zero runs are stored as holes.
+#[test]
+fn base_archives_expand_within_limits_and_sparsely() {
+    let limit = (64u64 << 20).to_string();
+    let (_tmp, d, vm) = daemon_with_base("import-bounds", &[("CLOUDLET_MAX_IMPORT_BYTES", &limit)]);
+    let bomb = zero_disk_archive(256 << 20);
+    assert!(bomb.len() < 100_000, "{} bytes", bomb.len());
+    let (status, v) = d.upload("/api/v1/bases/import?name=bomb", &bomb).unwrap();
+    assert_eq!((status, code(&v)), (413, "too-large"), "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("max_import_bytes"), "{message}");
+    // Nothing kept: no work directory, no base directory, no row.
+    let entries = |dir: &str| std::fs::read_dir(d.data_dir.join(dir)).unwrap().count();
+    assert_eq!(entries("incoming"), 0);
+    assert_eq!(entries("bases"), 1, "only syn's");
+    let (_, bases) = d.json("GET", "/api/v1/bases", None).unwrap();
+    assert_eq!(bases.as_array().map(Vec::len), Some(1), "{bases}");
+
+    // A real base's archive, imported again after the base is gone.
+    let archive = d
+        .send_full("GET", "/api/v1/bases/syn/export", &[], b"")
+        .unwrap()
+        .body;
+    let (status, v) = d
+        .json("DELETE", "/api/v1/bases/syn?force=true", None)
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = d.upload("/api/v1/bases/import", &archive).unwrap();
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["id"], vm.base_id.as_str());
+    let dir = std::fs::read_dir(d.data_dir.join("bases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("disk.raw").is_file())
+        .unwrap();
+    // Half the synthetic disk's chunks and most memory pages are zero.
+    for file in ["disk.raw", "memory.pages"] {
+        let path = dir.join(file);
+        let (len, used) = (
+            std::fs::metadata(&path).unwrap().len(),
+            allocated_bytes(&path),
+        );
+        assert!(
+            used < len * 3 / 4,
+            "{file}: {used} bytes allocated of {len}"
+        );
+    }
+}

@@ -12,8 +12,15 @@ use cloudlet_api::{Base, ResourceState, Upload};
 use super::{blocking, validate_name, ServiceError};
 use crate::store::bases::BaseRecord;
 use crate::AppState;
-use cloudlet_engine::archive::{export_base, import_base};
+use cloudlet_engine::archive::{export_base, import_base, ArchiveError, ImportLimits};
 use cloudlet_engine::base::BasePaths;
+
+/// Bytes an unprivileged writer may still store on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Result<u64, ServiceError> {
+    let st = rustix::fs::statvfs(dir)
+        .map_err(|e| ServiceError::failed("reading the data disk's free space", e))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
 
 fn archive_meta(base: &BaseRecord) -> Result<Vec<u8>, ServiceError> {
     let meta = ArchiveMeta {
@@ -116,15 +123,25 @@ impl AppState {
         std::fs::create_dir_all(&work)
             .map_err(|e| ServiceError::failed("creating the import directory", e))?;
         let result = async {
+            let limits = ImportLimits {
+                max_file_bytes: match self.config.max_import_bytes {
+                    0 => u64::MAX,
+                    n => n,
+                },
+                max_stored_bytes: free_bytes(&work)?,
+            };
             let (meta, id) = {
                 let work = work.clone();
                 blocking(move || {
-                    import_base(input, &work).map_err(|e| {
-                        if e.is_invalid_input() {
-                            ServiceError::invalid_input("base archive", e)
-                        } else {
-                            ServiceError::failed("importing the base", e)
-                        }
+                    import_base(input, &work, &limits).map_err(|e| match e {
+                        e if e.is_too_large() => ServiceError::ArchiveTooLarge(Box::new(e)),
+                        // Classified like any full disk: 507 no-space.
+                        e @ ArchiveError::NoSpace { .. } => ServiceError::failed(
+                            "importing the base",
+                            std::io::Error::new(std::io::ErrorKind::StorageFull, e),
+                        ),
+                        e if e.is_invalid_input() => ServiceError::invalid_input("base archive", e),
+                        e => ServiceError::failed("importing the base", e),
                     })
                 })
                 .await?
