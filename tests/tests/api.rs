@@ -870,6 +870,15 @@ fn silent_and_slow_connections_are_closed_and_capped() {
 /// Base archive header: magic, major 1, minor 0 (the stream after it is zstd).
 const ARCHIVE_HEAD: &[u8; 12] = b"CLDBASEX\x01\x00\x00\x00";
 
+/// `stream` (an archive's decompressed content without its trailer) as an archive, with
+/// the trailing hash it needs.
+fn seal_archive(stream: &[u8]) -> Vec<u8> {
+    let mut enc = zstd::stream::Encoder::new(ARCHIVE_HEAD.to_vec(), 3).unwrap();
+    enc.write_all(stream).unwrap();
+    enc.write_all(blake3::hash(stream).as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
 /// A valid-looking archive of a disk-only base whose `disk.raw` is `size` zero bytes,
 /// compressed as it is written: a few tens of KB however large `size` is.
 fn zero_disk_archive(size: u64) -> Vec<u8> {
@@ -899,6 +908,19 @@ fn zero_disk_archive(size: u64) -> Vec<u8> {
     }
     enc.write_all(stream_hash.finalize().as_bytes()).unwrap();
     enc.finish().unwrap()
+}
+
+/// `archive` with its metadata (JSON) edited by `edit` and its trailer recomputed.
+fn with_archive_meta(archive: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let stream = zstd::stream::decode_all(&archive[12..]).unwrap();
+    let len = usize::try_from(u64::from_le_bytes(stream[..8].try_into().unwrap())).unwrap();
+    let mut meta: Value = serde_json::from_slice(&stream[8..8 + len]).unwrap();
+    edit(&mut meta);
+    let meta = meta.to_string();
+    let mut out = (meta.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(meta.as_bytes());
+    out.extend_from_slice(&stream[8 + len..stream.len() - 32]);
+    seal_archive(&out)
 }
 
 fn allocated_bytes(path: &std::path::Path) -> u64 {
@@ -954,6 +976,79 @@ fn base_archives_expand_within_limits_and_sparsely() {
         assert!(
             used < len * 3 / 4,
             "{file}: {used} bytes allocated of {len}"
+        );
+    }
+}
+
+/// An imported archive's metadata cannot squat another base's selectors: a source path
+/// or name that spells another base's id, an id prefix or a name is refused (400), and
+/// the other base stays selectable by id and by name.
+#[test]
+fn imported_metadata_cannot_squat_another_bases_selectors() {
+    let (tmp, d, vm) = daemon_with_base("import-squat", &[]);
+    let other_dir = tmp.0.join("files/other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = synthetic_vm(&other_dir, &WorkloadSpec::small(8)).unwrap();
+    other.add_base(&d, "other", &[]).unwrap();
+    let archive = d
+        .send_full("GET", "/api/v1/bases/other/export", &[], b"")
+        .unwrap()
+        .body;
+    let (status, v) = d.json("DELETE", "/api/v1/bases/other", None).unwrap();
+    assert_eq!(status, 200, "{v}");
+
+    let id = vm.base_id.clone();
+    let prefix = id[..8].to_string();
+    // (what, field, value)
+    let cases = [
+        ("source_path = syn's id", "source_path", json!(id)),
+        ("source_path = syn's name", "source_path", json!("syn")),
+        ("name = syn's id prefix", "name", json!(prefix)),
+        ("name = syn's id", "name", json!(id)),
+        (
+            "a control character in source_path",
+            "source_path",
+            json!("/images/a\nb.img"),
+        ),
+        (
+            "a 5000-byte source_path",
+            "source_path",
+            json!(format!("/{}", "a".repeat(5000))),
+        ),
+        ("0 vcpus", "vcpus", json!(0)),
+    ];
+    for (what, field, value) in cases {
+        let crafted = with_archive_meta(&archive, |m| m[field] = value);
+        let (status, v) = d.upload("/api/v1/bases/import", &crafted).unwrap();
+        assert_eq!((status, code(&v)), (400, "invalid-request"), "{what}: {v}");
+        for selector in [vm.base_id.as_str(), "syn"] {
+            let (status, got) = d
+                .json("GET", &format!("/api/v1/bases/{selector}"), None)
+                .unwrap();
+            assert_eq!(
+                (status, got["id"].as_str()),
+                (200, Some(id.as_str())),
+                "{what}: {got}"
+            );
+        }
+        let (_, bases) = d.json("GET", "/api/v1/bases", None).unwrap();
+        assert_eq!(bases.as_array().map(Vec::len), Some(1), "{what}: {bases}");
+    }
+    // A hex-looking name in the archive is fine when the importer names the base.
+    let crafted = with_archive_meta(&archive, |m| m["name"] = json!("cafe"));
+    let (status, v) = d
+        .upload("/api/v1/bases/import?name=other", &crafted)
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["id"], other.base_id.as_str());
+    for selector in [vm.base_id.as_str(), "syn", &prefix] {
+        let (status, got) = d
+            .json("GET", &format!("/api/v1/bases/{selector}"), None)
+            .unwrap();
+        assert_eq!(
+            (status, got["id"].as_str()),
+            (200, Some(id.as_str())),
+            "{got}"
         );
     }
 }
