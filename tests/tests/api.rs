@@ -1052,3 +1052,71 @@ fn imported_metadata_cannot_squat_another_bases_selectors() {
         );
     }
 }
+
+/// Sends `request` as it is and reads the answer to the end: (status, head, body).
+fn raw_exchange(d: &Daemon, request: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).unwrap();
+    let (status, text) = read_status(s);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Request heads hyper refuses before the router sees them (a bad or conflicting
+/// Content-Length, a URI over 65,534 bytes, over 100 headers) are answered with the
+/// JSON error body too.
+#[test]
+fn request_heads_hyper_refuses_are_answered_in_json() {
+    let d = Daemon::start("head-errors").unwrap();
+    let long_uri = format!("/api/v1/bases?x={}", "a".repeat(70_000));
+    let many_headers: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases = [
+        (
+            "conflicting Content-Length",
+            "POST /api/v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+             Content-Length: 6\r\n\r\nhello!"
+                .to_string(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "Content-Length not a number",
+            "POST /api/v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: 5x\r\n\r\nhello"
+                .to_string(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "a request line that does not parse",
+            "GET /health HTTP/9.9 extra\r\nHost: x\r\n\r\n".to_string(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "a 70,000-byte URI",
+            format!("GET {long_uri} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            414,
+            "uri-too-long",
+        ),
+        (
+            "101 headers",
+            format!("GET /health HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n"),
+            431,
+            "headers-too-large",
+        ),
+    ];
+    for (what, request, status, expected) in cases {
+        let (got, head, body) = raw_exchange(&d, request.as_bytes());
+        assert_eq!(got, status, "{what}: {head}\n{body}");
+        assert!(
+            head.contains("content-type: application/json"),
+            "{what}: {head}"
+        );
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body:?}"));
+        assert_eq!(code(&v), expected, "{what}: {v}");
+    }
+    // The daemon still answers.
+    assert_eq!(d.get("/health").unwrap().0, 200);
+}
