@@ -1120,3 +1120,128 @@ fn request_heads_hyper_refuses_are_answered_in_json() {
     // The daemon still answers.
     assert_eq!(d.get("/health").unwrap().0, 200);
 }
+
+/// An HTTP server on 127.0.0.1:<port> that runs `answer` on every connection (after
+/// reading the request).
+fn scripted_http_server(answer: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                answer(stream);
+            });
+        }
+    });
+    port
+}
+
+/// A synthesis from an overlay URL whose server cuts the body short is the server's fault
+/// (502 `fetch-failed`); one whose server stalls, before or after its headers, is a stall
+/// (408 `timeout`, `body_idle_timeout_s`). Either way the session fails with the reason,
+/// nothing is kept and the slot is free.
+#[test]
+fn overlay_urls_cut_short_or_stalled_are_502_and_408() {
+    let tmp_files = TempDir::new("url-errors-files").unwrap();
+    let overlay = std::fs::read(
+        &synthetic_vm(&tmp_files.0, &WorkloadSpec::small(7))
+            .unwrap()
+            .overlay,
+    )
+    .unwrap();
+    let half = overlay.len() / 2;
+    let full_len = overlay.len();
+    let o = overlay.clone();
+    let cut_short = scripted_http_server(move |mut s| {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {full_len}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&o[..half]);
+        // Closed here: fewer bytes than Content-Length said.
+    });
+    let o = overlay.clone();
+    let chunked_cut = scripted_http_server(move |mut s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let _ = s.write_all(format!("{half:x}\r\n").as_bytes());
+        let _ = s.write_all(&o[..half]);
+        let _ = s.write_all(b"\r\n");
+        // Closed without the last chunk.
+    });
+    let o = overlay.clone();
+    let stalled_body = scripted_http_server(move |mut s| {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {full_len}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&o[..4096]);
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let stalled_head = scripted_http_server(|_s| std::thread::sleep(Duration::from_secs(30)));
+    let o = overlay.clone();
+    let close_delimited = scripted_http_server(move |mut s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(&o[..half]);
+    });
+    let allow = [
+        cut_short,
+        chunked_cut,
+        stalled_body,
+        stalled_head,
+        close_delimited,
+    ]
+    .map(|p| format!("http://127.0.0.1:{p}"))
+    .join(",");
+    // The synthetic VM of seed 7 is base `syn`: its overlay decodes until the bytes stop.
+    let (_tmp, d, _vm) = daemon_with_base(
+        "url-errors",
+        &[
+            ("CLOUDLET_OVERLAY_URL_ALLOW", &allow),
+            ("CLOUDLET_BODY_IDLE_TIMEOUT_S", "2"),
+            ("CLOUDLET_MAX_CONCURRENT_SYNTHESES", "1"),
+        ],
+    );
+    for (what, port, status, expected) in [
+        ("Content-Length cut short", cut_short, 502, "fetch-failed"),
+        ("chunked body cut short", chunked_cut, 502, "fetch-failed"),
+        ("body stalled", stalled_body, 408, "timeout"),
+        ("no answer at all", stalled_head, 408, "timeout"),
+        // Without a length, the end of the connection is the end of the body: a short
+        // one cannot be told from a truncated overlay.
+        (
+            "close-delimited body cut short",
+            close_delimited,
+            422,
+            "overlay-corrupt",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let (got, v) = d
+            .json(
+                "POST",
+                "/api/v1/synthesis",
+                Some(&json!({"base": "syn", "overlay_url": format!("http://127.0.0.1:{port}/app.overlay")})),
+            )
+            .unwrap();
+        assert_eq!((got, code(&v)), (status, expected), "{what}: {v}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{what}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    // Every synthesis that started is failed with its reason; nothing is left running.
+    let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
+    for s in sessions.as_array().unwrap() {
+        assert_eq!(s["state"], "failed", "{s}");
+        assert!(s["error"].as_str().is_some_and(|e| !e.is_empty()), "{s}");
+    }
+    let incoming: Vec<_> = std::fs::read_dir(d.data_dir.join("incoming"))
+        .unwrap()
+        .collect();
+    assert!(incoming.is_empty(), "{incoming:?}");
+    let session_dirs: Vec<_> = std::fs::read_dir(d.data_dir.join("sessions"))
+        .unwrap()
+        .collect();
+    assert!(session_dirs.is_empty(), "{session_dirs:?}");
+}

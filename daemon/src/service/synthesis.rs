@@ -144,11 +144,16 @@ impl AppState {
             ))
             .build()
             .map_err(|e| ServiceError::failed("building the HTTP client", e))?;
-        let response = client
-            .get(parsed)
-            .send()
-            .await
-            .map_err(|e| ServiceError::FetchFailed(chain(&e)))?;
+        // A server that accepts and never answers stalls like a body that stops (408), not
+        // like one that fails (502); the read timeout above would only fire later.
+        let idle_s = self.config.body_idle_timeout_s;
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(idle_s),
+            client.get(parsed).send(),
+        )
+        .await
+        .map_err(|_| ServiceError::Timeout { idle_s })?
+        .map_err(|e| ServiceError::FetchFailed(chain(&e)))?;
         if !response.status().is_success() {
             return Err(ServiceError::FetchFailed(format!(
                 "{url} answered {}",
