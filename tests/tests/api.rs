@@ -1245,3 +1245,35 @@ fn overlay_urls_cut_short_or_stalled_are_502_and_408() {
         .collect();
     assert!(session_dirs.is_empty(), "{session_dirs:?}");
 }
+
+/// An overlay that names the base but claims an 8 TiB disk (valid on its own: a 256 MiB
+/// chunk bitmap for its checks) is refused 422 `overlay-corrupt` from its first metadata
+/// bytes, with the synthesis failed and nothing kept.
+#[test]
+fn an_overlay_claiming_another_disk_size_than_its_base_is_corrupt() {
+    use cloudlet_engine::format::{OverlayMeta, OverlayWriter};
+    let (tmp, d, vm) = daemon_with_base("wrong-shape", &[]);
+    let path = tmp.0.join("huge.overlay");
+    let meta = OverlayMeta {
+        base_id: cloudlet_engine::hex::decode(&vm.base_id).unwrap(),
+        disk_size: 8 << 40,
+        memory: None,
+        properties: vec![],
+        unchanged_memory: 0,
+        unchanged_disk: 0,
+        segments: vec![],
+        records: vec![],
+    };
+    OverlayWriter::create(&path).unwrap().finish(meta).unwrap();
+    let overlay = std::fs::read(&path).unwrap();
+    let (status, v) = d
+        .upload("/api/v1/synthesis/upload?base=syn", &overlay)
+        .unwrap();
+    assert_eq!((status, code(&v)), (422, "overlay-corrupt"), "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("8796093022208 disk bytes"), "{message}");
+    let session_dirs: Vec<_> = std::fs::read_dir(d.data_dir.join("sessions"))
+        .unwrap()
+        .collect();
+    assert!(session_dirs.is_empty(), "{session_dirs:?}");
+}
