@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 /// import_dirs = ["/srv/images"]
 /// token_file = "/etc/cloudlet/token"
 /// max_upload_bytes = 68719476736
+/// max_import_bytes = 0       # 0: what the archive declares and the data disk has free
 /// max_concurrent_syntheses = 2
 /// request_timeout_s = 3600
 /// body_idle_timeout_s = 60
@@ -108,6 +109,11 @@ pub struct Config {
     /// Largest request body accepted: overlay, base archive or file upload
     /// (`CLOUDLET_MAX_UPLOAD_BYTES`). Larger ones get 413.
     pub max_upload_bytes: u64,
+    /// Most bytes an imported base archive may expand to: the sum of its files' declared
+    /// sizes, refused (413) before anything is written (`CLOUDLET_MAX_IMPORT_BYTES`).
+    /// 0: no fixed cap; the data the files hold (all-zero blocks are written as holes)
+    /// must still fit in the data disk's free space (507).
+    pub max_import_bytes: u64,
     /// Syntheses running at once; more get 503 with Retry-After
     /// (`CLOUDLET_MAX_CONCURRENT_SYNTHESES`).
     pub max_concurrent_syntheses: usize,
@@ -148,6 +154,7 @@ impl Default for Config {
             import_dirs: Vec::new(),
             token_file: PathBuf::from("/etc/cloudlet/token"),
             max_upload_bytes: 64 << 30,
+            max_import_bytes: 0,
             max_concurrent_syntheses: 2,
             request_timeout_s: 3600,
             body_idle_timeout_s: 60,
@@ -250,6 +257,9 @@ impl Config {
         }
         if let Some(v) = get("CLOUDLET_MAX_UPLOAD_BYTES") {
             self.max_upload_bytes = parse("max_upload_bytes", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_MAX_IMPORT_BYTES") {
+            self.max_import_bytes = parse("max_import_bytes", &v)?;
         }
         if let Some(v) = get("CLOUDLET_MAX_CONCURRENT_SYNTHESES") {
             self.max_concurrent_syntheses = parse("max_concurrent_syntheses", &v)?;
@@ -372,6 +382,9 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   token_file                CLOUDLET_TOKEN_FILE                /etc/cloudlet/token
       API bearer token, created (mode 0600) on first start; the CLI reads it there.
   max_upload_bytes          CLOUDLET_MAX_UPLOAD_BYTES          68719476736 (64 GiB)
+  max_import_bytes          CLOUDLET_MAX_IMPORT_BYTES          0     (0: the data disk's free space)
+      Most bytes an imported base archive may expand to (declared file sizes); zero
+      blocks are stored as holes, the rest must fit in the data disk's free space.
   max_concurrent_syntheses  CLOUDLET_MAX_CONCURRENT_SYNTHESES  2     (more: 503 + Retry-After)
   request_timeout_s         CLOUDLET_REQUEST_TIMEOUT_S         3600
   body_idle_timeout_s       CLOUDLET_BODY_IDLE_TIMEOUT_S       60    (a stalled upload is dropped)

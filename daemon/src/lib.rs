@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod conn;
 pub mod fault;
 pub mod metrics;
 pub mod service;
@@ -129,7 +130,9 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(config.header_timeout_s));
+        .header_read_timeout(std::time::Duration::from_secs(config.header_timeout_s))
+        .max_headers(conn::MAX_HEADERS)
+        .max_buf_size(conn::MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -149,7 +152,9 @@ pub async fn serve(
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        // hyper's own answers to heads it cannot parse get the JSON error body.
+        let io = hyper_util::rt::TokioIo::new(conn::JsonHeadErrors::new(stream));
+        let conn = http.serve_connection(io, service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -866,3 +866,414 @@ fn silent_and_slow_connections_are_closed_and_capped() {
     assert!(back.is_some(), "the daemon never answered again");
     drop(held);
 }
+
+/// Base archive header: magic, major 1, minor 0 (the stream after it is zstd).
+const ARCHIVE_HEAD: &[u8; 12] = b"CLDBASEX\x01\x00\x00\x00";
+
+/// `stream` (an archive's decompressed content without its trailer) as an archive, with
+/// the trailing hash it needs.
+fn seal_archive(stream: &[u8]) -> Vec<u8> {
+    let mut enc = zstd::stream::Encoder::new(ARCHIVE_HEAD.to_vec(), 3).unwrap();
+    enc.write_all(stream).unwrap();
+    enc.write_all(blake3::hash(stream).as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A valid-looking archive of a disk-only base whose `disk.raw` is `size` zero bytes,
+/// compressed as it is written: a few tens of KB however large `size` is.
+fn zero_disk_archive(size: u64) -> Vec<u8> {
+    let meta = json!({"id": "00", "name": "zeros", "guest_ports": [], "vcpus": 1,
+        "domain_xml": "<domain/>", "source_path": null})
+    .to_string();
+    let zeros = vec![0u8; 1 << 20];
+    let mut file_hash = blake3::Hasher::new();
+    for _ in 0..size >> 20 {
+        file_hash.update(&zeros);
+    }
+    let mut table = Vec::new();
+    table.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    table.extend_from_slice(meta.as_bytes());
+    table.extend_from_slice(&1u32.to_le_bytes());
+    table.extend_from_slice(&8u16.to_le_bytes());
+    table.extend_from_slice(b"disk.raw");
+    table.extend_from_slice(&size.to_le_bytes());
+    table.extend_from_slice(file_hash.finalize().as_bytes());
+    let mut stream_hash = blake3::Hasher::new();
+    stream_hash.update(&table);
+    let mut enc = zstd::stream::Encoder::new(ARCHIVE_HEAD.to_vec(), 3).unwrap();
+    enc.write_all(&table).unwrap();
+    for _ in 0..size >> 20 {
+        stream_hash.update(&zeros);
+        enc.write_all(&zeros).unwrap();
+    }
+    enc.write_all(stream_hash.finalize().as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+/// `archive` with its metadata (JSON) edited by `edit` and its trailer recomputed.
+fn with_archive_meta(archive: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let stream = zstd::stream::decode_all(&archive[12..]).unwrap();
+    let len = usize::try_from(u64::from_le_bytes(stream[..8].try_into().unwrap())).unwrap();
+    let mut meta: Value = serde_json::from_slice(&stream[8..8 + len]).unwrap();
+    edit(&mut meta);
+    let meta = meta.to_string();
+    let mut out = (meta.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(meta.as_bytes());
+    out.extend_from_slice(&stream[8 + len..stream.len() - 32]);
+    seal_archive(&out)
+}
+
+fn allocated_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// A small archive cannot expand into a large base: declared sizes over
+/// `max_import_bytes` are refused (413) before anything is written, and a legitimate
+/// archive's zero runs are stored as holes.
+#[test]
+fn base_archives_expand_within_limits_and_sparsely() {
+    let limit = (64u64 << 20).to_string();
+    let (_tmp, d, vm) = daemon_with_base("import-bounds", &[("CLOUDLET_MAX_IMPORT_BYTES", &limit)]);
+    let bomb = zero_disk_archive(256 << 20);
+    assert!(bomb.len() < 100_000, "{} bytes", bomb.len());
+    let (status, v) = d.upload("/api/v1/bases/import?name=bomb", &bomb).unwrap();
+    assert_eq!((status, code(&v)), (413, "too-large"), "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("max_import_bytes"), "{message}");
+    // Nothing kept: no work directory, no base directory, no row.
+    let entries = |dir: &str| std::fs::read_dir(d.data_dir.join(dir)).unwrap().count();
+    assert_eq!(entries("incoming"), 0);
+    assert_eq!(entries("bases"), 1, "only syn's");
+    let (_, bases) = d.json("GET", "/api/v1/bases", None).unwrap();
+    assert_eq!(bases.as_array().map(Vec::len), Some(1), "{bases}");
+
+    // A real base's archive, imported again after the base is gone.
+    let archive = d
+        .send_full("GET", "/api/v1/bases/syn/export", &[], b"")
+        .unwrap()
+        .body;
+    let (status, v) = d
+        .json("DELETE", "/api/v1/bases/syn?force=true", None)
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = d.upload("/api/v1/bases/import", &archive).unwrap();
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["id"], vm.base_id.as_str());
+    let dir = std::fs::read_dir(d.data_dir.join("bases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("disk.raw").is_file())
+        .unwrap();
+    // Half the synthetic disk's chunks and most memory pages are zero.
+    for file in ["disk.raw", "memory.pages"] {
+        let path = dir.join(file);
+        let (len, used) = (
+            std::fs::metadata(&path).unwrap().len(),
+            allocated_bytes(&path),
+        );
+        assert!(
+            used < len * 3 / 4,
+            "{file}: {used} bytes allocated of {len}"
+        );
+    }
+}
+
+/// An imported archive's metadata cannot squat another base's selectors: a source path
+/// or name that spells another base's id, an id prefix or a name is refused (400), and
+/// the other base stays selectable by id and by name.
+#[test]
+fn imported_metadata_cannot_squat_another_bases_selectors() {
+    let (tmp, d, vm) = daemon_with_base("import-squat", &[]);
+    let other_dir = tmp.0.join("files/other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = synthetic_vm(&other_dir, &WorkloadSpec::small(8)).unwrap();
+    other.add_base(&d, "other", &[]).unwrap();
+    let archive = d
+        .send_full("GET", "/api/v1/bases/other/export", &[], b"")
+        .unwrap()
+        .body;
+    let (status, v) = d.json("DELETE", "/api/v1/bases/other", None).unwrap();
+    assert_eq!(status, 200, "{v}");
+
+    let id = vm.base_id.clone();
+    let prefix = id[..8].to_string();
+    // (what, field, value)
+    let cases = [
+        ("source_path = syn's id", "source_path", json!(id)),
+        ("source_path = syn's name", "source_path", json!("syn")),
+        ("name = syn's id prefix", "name", json!(prefix)),
+        ("name = syn's id", "name", json!(id)),
+        (
+            "a control character in source_path",
+            "source_path",
+            json!("/images/a\nb.img"),
+        ),
+        (
+            "a 5000-byte source_path",
+            "source_path",
+            json!(format!("/{}", "a".repeat(5000))),
+        ),
+        ("0 vcpus", "vcpus", json!(0)),
+    ];
+    for (what, field, value) in cases {
+        let crafted = with_archive_meta(&archive, |m| m[field] = value);
+        let (status, v) = d.upload("/api/v1/bases/import", &crafted).unwrap();
+        assert_eq!((status, code(&v)), (400, "invalid-request"), "{what}: {v}");
+        for selector in [vm.base_id.as_str(), "syn"] {
+            let (status, got) = d
+                .json("GET", &format!("/api/v1/bases/{selector}"), None)
+                .unwrap();
+            assert_eq!(
+                (status, got["id"].as_str()),
+                (200, Some(id.as_str())),
+                "{what}: {got}"
+            );
+        }
+        let (_, bases) = d.json("GET", "/api/v1/bases", None).unwrap();
+        assert_eq!(bases.as_array().map(Vec::len), Some(1), "{what}: {bases}");
+    }
+    // A hex-looking name in the archive is fine when the importer names the base.
+    let crafted = with_archive_meta(&archive, |m| m["name"] = json!("cafe"));
+    let (status, v) = d
+        .upload("/api/v1/bases/import?name=other", &crafted)
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["id"], other.base_id.as_str());
+    for selector in [vm.base_id.as_str(), "syn", &prefix] {
+        let (status, got) = d
+            .json("GET", &format!("/api/v1/bases/{selector}"), None)
+            .unwrap();
+        assert_eq!(
+            (status, got["id"].as_str()),
+            (200, Some(id.as_str())),
+            "{got}"
+        );
+    }
+}
+
+/// Sends `request` as it is and reads the answer to the end: (status, head, body).
+fn raw_exchange(d: &Daemon, request: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).unwrap();
+    let (status, text) = read_status(s);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Request heads hyper refuses before the router sees them (a bad or conflicting
+/// Content-Length, a URI over 65,534 bytes, over 100 headers) are answered with the
+/// JSON error body too.
+#[test]
+fn request_heads_hyper_refuses_are_answered_in_json() {
+    let d = Daemon::start("head-errors").unwrap();
+    let long_uri = format!("/api/v1/bases?x={}", "a".repeat(70_000));
+    let many_headers: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases = [
+        (
+            "conflicting Content-Length",
+            "POST /api/v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+             Content-Length: 6\r\n\r\nhello!"
+                .to_string(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "Content-Length not a number",
+            "POST /api/v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: 5x\r\n\r\nhello"
+                .to_string(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "a request line that does not parse",
+            "GET /health HTTP/9.9 extra\r\nHost: x\r\n\r\n".to_string(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "a 70,000-byte URI",
+            format!("GET {long_uri} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            414,
+            "uri-too-long",
+        ),
+        (
+            "101 headers",
+            format!("GET /health HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n"),
+            431,
+            "headers-too-large",
+        ),
+    ];
+    for (what, request, status, expected) in cases {
+        let (got, head, body) = raw_exchange(&d, request.as_bytes());
+        assert_eq!(got, status, "{what}: {head}\n{body}");
+        assert!(
+            head.contains("content-type: application/json"),
+            "{what}: {head}"
+        );
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body:?}"));
+        assert_eq!(code(&v), expected, "{what}: {v}");
+    }
+    // The daemon still answers.
+    assert_eq!(d.get("/health").unwrap().0, 200);
+}
+
+/// An HTTP server on 127.0.0.1:<port> that runs `answer` on every connection (after
+/// reading the request).
+fn scripted_http_server(answer: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                answer(stream);
+            });
+        }
+    });
+    port
+}
+
+/// A synthesis from an overlay URL whose server cuts the body short is the server's fault
+/// (502 `fetch-failed`); one whose server stalls, before or after its headers, is a stall
+/// (408 `timeout`, `body_idle_timeout_s`). Either way the session fails with the reason,
+/// nothing is kept and the slot is free.
+#[test]
+fn overlay_urls_cut_short_or_stalled_are_502_and_408() {
+    let tmp_files = TempDir::new("url-errors-files").unwrap();
+    let overlay = std::fs::read(
+        &synthetic_vm(&tmp_files.0, &WorkloadSpec::small(7))
+            .unwrap()
+            .overlay,
+    )
+    .unwrap();
+    let half = overlay.len() / 2;
+    let full_len = overlay.len();
+    let o = overlay.clone();
+    let cut_short = scripted_http_server(move |mut s| {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {full_len}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&o[..half]);
+        // Closed here: fewer bytes than Content-Length said.
+    });
+    let o = overlay.clone();
+    let chunked_cut = scripted_http_server(move |mut s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let _ = s.write_all(format!("{half:x}\r\n").as_bytes());
+        let _ = s.write_all(&o[..half]);
+        let _ = s.write_all(b"\r\n");
+        // Closed without the last chunk.
+    });
+    let o = overlay.clone();
+    let stalled_body = scripted_http_server(move |mut s| {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {full_len}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&o[..4096]);
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let stalled_head = scripted_http_server(|_s| std::thread::sleep(Duration::from_secs(30)));
+    let o = overlay.clone();
+    let close_delimited = scripted_http_server(move |mut s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(&o[..half]);
+    });
+    let allow = [
+        cut_short,
+        chunked_cut,
+        stalled_body,
+        stalled_head,
+        close_delimited,
+    ]
+    .map(|p| format!("http://127.0.0.1:{p}"))
+    .join(",");
+    // The synthetic VM of seed 7 is base `syn`: its overlay decodes until the bytes stop.
+    let (_tmp, d, _vm) = daemon_with_base(
+        "url-errors",
+        &[
+            ("CLOUDLET_OVERLAY_URL_ALLOW", &allow),
+            ("CLOUDLET_BODY_IDLE_TIMEOUT_S", "2"),
+            ("CLOUDLET_MAX_CONCURRENT_SYNTHESES", "1"),
+        ],
+    );
+    for (what, port, status, expected) in [
+        ("Content-Length cut short", cut_short, 502, "fetch-failed"),
+        ("chunked body cut short", chunked_cut, 502, "fetch-failed"),
+        ("body stalled", stalled_body, 408, "timeout"),
+        ("no answer at all", stalled_head, 408, "timeout"),
+        // Without a length, the end of the connection is the end of the body: a short
+        // one cannot be told from a truncated overlay.
+        (
+            "close-delimited body cut short",
+            close_delimited,
+            422,
+            "overlay-corrupt",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let (got, v) = d
+            .json(
+                "POST",
+                "/api/v1/synthesis",
+                Some(&json!({"base": "syn", "overlay_url": format!("http://127.0.0.1:{port}/app.overlay")})),
+            )
+            .unwrap();
+        assert_eq!((got, code(&v)), (status, expected), "{what}: {v}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{what}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    // Every synthesis that started is failed with its reason; nothing is left running.
+    let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
+    for s in sessions.as_array().unwrap() {
+        assert_eq!(s["state"], "failed", "{s}");
+        assert!(s["error"].as_str().is_some_and(|e| !e.is_empty()), "{s}");
+    }
+    let incoming: Vec<_> = std::fs::read_dir(d.data_dir.join("incoming"))
+        .unwrap()
+        .collect();
+    assert!(incoming.is_empty(), "{incoming:?}");
+    let session_dirs: Vec<_> = std::fs::read_dir(d.data_dir.join("sessions"))
+        .unwrap()
+        .collect();
+    assert!(session_dirs.is_empty(), "{session_dirs:?}");
+}
+
+/// An overlay that names the base but claims an 8 TiB disk (valid on its own: a 256 MiB
+/// chunk bitmap for its checks) is refused 422 `overlay-corrupt` from its first metadata
+/// bytes, with the synthesis failed and nothing kept.
+#[test]
+fn an_overlay_claiming_another_disk_size_than_its_base_is_corrupt() {
+    use cloudlet_engine::format::{OverlayMeta, OverlayWriter};
+    let (tmp, d, vm) = daemon_with_base("wrong-shape", &[]);
+    let path = tmp.0.join("huge.overlay");
+    let meta = OverlayMeta {
+        base_id: cloudlet_engine::hex::decode(&vm.base_id).unwrap(),
+        disk_size: 8 << 40,
+        memory: None,
+        properties: vec![],
+        unchanged_memory: 0,
+        unchanged_disk: 0,
+        segments: vec![],
+        records: vec![],
+    };
+    OverlayWriter::create(&path).unwrap().finish(meta).unwrap();
+    let overlay = std::fs::read(&path).unwrap();
+    let (status, v) = d
+        .upload("/api/v1/synthesis/upload?base=syn", &overlay)
+        .unwrap();
+    assert_eq!((status, code(&v)), (422, "overlay-corrupt"), "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("8796093022208 disk bytes"), "{message}");
+    let session_dirs: Vec<_> = std::fs::read_dir(d.data_dir.join("sessions"))
+        .unwrap()
+        .collect();
+    assert!(session_dirs.is_empty(), "{session_dirs:?}");
+}

@@ -28,8 +28,12 @@ wire_enum! {
         Conflict = "conflict",
         /// 413: a body over `max_upload_bytes`.
         TooLarge = "too-large",
+        /// 414: a request URI over 65,534 bytes (answered before the router sees it).
+        UriTooLong = "uri-too-long",
         /// 416: a download range that lies outside the file (`Content-Range: bytes */SIZE`).
         RangeNotSatisfiable = "range-not-satisfiable",
+        /// 431: a request head with too many headers or too many bytes.
+        HeadersTooLarge = "headers-too-large",
         /// 422: a damaged, truncated or foreign file where an overlay was expected.
         OverlayCorrupt = "overlay-corrupt",
         /// 422: the overlay was made for another base.
@@ -63,7 +67,9 @@ impl ErrorCode {
             ErrorCode::Timeout => 408,
             ErrorCode::Ambiguous | ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
+            ErrorCode::UriTooLong => 414,
             ErrorCode::RangeNotSatisfiable => 416,
+            ErrorCode::HeadersTooLarge => 431,
             ErrorCode::OverlayCorrupt
             | ErrorCode::OverlayBaseMismatch
             | ErrorCode::ScriptFailed => 422,

@@ -346,6 +346,16 @@ impl Base {
         self.hashes.disk_size()
     }
 
+    /// What an overlay must agree with to apply to this base (checked as it is opened,
+    /// [`crate::format::OverlayReader::open_for_base`]).
+    pub fn shape(&self) -> crate::format::BaseShape {
+        crate::format::BaseShape {
+            id: self.id,
+            disk_size: self.disk_size(),
+            memory_pages: self.memory_layout().map_or(0, SaveFileLayout::page_count),
+        }
+    }
+
     /// The memory snapshot's layout, unless the base is disk-only.
     pub fn memory_layout(&self) -> Option<&SaveFileLayout> {
         self.memory.as_ref().map(|(_, l)| l)

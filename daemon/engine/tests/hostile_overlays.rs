@@ -7,7 +7,10 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use cloudlet_engine::format::{FormatError, OverlayMeta, OverlayReader, OverlayWriter};
+use cloudlet_engine::format::{
+    BaseShape, FormatError, MemorySnapshot, OverlayMeta, OverlayReader, OverlayWriter,
+};
+use cloudlet_engine::savefile::{RamBlock, SaveFileLayout};
 
 /// Largest growth of peak RSS allowed while one hostile overlay is opened.
 const MAX_GROWTH_BYTES: u64 = 64 << 20;
@@ -17,15 +20,27 @@ const BASE_ID: [u8; 32] = [7; 32];
 /// One test at a time: peak RSS is per process.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The base the valid overlay was made for: a 1 MiB disk, no memory.
+const BASE: BaseShape = BaseShape {
+    id: BASE_ID,
+    disk_size: 1 << 20,
+    memory_pages: 0,
+};
+
 /// A valid overlay of a 1 MiB disk (256 chunks) with no records.
 fn valid_overlay() -> Vec<u8> {
+    overlay_of(1 << 20, None)
+}
+
+/// A valid overlay of BASE_ID with no records, claiming `disk_size` and `memory`.
+fn overlay_of(disk_size: u64, memory: Option<MemorySnapshot>) -> Vec<u8> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("small.overlay");
     let writer = OverlayWriter::create(&path).expect("create");
     let meta = OverlayMeta {
         base_id: BASE_ID,
-        disk_size: 1 << 20,
-        memory: None,
+        disk_size,
+        memory,
         properties: vec![],
         unchanged_memory: 0,
         unchanged_disk: 0,
@@ -34,6 +49,36 @@ fn valid_overlay() -> Vec<u8> {
     };
     writer.finish(meta).expect("finish");
     std::fs::read(&path).expect("read back")
+}
+
+/// A memory snapshot whose one RAM block is `ram_bytes` long (nothing else in it matters
+/// to the reader before the base is checked).
+fn memory_of(ram_bytes: u64) -> MemorySnapshot {
+    let mut preamble = Vec::new();
+    preamble.extend_from_slice(&0x5145_564d_u32.to_be_bytes());
+    preamble.extend_from_slice(&3u32.to_be_bytes());
+    preamble.push(0x07);
+    preamble.extend_from_slice(&13u32.to_be_bytes());
+    preamble.extend_from_slice(b"pc-i440fx-7.2");
+    let mut xml_area = b"<domain type='qemu'><name>hostile</name></domain>\0".to_vec();
+    xml_area.resize(4096, 0);
+    MemorySnapshot {
+        layout: SaveFileLayout {
+            libvirt_version: 2,
+            was_running: 1,
+            xml_area,
+            cookie_offset: 0,
+            qemu_preamble: preamble,
+            ram_section_id: 2,
+            ram_instance_id: 0,
+            ram_version_id: 4,
+            blocks: vec![RamBlock {
+                name: "pc.ram".into(),
+                length: ram_bytes,
+            }],
+        },
+        device_state: vec![0; 64],
+    }
 }
 
 /// The decompressed metadata of `overlay` (a valid one).
@@ -106,11 +151,20 @@ fn status_kib(field: &str) -> u64 {
 
 /// Opens `overlay` and returns the error and how much peak RSS grew meanwhile.
 fn open_measured(overlay: &[u8]) -> (FormatError, u64) {
+    open_measured_for(overlay, None)
+}
+
+/// Opens `overlay` (for `base`, if given) and returns the error and how much peak RSS
+/// grew meanwhile.
+fn open_measured_for(overlay: &[u8], base: Option<&BaseShape>) -> (FormatError, u64) {
     // Resets VmHWM to the current RSS (Linux ≥ 4.0); if refused, the peak so far stands
     // and the growth below is measured from the current RSS, which only overstates it.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = status_kib("VmRSS:");
-    let result = OverlayReader::open(overlay);
+    let result = match base {
+        Some(base) => OverlayReader::open_for_base(overlay, base),
+        None => OverlayReader::open(overlay),
+    };
     let peak = status_kib("VmHWM:");
     let err = result.expect_err("hostile overlay refused");
     (err, peak.saturating_sub(before) * 1024)
@@ -130,12 +184,79 @@ fn the_valid_overlay_opens_and_names_its_base() {
     let valid = valid_overlay();
     let reader = OverlayReader::open(&valid[..]).expect("valid overlay opens");
     assert_eq!(reader.meta().base_id, BASE_ID);
-    OverlayReader::open_for_base(&valid[..], &BASE_ID).expect("its own base");
-    let err = OverlayReader::open_for_base(&valid[..], &[8; 32]).expect_err("another base");
+    OverlayReader::open_for_base(&valid[..], &BASE).expect("its own base");
+    let other = BaseShape {
+        id: [8; 32],
+        ..BASE
+    };
+    let err = OverlayReader::open_for_base(&valid[..], &other).expect_err("another base");
     assert!(
         matches!(err, FormatError::WrongBase { found } if found == BASE_ID),
         "{err:?}"
     );
+    // A disk-only overlay applies to a base with memory too.
+    let with_memory = BaseShape {
+        memory_pages: 256,
+        ..BASE
+    };
+    OverlayReader::open_for_base(&valid[..], &with_memory).expect("disk-only overlay");
+}
+
+#[test]
+fn an_8_tib_disk_is_refused_against_the_base_before_its_bitmap_exists() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Valid on its own (8 TiB is the format's cap): 2^31 chunks, a 256 MiB bitmap to
+    // check its records. Against a 1 MiB base it is refused from the metadata's first
+    // 41 bytes.
+    let hostile = overlay_of(8 << 40, None);
+    assert!(
+        hostile.len() < 4096,
+        "a small file: {} bytes",
+        hostile.len()
+    );
+    let (err, growth) = open_measured_for(&hostile, Some(&BASE));
+    assert!(
+        matches!(
+            err,
+            FormatError::WrongShape {
+                what: "disk bytes",
+                found,
+                expected: 1_048_576,
+            } if found == 8 << 40
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_invalid_input());
+    assert_bounded(growth);
+    // Without a base to check against it is a valid overlay (what synthesis saw before).
+    OverlayReader::open(&hostile[..]).expect("valid on its own");
+}
+
+#[test]
+fn a_1_tib_memory_is_refused_against_the_base_before_its_bitmap_exists() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // 2^28 pages (a 32 MiB bitmap at open, another at decode) against a base of 256.
+    let hostile = overlay_of(1 << 20, Some(memory_of(1 << 40)));
+    let base = BaseShape {
+        memory_pages: 256,
+        ..BASE
+    };
+    let (err, growth) = open_measured_for(&hostile, Some(&base));
+    assert!(
+        matches!(
+            err,
+            FormatError::WrongShape {
+                what: "memory pages",
+                found,
+                expected: 256,
+            } if found == 1 << 28
+        ),
+        "{err:?}"
+    );
+    assert_bounded(growth);
+    // Same sizes as the base: opens.
+    let fitting = overlay_of(1 << 20, Some(memory_of(1 << 20)));
+    OverlayReader::open_for_base(&fitting[..], &base).expect("fits its base");
 }
 
 #[test]

@@ -71,6 +71,9 @@ pub enum ServiceError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// A base archive that expands past its own declared sizes or `max_import_bytes`.
+    #[error("base archive refused (setting max_import_bytes)")]
+    ArchiveTooLarge(#[source] BoxError),
     /// A request body stalled.
     #[error("no request data for {idle_s} s (setting body_idle_timeout_s)")]
     Timeout {
@@ -147,7 +150,7 @@ impl ServiceError {
             ServiceError::ScriptFailed { .. } => ErrorCode::ScriptFailed,
             ServiceError::UrlNotAllowed(_) => ErrorCode::UrlNotAllowed,
             ServiceError::FetchFailed(_) => ErrorCode::FetchFailed,
-            ServiceError::TooLarge { .. } => ErrorCode::TooLarge,
+            ServiceError::TooLarge { .. } | ServiceError::ArchiveTooLarge(_) => ErrorCode::TooLarge,
             ServiceError::Timeout { .. } => ErrorCode::Timeout,
             ServiceError::DeadlinePassed => ErrorCode::Deadline,
             ServiceError::Busy { .. } => ErrorCode::Busy,

@@ -144,11 +144,16 @@ impl AppState {
             ))
             .build()
             .map_err(|e| ServiceError::failed("building the HTTP client", e))?;
-        let response = client
-            .get(parsed)
-            .send()
-            .await
-            .map_err(|e| ServiceError::FetchFailed(chain(&e)))?;
+        // A server that accepts and never answers stalls like a body that stops (408), not
+        // like one that fails (502); the read timeout above would only fire later.
+        let idle_s = self.config.body_idle_timeout_s;
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(idle_s),
+            client.get(parsed).send(),
+        )
+        .await
+        .map_err(|_| ServiceError::Timeout { idle_s })?
+        .map_err(|e| ServiceError::FetchFailed(chain(&e)))?;
         if !response.status().is_success() {
             return Err(ServiceError::FetchFailed(format!(
                 "{url} answered {}",
@@ -202,9 +207,9 @@ impl AppState {
                 let reporter = super::progress::engine_reporter();
                 blocking(move || {
                     let overlay =
-                        // The base id is checked from the metadata's first bytes, before
-                        // the rest of it is decompressed.
-                        OverlayReader::open_for_base(reader, engine_base.id())
+                        // The base id and sizes are checked from the metadata's first
+                        // bytes, before the rest of it is decompressed or sized by it.
+                        OverlayReader::open_for_base(reader, &engine_base.shape())
                             .map_err(|e| decode_error(e.into()))?;
                     let meta = overlay.meta();
                     check_fits(meta, &engine_base).map_err(decode_error)?;

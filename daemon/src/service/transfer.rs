@@ -12,8 +12,15 @@ use cloudlet_api::{Base, ResourceState, Upload};
 use super::{blocking, validate_name, ServiceError};
 use crate::store::bases::BaseRecord;
 use crate::AppState;
-use cloudlet_engine::archive::{export_base, import_base};
+use cloudlet_engine::archive::{export_base, import_base, ArchiveError, ImportLimits};
 use cloudlet_engine::base::BasePaths;
+
+/// Bytes an unprivileged writer may still store on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Result<u64, ServiceError> {
+    let st = rustix::fs::statvfs(dir)
+        .map_err(|e| ServiceError::failed("reading the data disk's free space", e))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
 
 fn archive_meta(base: &BaseRecord) -> Result<Vec<u8>, ServiceError> {
     let meta = ArchiveMeta {
@@ -36,6 +43,68 @@ struct ArchiveMeta {
     vcpus: i64,
     domain_xml: String,
     source_path: Option<String>,
+}
+
+/// Longest source path an archive may name (PATH_MAX).
+const MAX_SOURCE_PATH_BYTES: usize = 4096;
+/// Largest domain XML an archive may carry (libvirt's own XML of a VM is a few KiB).
+const MAX_DOMAIN_XML_BYTES: usize = 1 << 20;
+
+/// Whether `s` could be taken for a base id or an id prefix (only hex digits): another
+/// base's selector would then find the imported one (a name beats an id prefix).
+fn looks_like_id(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+impl ArchiveMeta {
+    /// Refuses metadata an export of this daemon never writes. An archive comes from
+    /// anywhere: its name and source path become selectors of the imported base, so they
+    /// must not be able to shadow another base's id, id prefix or name.
+    fn validate(&self, name_from_archive: bool) -> Result<(), ServiceError> {
+        let bad = |what: String| {
+            Err(ServiceError::InvalidRequest(format!(
+                "base archive metadata: {what}"
+            )))
+        };
+        if self.id.len() != 64 || !self.id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+            return bad("id is not a base id (64 lowercase hex digits)".into());
+        }
+        if name_from_archive {
+            validate_name(&self.name)?;
+            if looks_like_id(&self.name) {
+                return bad(format!(
+                    "name `{}` looks like a base id; import it with ?name=",
+                    self.name
+                ));
+            }
+        }
+        if let Some(path) = &self.source_path {
+            let is_upload = path
+                .strip_prefix(cloudlet_api::UPLOAD_PREFIX)
+                .is_some_and(|id| super::validate_id(id).is_ok());
+            if path.len() > MAX_SOURCE_PATH_BYTES
+                || path.chars().any(char::is_control)
+                || !(path.starts_with('/') || is_upload)
+            {
+                return bad(
+                    "source_path is not an absolute path or upload:<id> (at most 4096 bytes, \
+                     no control characters)"
+                        .into(),
+                );
+            }
+        }
+        if !(1..=64).contains(&self.vcpus) {
+            return bad(format!("vcpus {} is not 1..=64", self.vcpus));
+        }
+        super::base::check_ports(&self.guest_ports)?;
+        if self.domain_xml.trim().is_empty()
+            || self.domain_xml.len() > MAX_DOMAIN_XML_BYTES
+            || self.domain_xml.contains('\0')
+        {
+            return bad("domain_xml is empty, over 1 MiB or holds a NUL byte".into());
+        }
+        Ok(())
+    }
 }
 
 impl AppState {
@@ -116,21 +185,32 @@ impl AppState {
         std::fs::create_dir_all(&work)
             .map_err(|e| ServiceError::failed("creating the import directory", e))?;
         let result = async {
+            let limits = ImportLimits {
+                max_file_bytes: match self.config.max_import_bytes {
+                    0 => u64::MAX,
+                    n => n,
+                },
+                max_stored_bytes: free_bytes(&work)?,
+            };
             let (meta, id) = {
                 let work = work.clone();
                 blocking(move || {
-                    import_base(input, &work).map_err(|e| {
-                        if e.is_invalid_input() {
-                            ServiceError::invalid_input("base archive", e)
-                        } else {
-                            ServiceError::failed("importing the base", e)
-                        }
+                    import_base(input, &work, &limits).map_err(|e| match e {
+                        e if e.is_too_large() => ServiceError::ArchiveTooLarge(Box::new(e)),
+                        // Classified like any full disk: 507 no-space.
+                        e @ ArchiveError::NoSpace { .. } => ServiceError::failed(
+                            "importing the base",
+                            std::io::Error::new(std::io::ErrorKind::StorageFull, e),
+                        ),
+                        e if e.is_invalid_input() => ServiceError::invalid_input("base archive", e),
+                        e => ServiceError::failed("importing the base", e),
                     })
                 })
                 .await?
             };
             let meta: ArchiveMeta = serde_json::from_slice(&meta)
                 .map_err(|e| ServiceError::invalid_input("base archive metadata", e))?;
+            meta.validate(name.is_none())?;
             let id = cloudlet_engine::hex::encode(&id);
             if id != meta.id {
                 return Err(ServiceError::InvalidRequest(format!(

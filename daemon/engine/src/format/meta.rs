@@ -103,13 +103,25 @@ pub(crate) fn record_bound(disk_size: u64, memory_pages: u64) -> u64 {
         .min(MAX_OVERLAY_RECORDS)
 }
 
-/// How long decompressed metadata may be, from its first bytes: `None` until `prefix`
-/// holds everything up to the device state's length, then the bound. The record table
-/// and the segment table (at most one segment per record) are bounded per record, the
-/// layout and device state by their caps and actual lengths, and the rest (properties,
-/// appended fields) by a fixed slack. Lets the reader refuse a lying length before it
-/// decompresses more than a few bytes.
-pub(crate) fn meta_len_bound(prefix: &[u8]) -> Result<Option<u64>, FormatError> {
+/// What the first bytes of decompressed metadata fix: the image sizes and so how long the
+/// rest may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MetaPrefix {
+    /// Size of the customized disk.
+    pub disk_size: u64,
+    /// Memory pages of the snapshot; `None` for a disk-only overlay.
+    pub memory_pages: Option<u64>,
+    /// Most bytes the whole metadata may take.
+    pub len_bound: u64,
+}
+
+/// Reads `prefix`, the first bytes of decompressed metadata: `None` until it holds
+/// everything up to the device state's length. The bound on the whole length: the record
+/// table and the segment table (at most one segment per record) are bounded per record,
+/// the layout and device state by their caps and actual lengths, and the rest
+/// (properties, appended fields) by a fixed slack. Lets the reader refuse a lying length,
+/// or an overlay shaped for another base, before it decompresses more than a few bytes.
+pub(crate) fn meta_prefix(prefix: &[u8]) -> Result<Option<MetaPrefix>, FormatError> {
     let mut c = cursor::Cursor::new(prefix);
     let Ok(_base_id) = c.array::<32>() else {
         return Ok(None);
@@ -124,7 +136,7 @@ pub(crate) fn meta_len_bound(prefix: &[u8]) -> Result<Option<u64>, FormatError> 
         return Ok(None);
     };
     let (memory_pages, device_state_len) = match flag {
-        0 => (0, 0),
+        0 => (None, 0),
         1 => {
             let Ok(layout_len) = c.u64_le() else {
                 return Ok(None);
@@ -144,18 +156,22 @@ pub(crate) fn meta_len_bound(prefix: &[u8]) -> Result<Option<u64>, FormatError> 
             if device_state_len > MAX_DEVICE_STATE_BYTES {
                 return Err(invalid("device state larger than allowed"));
             }
-            (layout.page_count(), device_state_len)
+            (Some(layout.page_count()), device_state_len)
         }
         _ => return Err(invalid("bad memory flag")),
     };
     let per_record = RECORD_MAX_BYTES + SEGMENT_BYTES as u64;
-    let bound = record_bound(disk_size, memory_pages)
+    let len_bound = record_bound(disk_size, memory_pages.unwrap_or(0))
         .saturating_mul(per_record)
         .saturating_add(c.position() as u64)
         .saturating_add(device_state_len)
         .saturating_add(OVERLAY_META_SLACK_BYTES)
         .min(MAX_OVERLAY_META_DECOMPRESSED_BYTES);
-    Ok(Some(bound))
+    Ok(Some(MetaPrefix {
+        disk_size,
+        memory_pages,
+        len_bound,
+    }))
 }
 
 /// One compressed payload segment.
@@ -807,11 +823,12 @@ mod tests {
     #[test]
     fn valid_metadata_is_within_its_length_bound() {
         let bytes = meta_with(sample()).to_bytes();
-        let bound = meta_len_bound(&bytes)
+        let prefix = meta_prefix(&bytes)
             .expect("valid")
             .expect("prefix complete");
-        assert!(bytes.len() as u64 <= bound);
-        assert_eq!(meta_len_bound(&bytes[..40]).expect("partial"), None);
+        assert!(bytes.len() as u64 <= prefix.len_bound);
+        assert_eq!((prefix.disk_size, prefix.memory_pages), (1 << 30, None));
+        assert_eq!(meta_prefix(&bytes[..40]).expect("partial"), None);
     }
 
     #[test]

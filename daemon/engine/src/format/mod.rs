@@ -31,7 +31,7 @@ pub(crate) mod zstd_ctx;
 pub use info::OverlayInfo;
 
 pub use meta::{Encoding, EncodingCounts, MemorySnapshot, OverlayMeta, Record, SegmentEntry};
-pub use reader::{decompress_segment, OverlayReader, Segment};
+pub use reader::{decompress_segment, BaseShape, OverlayReader, Segment};
 pub use writer::OverlayWriter;
 
 /// First 8 bytes of every overlay file.
@@ -127,6 +127,17 @@ pub enum FormatError {
     WrongBase {
         /// Base id the overlay names.
         found: ChunkHash,
+    },
+    /// The overlay names the base but not its sizes (found from the first metadata
+    /// bytes, before anything is sized by the overlay's layout).
+    #[error("overlay does not fit its base: {found} {what}, the base has {expected}")]
+    WrongShape {
+        /// What differs ("disk bytes", "memory pages").
+        what: &'static str,
+        /// The overlay's figure.
+        found: u64,
+        /// The base's.
+        expected: u64,
     },
     /// The metadata is inconsistent.
     #[error("overlay metadata is invalid: {0}")]

@@ -9,7 +9,7 @@ use crate::limits::{
     MAX_OVERLAY_META_BYTES, MAX_OVERLAY_META_DECOMPRESSED_BYTES, MAX_SEGMENT_BYTES,
 };
 
-use super::meta::{meta_len_bound, OverlayMeta, SegmentEntry};
+use super::meta::{meta_prefix, MetaPrefix, OverlayMeta, SegmentEntry};
 use super::{FormatError, FORMAT_MAJOR, FORMAT_MAJOR_OLDEST, HEADER_BYTES, MAGIC, MAX_PAYLOAD_PAD};
 
 /// One verified, still compressed payload segment.
@@ -83,14 +83,49 @@ fn parse_header(h: &[u8; HEADER_BYTES]) -> Result<Header, FormatError> {
 /// actually came out of the decompressor.
 const META_READ_STEP: usize = 64 << 10;
 
+/// What an overlay must agree with to apply to a base. The reader checks it from the first
+/// bytes of the metadata, before the overlay's own layout sizes anything (an overlay
+/// claiming an 8 TiB disk would otherwise get a 256 MiB chunk bitmap before any check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseShape {
+    /// The base's identity.
+    pub id: ChunkHash,
+    /// Its disk size in bytes.
+    pub disk_size: u64,
+    /// Its memory pages (0 for a disk-only base).
+    pub memory_pages: u64,
+}
+
+impl BaseShape {
+    /// Refuses a metadata prefix whose sizes differ from the base's. A disk-only overlay
+    /// applies to a base with memory (the VM boots from the disk).
+    fn check(&self, prefix: &MetaPrefix) -> Result<(), FormatError> {
+        let wrong = |what, found, expected| FormatError::WrongShape {
+            what,
+            found,
+            expected,
+        };
+        if prefix.disk_size != self.disk_size {
+            return Err(wrong("disk bytes", prefix.disk_size, self.disk_size));
+        }
+        match prefix.memory_pages {
+            Some(pages) if pages != self.memory_pages => {
+                Err(wrong("memory pages", pages, self.memory_pages))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Decompresses verified metadata that the header says is `meta_len` bytes long. As soon
 /// as its first bytes fix the layout, a `meta_len` beyond what that layout can need is
-/// refused; output beyond `meta_len` is refused as it appears. With `base_id`, an overlay
-/// for another base is refused once its first 32 bytes are out.
+/// refused; output beyond `meta_len` is refused as it appears. With `base`, an overlay
+/// for another base is refused once its first 32 bytes are out, and one whose sizes are
+/// not the base's once its layout is.
 fn decompress_meta(
     compressed: &[u8],
     meta_len: u64,
-    base_id: Option<&ChunkHash>,
+    base: Option<&BaseShape>,
 ) -> Result<Vec<u8>, FormatError> {
     let undecodable = |_| FormatError::Invalid("metadata does not decompress".into());
     let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed).map_err(undecodable)?;
@@ -99,7 +134,7 @@ fn decompress_meta(
     let mut bytes = Vec::new();
     let mut step = vec![0u8; META_READ_STEP];
     let mut bound_checked = false;
-    let mut base_checked = base_id.is_none();
+    let mut base_checked = base.is_none();
     loop {
         let n = match decoder.read(&mut step) {
             Ok(0) => break,
@@ -114,19 +149,22 @@ fn decompress_meta(
             ));
         }
         if !base_checked {
-            if let (Some(expected), Some(found)) = (base_id, bytes.first_chunk::<32>()) {
-                if found != expected {
+            if let (Some(base), Some(found)) = (base, bytes.first_chunk::<32>()) {
+                if found != &base.id {
                     return Err(FormatError::WrongBase { found: *found });
                 }
                 base_checked = true;
             }
         }
         if !bound_checked {
-            if let Some(bound) = meta_len_bound(&bytes)? {
-                if meta_len > bound {
+            if let Some(prefix) = meta_prefix(&bytes)? {
+                if let Some(base) = base {
+                    base.check(&prefix)?;
+                }
+                if meta_len > prefix.len_bound {
                     return Err(FormatError::MetaTooLarge {
                         declared: meta_len,
-                        bound,
+                        bound: prefix.len_bound,
                     });
                 }
                 bound_checked = true;
@@ -146,15 +184,17 @@ impl<R: Read> OverlayReader<R> {
     }
 
     /// Like [`OverlayReader::open`], but refuses an overlay made for another base than
-    /// `base_id` ([`FormatError::WrongBase`]) as soon as the first 32 bytes of its
-    /// (verified) metadata are decompressed, before the rest is. The base id is the
-    /// first field of the compressed metadata, not of the header, so this is the
-    /// earliest point it can be known.
-    pub fn open_for_base(reader: R, base_id: &ChunkHash) -> Result<Self, FormatError> {
-        Self::open_inner(reader, Some(base_id))
+    /// `base` ([`FormatError::WrongBase`]) as soon as the first 32 bytes of its
+    /// (verified) metadata are decompressed, before the rest is, and one whose disk or
+    /// memory size differs from the base's ([`FormatError::WrongShape`]) as soon as its
+    /// layout is, before anything is sized by that layout. The base id is the first
+    /// field of the compressed metadata, not of the header, so this is the earliest
+    /// point it can be known.
+    pub fn open_for_base(reader: R, base: &BaseShape) -> Result<Self, FormatError> {
+        Self::open_inner(reader, Some(base))
     }
 
-    fn open_inner(mut reader: R, base_id: Option<&ChunkHash>) -> Result<Self, FormatError> {
+    fn open_inner(mut reader: R, base: Option<&BaseShape>) -> Result<Self, FormatError> {
         let mut h = [0u8; HEADER_BYTES];
         reader
             .read_exact(&mut h)
@@ -183,7 +223,7 @@ impl<R: Read> OverlayReader<R> {
         if *blake3::hash(&compressed).as_bytes() != header.meta_hash {
             return Err(FormatError::MetaHash);
         }
-        let bytes = decompress_meta(&compressed, header.meta_len, base_id)?;
+        let bytes = decompress_meta(&compressed, header.meta_len, base)?;
         let meta = OverlayMeta::from_bytes(&bytes, header.major)?;
         // The padding is not hashed: it must be zero, so nothing can hide in it.
         // header.pad ≤ MAX_PAYLOAD_PAD (checked in parse_header).
