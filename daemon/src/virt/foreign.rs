@@ -499,8 +499,14 @@ impl SavedDomain {
             let vram = v.vram.map(|n| format!(" vram='{n}'")).unwrap_or_default();
             let _ = write!(
                 x,
-                "    <video>\n      <model type='{}'{vram} heads='{}' primary='yes'/>\n{}    </video>\n",
+                concat!(
+                    "    <video>\n",
+                    "      <model type='{}'{} heads='{}' primary='yes'/>\n",
+                    "{}",
+                    "    </video>\n",
+                ),
                 v.model,
+                vram,
                 v.heads,
                 v.address.render(),
             );
@@ -528,7 +534,8 @@ impl SavedDomain {
 impl PciAddress {
     fn render(self) -> String {
         format!(
-            "      <address type='pci' domain='0x0000' bus='0x00' slot='0x{:02x}' function='0x{:x}'/>\n",
+            "      <address type='pci' domain='0x0000' bus='0x00' slot='0x{:02x}' \
+             function='0x{:x}'/>\n",
             self.slot, self.function
         )
     }
@@ -938,9 +945,10 @@ mod tests {
     #[test]
     fn a_kvm_cpu_model_with_features_is_a_typed_value() {
         let kvm = BASE.replace(
-            "<cpu mode='custom' match='exact' check='none'>\n    <model fallback='forbid'>qemu64</model>\n",
-            "<cpu mode='custom' match='exact' check='full'>\n    <model fallback='forbid'>qemu64</model>\n    \
-             <feature policy='require' name='x2apic'/>\n    <feature policy='disable' name='svm'/>\n",
+            "check='none'>\n    <model fallback='forbid'>qemu64</model>\n",
+            "check='full'>\n    <model fallback='forbid'>qemu64</model>\n    \
+             <feature policy='require' name='x2apic'/>\n    \
+             <feature policy='disable' name='svm'/>\n",
         );
         assert_ne!(kvm, BASE);
         let xml = resume_xml(&kvm, &spec()).unwrap();
@@ -989,11 +997,15 @@ mod tests {
         // Security labels: QEMU as root, or unconfined.
         (
             "</devices>",
-            "</devices>\n  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>",
+            "</devices>\n  <seclabel type='static' model='dac' relabel='no'>\
+             <label>+0:+0</label></seclabel>",
         ),
         ("</devices>", "</devices>\n  <seclabel type='none'/>"),
         // Anything under <features> or <cpu>.
-        ("<apic/>", "<apic/>\n    <smm state='on'/>\n    <kvm><hidden state='on'/></kvm>"),
+        (
+            "<apic/>",
+            "<apic/>\n    <smm state='on'/>\n    <kvm><hidden state='on'/></kvm>",
+        ),
         (
             "<cpu mode='custom' match='exact' check='none'>",
             "<cpu mode='host-passthrough' check='none' migratable='on'>",
@@ -1021,7 +1033,8 @@ mod tests {
         (
             "<memballoon model='virtio'",
             "<channel type='unix'><source mode='bind' path='/var/lib/cloudlet/bases/0192/ga'/>\
-             <target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n    <memballoon model='virtio'",
+             <target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n    \
+             <memballoon model='virtio'",
         ),
         (
             "<memballoon model='virtio'",
@@ -1034,10 +1047,6 @@ mod tests {
         (
             "<memballoon model='virtio' freePageReporting='on'>",
             "<memballoon model='virtio' freePageReporting='on'><stats period='1'/>",
-        ),
-        (
-            "<memory unit='KiB'>98304</memory>",
-            "<memory unit='KiB'>98304</memory>\n  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>",
         ),
     ];
 
@@ -1076,8 +1085,12 @@ mod tests {
                 "<emulator>/usr/bin/qemu-system-x86_64/../../../tmp/evil</emulator>",
                 "emulator",
             ),
-            ("<backingStore/>", "<backingStore type='file'><format type='raw'/>\
-              <source file='/etc/shadow'/><backingStore/></backingStore>", "backing store"),
+            (
+                "<backingStore/>",
+                "<backingStore type='file'><format type='raw'/>\
+              <source file='/etc/shadow'/><backingStore/></backingStore>",
+                "backing store",
+            ),
             (
                 "<memballoon model='virtio'",
                 "<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='0' \
@@ -1092,17 +1105,26 @@ mod tests {
             ),
             (
                 "<memballoon model='virtio'",
-                "<qemu:commandline><qemu:arg value='-x'/></qemu:commandline>\n    <memballoon model='virtio'",
+                "<qemu:commandline><qemu:arg value='-x'/></qemu:commandline>\n    \
+                 <memballoon model='virtio'",
                 "namespaced",
             ),
-            ("<interface type='user'>", "<interface type='bridge'>", "type='bridge'"),
+            (
+                "<interface type='user'>",
+                "<interface type='bridge'>",
+                "type='bridge'",
+            ),
             (
                 "<source file='/var/lib/cloudlet/bases/0192/disk.raw'/>",
                 "<source file='/var/lib/cloudlet/bases/0192/disk.raw'/>\
                  <source file='/etc/shadow'/>",
                 "<source> where <target> belongs",
             ),
-            ("<disk type='file' device='disk'>", "<disk type='block' device='disk'>", "type='block'"),
+            (
+                "<disk type='file' device='disk'>",
+                "<disk type='block' device='disk'>",
+                "type='block'",
+            ),
             (
                 "<serial type='unix'>",
                 "<serial type='file'>",
@@ -1110,25 +1132,57 @@ mod tests {
             ),
             (
                 "<input type='mouse' bus='ps2'/>",
-                "<input type='passthrough' bus='virtio'><source evdev='/dev/input/event0'/></input>",
+                "<input type='passthrough' bus='virtio'>\
+                 <source evdev='/dev/input/event0'/></input>",
                 "passthrough",
             ),
             ("listen='127.0.0.1'>", "listen='0.0.0.0'>", "0.0.0.0"),
             ("slot='0x04'", "slot='0x40'", "slot"),
-            ("bus='0x00' slot='0x03'", "bus='0x01' slot='0x03'", "PCI bus"),
+            (
+                "bus='0x00' slot='0x03'",
+                "bus='0x01' slot='0x03'",
+                "PCI bus",
+            ),
             ("52:54:00:12:68:9c", "52:54:00:12:68", "MAC"),
-            ("<vcpu placement='static'>1</vcpu>", "<vcpu placement='static'>999</vcpu>", "vCPUs"),
-            ("<memory unit='KiB'>98304</memory>", "<memory unit='KiB'>1</memory>", "KiB of memory"),
+            (
+                "<vcpu placement='static'>1</vcpu>",
+                "<vcpu placement='static'>999</vcpu>",
+                "vCPUs",
+            ),
+            (
+                "<memory unit='KiB'>98304</memory>",
+                "<memory unit='KiB'>1</memory>",
+                "KiB of memory",
+            ),
             (
                 "<cpu mode='custom' match='exact' check='none'>",
-                "<cpu mode='custom' match='exact' check='none'><topology sockets='1' dies='1' cores='1' threads='1'/>",
+                "<cpu mode='custom' match='exact' check='none'>\
+                 <topology sockets='1' dies='1' cores='1' threads='1'/>",
                 "<topology>",
             ),
-            ("<partition>/machine</partition>", "<partition>/machine/../evil</partition>", "/machine/../evil"),
-            ("<boot dev='hd'/>", "<boot dev='hd'/><loader>/etc/shadow</loader>", "<loader>"),
+            (
+                "<partition>/machine</partition>",
+                "<partition>/machine/../evil</partition>",
+                "/machine/../evil",
+            ),
+            (
+                "<boot dev='hd'/>",
+                "<boot dev='hd'/><loader>/etc/shadow</loader>",
+                "<loader>",
+            ),
             ("<os>", "<os firmware='efi'>", "firmware"),
-            ("<on_crash>destroy</on_crash>", "<on_crash>coredump-restart</on_crash>", "coredump"),
+            (
+                "<on_crash>destroy</on_crash>",
+                "<on_crash>coredump-restart</on_crash>",
+                "coredump",
+            ),
             ("<domain type='qemu'>", "<domain type='xen'>", "domain type"),
+            (
+                "<memory unit='KiB'>98304</memory>",
+                "<memory unit='KiB'>98304</memory>\n  <memoryBacking><source type='memfd'/>\
+                 <access mode='shared'/></memoryBacking>",
+                "<memoryBacking>",
+            ),
         ];
         for (from, to, want) in cases {
             let err = resume_xml(&hostile(from, to), &spec()).unwrap_err();

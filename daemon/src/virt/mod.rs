@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! VmSpec ──domain_xml::render──▶ XML ──Hypervisor::start──▶ running VM (boots)
-//! SessionSpec + saved XML ──foreign::resume_xml──▶ the daemon's XML, compared with the saved
+//! SessionSpec + saved XML ──foreign::resume_xml──▶ the daemon's XML (compared with saved)
 //!           ──engine: save file with it──▶ Hypervisor::restore ──▶ running VM (resumes)
 //! running VM ──ports::forward_port──▶ ports_address:<free port> → guest port (user network)
 //!            ──console::Console──▶ the guest shell on its serial Unix socket
@@ -11,7 +11,7 @@
 //! - [`domain_xml`]: pure XML rendering (no libvirt, golden-tested).
 //! - [`foreign`]: the domain-definition rule: what the daemon takes from a domain XML that
 //!   comes from outside, and the definition it builds for a VM that resumes
-//!   ([`xml_tree`]: the strict reader and comparison under it).
+//!   (`xml_tree`: the strict reader and comparison under it).
 //! - [`libvirt`]: [`Hypervisor`], every libvirt call, each on tokio's blocking pool. It is
 //!   the only file with `use ::virt` (the crate) and the only `unsafe` of the daemon (the
 //!   save call the `virt` crate does not wrap).
@@ -24,9 +24,9 @@
 //! asked for (QEMU aborts on MSR 0x10a); a qcow2 disk must not carry an empty
 //! `<backingStore/>` (the guest would read zeros instead of the base); a VM resumed from a
 //! save file must keep the saved PCI addresses, MAC and device set (hence
-//! [`foreign::resume_xml`] renders them from the saved XML's values and compares); QEMU drops serial output while no client is
-//! connected (hence [`Console::wait_for_line`] probes the shell when the marker was
-//! missed).
+//! [`foreign::resume_xml`] renders them from the saved XML's values and compares); QEMU
+//! drops serial output while no client is connected (hence [`Console::wait_for_line`]
+//! probes the shell when the marker was missed).
 
 pub mod console;
 pub mod domain_xml;
