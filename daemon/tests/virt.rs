@@ -98,9 +98,14 @@ fn rewrite_save_file(from: &Path, to: &Path, xml: &str) {
     writer.finish(&device_state).unwrap().flush().unwrap();
 }
 
-fn saved_xml(save: &Path) -> String {
+/// The domain XML and the cookie stored in a save file.
+fn saved_xml(save: &Path) -> (String, Option<Vec<u8>>) {
     let reader = SaveFileReader::open(BufReader::new(File::open(save).unwrap())).unwrap();
-    reader.layout().domain_xml().unwrap().to_string()
+    let layout = reader.layout();
+    (
+        layout.domain_xml().unwrap().to_string(),
+        layout.cookie().map(<[u8]>::to_vec),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +246,8 @@ async fn virt_boot_run_forward_save_rebuild_restore() {
 
     // The daemon's definition of the resumed VM: a new name, UUID and console, the saved
     // machine's values; same disk (the snapshot's).
-    let xml = saved_xml(&save);
+    let (xml, cookie) = saved_xml(&save);
+    assert!(cookie.is_some(), "libvirt stores the guest CPU in a cookie");
     let via_libvirt = hv.save_image_xml(&save).await.unwrap();
     assert!(via_libvirt.contains(&format!("<name>{name}</name>")));
     let name2 = unique_name("virt");
@@ -258,7 +264,7 @@ async fn virt_boot_run_forward_save_rebuild_restore() {
         kernel: spec.kernel.clone(),
         initrd: spec.initrd.clone(),
     };
-    let xml2 = resume_xml(&xml, &own).unwrap();
+    let xml2 = resume_xml(&xml, cookie.as_deref(), &own).unwrap();
     assert!(xml2.contains(&format!("<uuid>{uuid2}</uuid>")));
     assert!(xml2.contains("discard='ignore'"));
     assert!(!xml2.contains("backingStore") && !xml2.contains("<emulator>"));

@@ -148,7 +148,7 @@ impl AppState {
                         .map_err(|e| ServiceError::failed("reading the base's domain XML", e))?;
                     // A base's XML may come from an imported archive or a user's save
                     // file: the daemon builds the definition, the saved XML lends values.
-                    let xml = resume_xml(saved, &spec)?;
+                    let xml = resume_xml(saved, layout.cookie(), &spec)?;
                     write_base_save_file(&engine_base, &resume, Some(&xml))
                         .map_err(|e| ServiceError::failed("writing the base snapshot", e))
                 })

@@ -228,7 +228,7 @@ impl AppState {
                                 .layout
                                 .domain_xml()
                                 .map_err(|e| ServiceError::OverlayCorrupt(Box::new(e)))?;
-                            resume_xml(saved, &spec)?
+                            resume_xml(saved, m.layout.cookie(), &spec)?
                         }
                         None => boot_xml(&template, &spec)?,
                     };

@@ -157,10 +157,19 @@ struct PciAddress {
 }
 
 /// Renders the definition of a VM that resumes from a save file whose domain XML is
-/// `saved_xml`: built from `spec` and the [`SavedDomain`] values of `saved_xml`, and
-/// refused ([`VirtError::Refused`]) when `saved_xml` differs from it anywhere outside the
-/// accepted set (see the module docs).
-pub fn resume_xml(saved_xml: &str, spec: &SessionSpec) -> Result<String, VirtError> {
+/// `saved_xml` and whose save cookie is `cookie`: built from `spec` and the
+/// [`SavedDomain`] values of `saved_xml`, and refused ([`VirtError::Refused`]) when
+/// `saved_xml` differs from it anywhere outside the accepted set (see the module docs).
+///
+/// The cookie (`<cookie><cpu>...</cpu></cookie>`, which libvirt stores after the domain
+/// XML: the CPU QEMU ran with, which a restore starts QEMU with again) reaches libvirt with
+/// the save file too: it must be exactly the daemon's rendering of a typed CPU model.
+pub fn resume_xml(
+    saved_xml: &str,
+    cookie: Option<&[u8]>,
+    spec: &SessionSpec,
+) -> Result<String, VirtError> {
+    check_cookie(cookie)?;
     let mut found = xml_tree::parse(saved_xml)?;
     let saved = SavedDomain::read(&found)?;
     let xml = saved.render(spec)?;
@@ -171,6 +180,31 @@ pub fn resume_xml(saved_xml: &str, spec: &SessionSpec) -> Result<String, VirtErr
         None => Ok(xml),
         Some(difference) => Err(VirtError::Refused(format!(
             "differs from the domain the daemon builds {difference}"
+        ))),
+    }
+}
+
+/// Refuses a save cookie that is not `<cookie>` with at most one typed `<cpu>`.
+fn check_cookie(cookie: Option<&[u8]>) -> Result<(), VirtError> {
+    let Some(bytes) = cookie else { return Ok(()) };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| VirtError::Xml("the save cookie is not UTF-8".into()))?;
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    let found = xml_tree::parse(text)?;
+    if found.name != "cookie" {
+        return refuse(format!("a save cookie <{}>", found.name));
+    }
+    let mut rendered = String::from("<cookie>\n");
+    if let Some(c) = found.one("cpu")?.map(cpu).transpose()? {
+        c.render(&mut rendered, "  ");
+    }
+    rendered.push_str("</cookie>\n");
+    match xml_tree::first_difference(&found, &xml_tree::parse(&rendered)?) {
+        None => Ok(()),
+        Some(difference) => Err(VirtError::Refused(format!(
+            "the save cookie differs from the one the daemon builds {difference}"
         ))),
     }
 }
@@ -394,22 +428,7 @@ impl SavedDomain {
             x.push_str("  </features>\n");
         }
         if let Some(cpu) = &self.cpu {
-            let _ = writeln!(
-                x,
-                "  <cpu mode='custom' match='exact' check='{}'>\n    \
-                 <model fallback='{}'>{}</model>",
-                cpu.check,
-                cpu.fallback,
-                escape(&cpu.model)
-            );
-            for (policy, name) in &cpu.features {
-                let _ = writeln!(
-                    x,
-                    "    <feature policy='{policy}' name='{}'/>",
-                    escape(name)
-                );
-            }
-            x.push_str("  </cpu>\n");
+            cpu.render(&mut x, "  ");
         }
         x.push_str(concat!(
             "  <clock offset='utc'/>\n",
@@ -528,6 +547,28 @@ impl SavedDomain {
         }
         x.push_str("  </devices>\n</domain>\n");
         Ok(x)
+    }
+}
+
+impl Cpu {
+    /// Appends `<cpu>` at indentation `indent` (the domain's and the cookie's are alike).
+    fn render(&self, x: &mut String, indent: &str) {
+        let _ = writeln!(
+            x,
+            "{indent}<cpu mode='custom' match='exact' check='{}'>\n\
+             {indent}  <model fallback='{}'>{}</model>",
+            self.check,
+            self.fallback,
+            escape(&self.model)
+        );
+        for (policy, name) in &self.features {
+            let _ = writeln!(
+                x,
+                "{indent}  <feature policy='{policy}' name='{}'/>",
+                escape(name)
+            );
+        }
+        let _ = writeln!(x, "{indent}</cpu>");
     }
 }
 
@@ -852,7 +893,7 @@ mod tests {
 
     #[test]
     fn a_saved_base_resumes_as_the_daemon_builds_it() {
-        let xml = resume_xml(BASE, &spec()).unwrap();
+        let xml = resume_xml(BASE, None, &spec()).unwrap();
         assert_eq!(xml, include_str!("testdata/resume-base.xml"));
     }
 
@@ -870,7 +911,7 @@ mod tests {
 
     #[test]
     fn only_the_daemons_files_reach_the_definition() {
-        let xml = resume_xml(BASE, &spec()).unwrap();
+        let xml = resume_xml(BASE, None, &spec()).unwrap();
         for p in paths(&xml) {
             assert!(
                 p.starts_with(SESSION_DIR) || p.starts_with(BASE_DIR),
@@ -881,14 +922,14 @@ mod tests {
         let elsewhere = BASE
             .replace(BASE_DIR, "/etc")
             .replace("<name>cloudlet-0192", "<name>evil");
-        let xml = resume_xml(&elsewhere, &spec()).unwrap();
+        let xml = resume_xml(&elsewhere, None, &spec()).unwrap();
         assert!(!xml.contains("/etc") && !xml.contains("evil"), "{xml}");
         assert_eq!(xml, include_str!("testdata/resume-base.xml"));
     }
 
     #[test]
     fn the_saved_machine_is_kept() {
-        let xml = resume_xml(BASE, &spec()).unwrap();
+        let xml = resume_xml(BASE, None, &spec()).unwrap();
         for kept in [
             "machine='pc-i440fx-7.2'",
             "<mac address='52:54:00:12:68:9c'/>",
@@ -904,7 +945,7 @@ mod tests {
             assert!(xml.contains(kept), "{kept}");
         }
         // An older save (no VNC, no balloon, no <features>) keeps its own devices.
-        let old = resume_xml(FIXTURE, &spec()).unwrap();
+        let old = resume_xml(FIXTURE, None, &spec()).unwrap();
         assert!(old.contains("<memballoon model='none'/>"), "{old}");
         assert!(
             !old.contains("<graphics") && !old.contains("<features>"),
@@ -921,7 +962,7 @@ mod tests {
             discard: Some(Discard::Ignore),
             ..spec()
         };
-        let xml = resume_xml(BASE, &own).unwrap();
+        let xml = resume_xml(BASE, None, &own).unwrap();
         assert!(xml.starts_with("<domain type='kvm'>\n  <name>cloudlet-77</name>\n"));
         assert!(xml.contains("<driver name='qemu' type='raw' discard='ignore'/>"));
         // An overlay session's save: qcow2, no backingStore, discard as the session had it.
@@ -931,15 +972,58 @@ mod tests {
                 "type='qcow2' discard='ignore'",
             )
             .replace("      <backingStore/>\n", "");
-        let xml = resume_xml(&session, &spec()).unwrap();
+        let xml = resume_xml(&session, None, &spec()).unwrap();
         assert!(xml.contains("<driver name='qemu' type='qcow2' discard='ignore'/>"));
         // A saved kernel boot needs the base's own kernel.
         let none = SessionSpec {
             kernel: None,
             ..spec()
         };
-        let err = resume_xml(BASE, &none).unwrap_err();
+        let err = resume_xml(BASE, None, &none).unwrap_err();
         assert!(err.to_string().contains("no kernel"), "{err}");
+    }
+
+    /// The cookie of the same save (libvirt writes the CPU QEMU ran with).
+    const COOKIE: &str = "<cookie>\n  <cpu mode='custom' match='exact' check='full'>\n    \
+        <model fallback='forbid'>qemu64</model>\n    \
+        <feature policy='require' name='hypervisor'/>\n    \
+        <feature policy='require' name='lahf_lm'/>\n  </cpu>\n</cookie>\n";
+
+    #[test]
+    fn the_save_cookie_must_be_a_typed_cpu_model() {
+        resume_xml(BASE, Some(COOKIE.as_bytes()), &spec()).unwrap();
+        resume_xml(BASE, Some(b"<cookie/>"), &spec()).unwrap();
+        resume_xml(BASE, Some(b""), &spec()).unwrap();
+        // The cookie was never looked at before: each of these reached libvirt.
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "check='full'>",
+                "check='full'><topology sockets='1'/>",
+                "<topology>",
+            ),
+            (
+                "<cpu mode='custom' match='exact' check='full'>",
+                "<cpu mode='host-passthrough' check='none'>",
+                "mode",
+            ),
+            ("</cookie>", "<slirpHelper/></cookie>", "<slirpHelper>"),
+            ("name='hypervisor'", "name='hypervisor' extra='1'", "extra"),
+            ("qemu64", "<![CDATA[qemu64]]>", "CDATA"),
+            ("<cookie>", "<cooky>", "<cooky>"),
+        ];
+        for (from, to, want) in cases {
+            assert!(COOKIE.contains(from), "{from}");
+            let cookie = COOKIE.replacen(from, to, 1);
+            let cookie = if to == &"<cooky>" {
+                cookie.replace("</cookie>", "</cooky>")
+            } else {
+                cookie
+            };
+            let err = resume_xml(BASE, Some(cookie.as_bytes()), &spec()).unwrap_err();
+            assert!(err.is_invalid_input(), "{to}: {err:?}");
+            assert!(err.to_string().contains(want), "{to}: {err}");
+        }
+        assert!(resume_xml(BASE, Some(b"\xff"), &spec()).is_err());
     }
 
     #[test]
@@ -951,7 +1035,7 @@ mod tests {
              <feature policy='disable' name='svm'/>\n",
         );
         assert_ne!(kvm, BASE);
-        let xml = resume_xml(&kvm, &spec()).unwrap();
+        let xml = resume_xml(&kvm, None, &spec()).unwrap();
         assert!(
             xml.contains("<feature policy='disable' name='svm'/>"),
             "{xml}"
@@ -1063,7 +1147,7 @@ mod tests {
     #[test]
     fn constructs_the_old_scanner_let_through_are_refused() {
         for (from, to) in ONCE_ACCEPTED {
-            let err = resume_xml(&hostile(from, to), &spec()).unwrap_err();
+            let err = resume_xml(&hostile(from, to), None, &spec()).unwrap_err();
             assert!(err.is_invalid_input(), "{to}: {err:?}");
             assert!(
                 matches!(err, VirtError::Refused(_)),
@@ -1185,7 +1269,7 @@ mod tests {
             ),
         ];
         for (from, to, want) in cases {
-            let err = resume_xml(&hostile(from, to), &spec()).unwrap_err();
+            let err = resume_xml(&hostile(from, to), None, &spec()).unwrap_err();
             assert!(err.is_invalid_input(), "{to}: {err:?}");
             assert!(err.to_string().contains(want), "{to}: {err}");
         }
