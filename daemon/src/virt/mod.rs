@@ -11,7 +11,8 @@
 //! - [`domain_xml`]: pure XML rendering (no libvirt, golden-tested).
 //! - [`foreign`]: the domain-definition rule: what the daemon takes from a domain XML that
 //!   comes from outside, and the definition it builds for a VM that resumes
-//!   (`xml_tree`: the strict reader and comparison under it).
+//!   (`saved_values`: the typed values and their readers; `xml_tree`: the strict reader
+//!   and comparison under them).
 //! - [`libvirt`]: [`Hypervisor`], every libvirt call, each on tokio's blocking pool. It is
 //!   the only file with `use ::virt` (the crate) and the only `unsafe` of the daemon (the
 //!   save call the `virt` crate does not wrap).
@@ -33,6 +34,7 @@ pub mod domain_xml;
 pub mod foreign;
 pub mod libvirt;
 pub mod ports;
+mod saved_values;
 mod xml_tree;
 
 use std::path::PathBuf;
