@@ -1,7 +1,8 @@
 //! `cloudletd::virt` against the real libvirtd (`qemu:///system`, TCG) and the fixture
 //! guest: boot a rendered VM, talk to its shell, reach a server in it through a forwarded
-//! port, save it, retarget the saved XML onto new files, rewrite the save file with it,
-//! restore, and find the same shell state and server again.
+//! port, save it, build the resume definition from the saved XML onto new files
+//! (`resume_xml`), rewrite the save file with it, restore, and find the same shell state and
+//! server again.
 //!
 //! Needs root and a running libvirtd: without them the tests fail with "run
 //! scripts/setup-host.sh", unless `CLOUDLET_SKIP_E2E=1` (then they print SKIPPED and pass).
@@ -21,7 +22,8 @@ use cloudlet_e2e::{fixture_guest, greeting, require_host, unique_name, DomainGua
 use cloudlet_engine::chunk::CHUNK_SIZE_BYTES;
 use cloudlet_engine::savefile::{SaveFileReader, SaveFileWriter};
 use cloudletd::virt::{
-    domain_xml, forward_port, CommandOutput, Console, DomainType, Hypervisor, VirtError, VmSpec,
+    domain_xml, forward_port, resume_xml, CommandOutput, Console, Discard, DomainType, Hypervisor,
+    SessionSpec, VirtError, VmSpec,
 };
 
 const READY: &str = "CLOUDLET-GUEST-READY";
@@ -96,14 +98,19 @@ fn rewrite_save_file(from: &Path, to: &Path, xml: &str) {
     writer.finish(&device_state).unwrap().flush().unwrap();
 }
 
-fn saved_xml(save: &Path) -> String {
+/// The domain XML and the cookie stored in a save file.
+fn saved_xml(save: &Path) -> (String, Option<Vec<u8>>) {
     let reader = SaveFileReader::open(BufReader::new(File::open(save).unwrap())).unwrap();
-    reader.layout().domain_xml().unwrap().to_string()
+    let layout = reader.layout();
+    (
+        layout.domain_xml().unwrap().to_string(),
+        layout.cookie().map(<[u8]>::to_vec),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn virt_boot_run_forward_save_retarget_restore() {
-    if !require_host("virt_boot_run_forward_save_retarget_restore") {
+async fn virt_boot_run_forward_save_rebuild_restore() {
+    if !require_host("virt_boot_run_forward_save_rebuild_restore") {
         return;
     }
     let guest = fixture_guest().unwrap();
@@ -237,16 +244,30 @@ async fn virt_boot_run_forward_save_retarget_restore() {
         Err(VirtError::NotFound { .. })
     ));
 
-    // Retarget the saved XML onto a new name, UUID and console; same disk (the snapshot's).
-    let xml = saved_xml(&save);
+    // The daemon's definition of the resumed VM: a new name, UUID and console, the saved
+    // machine's values; same disk (the snapshot's).
+    let (xml, cookie) = saved_xml(&save);
+    assert!(cookie.is_some(), "libvirt stores the guest CPU in a cookie");
     let via_libvirt = hv.save_image_xml(&save).await.unwrap();
     assert!(via_libvirt.contains(&format!("<name>{name}</name>")));
     let name2 = unique_name("virt");
     let uuid2 = uuid::Uuid::now_v7().to_string();
     let console2 = tmp.path().join("console2.sock");
-    let xml2 = domain_xml::retarget(&xml, &name2, Some(&uuid2), &disk, "raw", &console2).unwrap();
+    let own = SessionSpec {
+        name: name2.clone(),
+        uuid: uuid2.clone(),
+        domain_type: DomainType::Qemu,
+        disk: disk.clone(),
+        disk_format: "raw".into(),
+        discard: Some(Discard::Ignore),
+        console_socket: console2.clone(),
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+    };
+    let xml2 = resume_xml(&xml, cookie.as_deref(), &own).unwrap();
     assert!(xml2.contains(&format!("<uuid>{uuid2}</uuid>")));
-    assert!(!xml2.contains("backingStore"));
+    assert!(xml2.contains("discard='ignore'"));
+    assert!(!xml2.contains("backingStore") && !xml2.contains("<emulator>"));
     assert_eq!(
         xml.matches("<address ").count(),
         xml2.matches("<address ").count()

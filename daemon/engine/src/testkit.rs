@@ -98,11 +98,25 @@ pub fn test_layout(blocks: &[(&str, u64)]) -> SaveFileLayout {
     preamble.push(0x07);
     preamble.extend_from_slice(&13u32.to_be_bytes()); // machine.len()
     preamble.extend_from_slice(machine);
-    // Enough of a libvirt domain for the daemon to retarget it (disk, serial console).
-    let mut xml_area = b"<domain type='qemu'><name>testkit</name><devices>\
+    // A domain as libvirt saves one the daemon built (disk boot, no display), so that the
+    // daemon's domain-definition rule accepts it and a synthesis gets as far as restoring.
+    let mut xml_area = b"<domain type='qemu'><name>testkit</name>\
+        <uuid>00000000-0000-4000-8000-000000000001</uuid>\
+        <memory unit='KiB'>65536</memory><currentMemory unit='KiB'>65536</currentMemory>\
+        <vcpu placement='static'>1</vcpu>\
+        <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type><boot dev='hd'/></os>\
+        <clock offset='utc'/><on_poweroff>destroy</on_poweroff>\
+        <on_reboot>destroy</on_reboot><on_crash>destroy</on_crash><devices>\
         <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
-        <source file='/testkit/disk.raw'/><target dev='vda' bus='virtio'/></disk>\
-        <serial type='unix'><source mode='bind' path='/testkit/console.sock'/></serial>\
+        <source file='/testkit/disk.raw'/><target dev='vda' bus='virtio'/>\
+        <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/></disk>\
+        <interface type='user'><mac address='52:54:00:00:00:01'/><model type='virtio'/>\
+        <address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='0x0'/>\
+        </interface><serial type='unix'>\
+        <source mode='bind' path='/testkit/console.sock'/>\
+        <target type='isa-serial' port='0'><model name='isa-serial'/></target></serial>\
+        <console type='unix'><source mode='bind' path='/testkit/console.sock'/>\
+        <target type='serial' port='0'/></console><memballoon model='none'/>\
         </devices></domain>\0"
         .to_vec();
     xml_area.resize(4096, 0);

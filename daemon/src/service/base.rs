@@ -14,7 +14,7 @@ use super::session::session_params;
 use super::{blocking, validate_name, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
-use crate::virt::{domain_xml, Console, VmSpec};
+use crate::virt::{domain_xml, Console, VmSpec, MAX_MEMORY_MIB, MAX_VCPUS};
 use crate::AppState;
 use cloudlet_engine::base::{create_base, create_base_with_progress, BaseError, BasePaths};
 
@@ -25,8 +25,6 @@ pub const SCRIPT_LINE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a whole customization script may run (an install may download and build).
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(1800);
 
-/// Largest guest RAM a base may ask for (1 TiB).
-const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// Most application ports one VM forwards.
 const MAX_GUEST_PORTS: usize = 64;
 
@@ -78,9 +76,10 @@ impl AppState {
             .as_deref()
             .map(|p| self.import_path(Path::new(p)))
             .transpose()?;
-        if !(16..=MAX_MEMORY_MIB).contains(&req.memory_mib) || !(1..=64).contains(&req.vcpus) {
+        if !(16..=MAX_MEMORY_MIB).contains(&req.memory_mib) || !(1..=MAX_VCPUS).contains(&req.vcpus)
+        {
             return Err(ServiceError::InvalidRequest(format!(
-                "memory_mib must be 16..={MAX_MEMORY_MIB} and vcpus 1..=64"
+                "memory_mib must be 16..={MAX_MEMORY_MIB} and vcpus 1..={MAX_VCPUS}"
             )));
         }
         check_ports(&req.guest_ports)?;

@@ -15,7 +15,7 @@ use super::{blocking, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::overlays::OverlayRecord;
 use crate::store::sessions::SessionRecord;
-use crate::virt::{confine, domain_xml, forward_port, Console};
+use crate::virt::{forward_port, resume_xml, Console, Discard, SessionSpec};
 use crate::AppState;
 use cloudlet_engine::base::{write_base_save_file, Base, BasePaths};
 use cloudlet_engine::chunk::ImageKind;
@@ -122,14 +122,23 @@ impl AppState {
             create_cow_disk(&base_paths(&base).disk, &disk).await?;
             let resume = dir.join("resume.save");
             {
-                let no_trim = req.no_trim;
-                let (disk, console_path, resume, vm, base_dir) = (
-                    disk.clone(),
-                    console_path.clone(),
-                    resume.clone(),
-                    vm.clone(),
-                    PathBuf::from(&base.dir),
-                );
+                let (kernel, initrd) = base_boot_files(Path::new(&base.dir));
+                let spec = SessionSpec {
+                    name: vm.clone(),
+                    uuid: new_uuid(),
+                    domain_type: self.config.domain_type,
+                    disk: disk.clone(),
+                    disk_format: "qcow2".into(),
+                    discard: Some(if req.no_trim {
+                        Discard::Ignore
+                    } else {
+                        Discard::Unmap
+                    }),
+                    console_socket: console_path.clone(),
+                    kernel,
+                    initrd,
+                };
+                let resume = resume.clone();
                 blocking(move || {
                     let layout = engine_base
                         .memory_layout()
@@ -137,22 +146,9 @@ impl AppState {
                     let saved = layout
                         .domain_xml()
                         .map_err(|e| ServiceError::failed("reading the base's domain XML", e))?;
-                    let xml = domain_xml::retarget(
-                        saved,
-                        &vm,
-                        Some(&new_uuid()),
-                        &disk,
-                        "qcow2",
-                        &console_path,
-                    )?;
-                    let xml = set_boot_files(&xml, &base_dir);
-                    let xml = domain_xml::set_disk_discard(
-                        &xml,
-                        if no_trim { "ignore" } else { "unmap" },
-                    )?;
-                    // A base's XML may come from an imported archive.
-                    let session_dir = disk.parent().unwrap_or(&base_dir);
-                    confine::check_confined(&xml, &[session_dir, &base_dir], None)?;
+                    // A base's XML may come from an imported archive or a user's save
+                    // file: the daemon builds the definition, the saved XML lends values.
+                    let xml = resume_xml(saved, layout.cookie(), &spec)?;
                     write_base_save_file(&engine_base, &resume, Some(&xml))
                         .map_err(|e| ServiceError::failed("writing the base snapshot", e))
                 })
@@ -354,21 +350,11 @@ pub(crate) fn new_uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Points direct-boot `<kernel>` / `<initrd>` at this cloudlet's copies in the base
-/// directory (the XML may come from another cloudlet, or a base directory elsewhere).
-pub(crate) fn set_boot_files(xml: &str, base_dir: &Path) -> String {
-    let mut out = xml.to_string();
-    for (tag, file) in [("kernel", "vmlinuz"), ("initrd", "initrd.img")] {
-        let path = base_dir.join(file);
-        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-        if let (Some(a), Some(b)) = (out.find(&open), out.find(&close)) {
-            if a < b && path.exists() {
-                let value = domain_xml::escape(&path.display().to_string()).into_owned();
-                out.replace_range(a + open.len()..b, &value);
-            }
-        }
-    }
-    out
+/// The base's copies of its direct-boot kernel and initramfs, those it has: a VM built
+/// from the base boots (or resumes with) these, whatever path a domain XML names.
+pub(crate) fn base_boot_files(base_dir: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
+    let file = |name: &str| Some(base_dir.join(name)).filter(|p| p.is_file());
+    (file("vmlinuz"), file("initrd.img"))
 }
 
 /// `qemu-img create -f qcow2 -b BASE -F raw DISK`: the copy-on-write disk a resumed base
@@ -395,22 +381,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn boot_files_are_repointed_only_when_present() {
+    fn boot_files_are_the_bases_own_when_present() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("vmlinuz"), b"k").unwrap();
-        let xml =
-            "<os><kernel>/elsewhere/vmlinuz</kernel><initrd>/elsewhere/initrd.img</initrd></os>";
-        let out = set_boot_files(xml, dir.path());
-        assert!(
-            out.contains(&format!(
-                "<kernel>{}/vmlinuz</kernel>",
-                dir.path().display()
-            )),
-            "{out}"
-        );
-        assert!(
-            out.contains("<initrd>/elsewhere/initrd.img</initrd>"),
-            "{out}"
+        assert_eq!(
+            base_boot_files(dir.path()),
+            (Some(dir.path().join("vmlinuz")), None)
         );
     }
 }

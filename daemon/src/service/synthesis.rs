@@ -2,16 +2,16 @@
 //! overlay), its application ports forwarded to fresh host ports.
 
 use std::io::{BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cloudlet_api::{Session, SessionKind, SessionState, Synthesize};
 
 use super::intake::{BodyOrigin, IntakeWatch};
-use super::overlay::{merge_ports, new_uuid, open_base, set_boot_files};
+use super::overlay::{base_boot_files, merge_ports, new_uuid, open_base};
 use super::{blocking, chain, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
-use crate::virt::{confine, domain_xml, forward_port};
+use crate::virt::{boot_xml, forward_port, resume_xml, SessionSpec};
 use crate::AppState;
 use cloudlet_engine::decode::{check_fits, decode, DecodeError, DecodeOutputs};
 use cloudlet_engine::disk::DiskOutputFormat;
@@ -196,14 +196,20 @@ impl AppState {
             let memory = dir.join("memory.save");
             let console = dir.join("console.sock");
             let (has_memory, guest_ports, decode_summary) = {
-                let (vm, disk, memory, console, base_dir, template) = (
-                    vm.clone(),
-                    disk.clone(),
-                    memory.clone(),
-                    console.clone(),
-                    PathBuf::from(&base.dir),
-                    base.domain_xml.clone(),
-                );
+                let (kernel, initrd) = base_boot_files(Path::new(&base.dir));
+                let spec = SessionSpec {
+                    name: vm.clone(),
+                    uuid: new_uuid(),
+                    domain_type: self.config.domain_type,
+                    disk: disk.clone(),
+                    disk_format: "qcow2".into(),
+                    discard: None,
+                    console_socket: console.clone(),
+                    kernel,
+                    initrd,
+                };
+                let (memory, template, disk) =
+                    (memory.clone(), base.domain_xml.clone(), disk.clone());
                 let reporter = super::progress::engine_reporter();
                 blocking(move || {
                     let overlay =
@@ -219,26 +225,18 @@ impl AppState {
                         .split(',')
                         .filter_map(|p| p.trim().parse().ok())
                         .collect();
-                    let saved_xml = match &meta.memory {
-                        Some(m) => m
-                            .layout
-                            .domain_xml()
-                            .map_err(|e| ServiceError::OverlayCorrupt(Box::new(e)))?
-                            .to_string(),
-                        None => template,
+                    // The daemon builds the VM's definition; the overlay's domain XML (or,
+                    // for a disk-only overlay, the base's) only lends it typed values.
+                    let xml = match &meta.memory {
+                        Some(m) => {
+                            let saved = m
+                                .layout
+                                .domain_xml()
+                                .map_err(|e| ServiceError::OverlayCorrupt(Box::new(e)))?;
+                            resume_xml(saved, m.layout.cookie(), &spec)?
+                        }
+                        None => boot_xml(&template, &spec)?,
                     };
-                    let xml = domain_xml::retarget(
-                        &saved_xml,
-                        &vm,
-                        Some(&new_uuid()),
-                        &disk,
-                        "qcow2",
-                        &console,
-                    )?;
-                    let xml = set_boot_files(&xml, &base_dir);
-                    // The XML came with the overlay: it may open only this VM's files.
-                    let session_dir = disk.parent().unwrap_or(&base_dir);
-                    confine::check_confined(&xml, &[session_dir, &base_dir], None)?;
                     let has_memory = meta.memory.is_some();
                     let outputs = DecodeOutputs {
                         disk: &disk,

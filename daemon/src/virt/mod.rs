@@ -2,13 +2,17 @@
 //!
 //! ```text
 //! VmSpec ──domain_xml::render──▶ XML ──Hypervisor::start──▶ running VM (boots)
-//! saved XML ──domain_xml::retarget──▶ XML on new files
+//! SessionSpec + saved XML ──foreign::resume_xml──▶ the daemon's XML (compared with saved)
 //!           ──engine: save file with it──▶ Hypervisor::restore ──▶ running VM (resumes)
 //! running VM ──ports::forward_port──▶ ports_address:<free port> → guest port (user network)
 //!            ──console::Console──▶ the guest shell on its serial Unix socket
 //! ```
 //!
-//! - [`domain_xml`]: pure XML rendering and editing (no libvirt, golden-tested).
+//! - [`domain_xml`]: pure XML rendering (no libvirt, golden-tested).
+//! - [`foreign`]: the domain-definition rule: what the daemon takes from a domain XML that
+//!   comes from outside, and the definition it builds for a VM that resumes
+//!   (`saved_values`: the typed values and their readers; `xml_tree`: the strict reader
+//!   and comparison under them).
 //! - [`libvirt`]: [`Hypervisor`], every libvirt call, each on tokio's blocking pool. It is
 //!   the only file with `use ::virt` (the crate) and the only `unsafe` of the daemon (the
 //!   save call the `virt` crate does not wrap).
@@ -20,23 +24,31 @@
 //! machines, tests use `qemu` = TCG) and no `host-passthrough`/`host-model` CPU is ever
 //! asked for (QEMU aborts on MSR 0x10a); a qcow2 disk must not carry an empty
 //! `<backingStore/>` (the guest would read zeros instead of the base); a VM resumed from a
-//! save file must keep the saved PCI addresses (hence [`domain_xml::retarget`] edits the
-//! saved XML instead of rendering a new one); QEMU drops serial output while no client is
-//! connected (hence [`Console::wait_for_line`] probes the shell when the marker was
-//! missed).
+//! save file must keep the saved PCI addresses, MAC and device set (hence
+//! [`foreign::resume_xml`] renders them from the saved XML's values and compares); QEMU
+//! drops serial output while no client is connected (hence [`Console::wait_for_line`]
+//! probes the shell when the marker was missed).
 
-pub mod confine;
 pub mod console;
 pub mod domain_xml;
+pub mod foreign;
 pub mod libvirt;
 pub mod ports;
+mod saved_values;
+mod xml_tree;
 
 use std::path::PathBuf;
 
 pub use crate::config::DomainType;
 pub use console::{CommandOutput, Console};
+pub use foreign::{boot_xml, resume_xml, Discard, SessionSpec};
 pub use libvirt::Hypervisor;
 pub use ports::forward_port;
+
+/// Largest guest RAM a VM may have (1 TiB).
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Most virtual CPUs a VM may have.
+pub const MAX_VCPUS: u32 = 64;
 
 /// Errors of VM operations.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +70,10 @@ pub enum VirtError {
     /// A domain XML could not be parsed or lacks an element that is needed.
     #[error("domain xml: {0}")]
     Xml(String),
+    /// A domain XML from outside asks for something the daemon does not build; the text
+    /// says what.
+    #[error("domain xml refused: {0}")]
+    Refused(String),
     /// An argument cannot be handed to libvirt or the guest (NUL byte, non-UTF-8 path,
     /// multi-line command, ...).
     #[error("invalid argument: {0}")]
@@ -99,7 +115,7 @@ impl VirtError {
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
-            Self::Xml(_) | Self::InvalidArgument(_) | Self::NotFound { .. }
+            Self::Xml(_) | Self::Refused(_) | Self::InvalidArgument(_) | Self::NotFound { .. }
         )
     }
 }
