@@ -716,3 +716,53 @@ fn sessions_in_every_active_state_are_listed_and_have_a_console() {
     assert_eq!(host["id"], id, "{host}");
     drop(held);
 }
+
+#[test]
+fn refused_uploads_show_the_daemons_answer() {
+    // The daemon answers before it has read a whole upload (wrong base, a corrupt segment,
+    // no free slot). With 48 MiB more to send than socket buffers hold, the CLI is still
+    // sending when the answer comes: it must print that answer, not a transport error.
+    let tmp = TempDir::new("cli-early").unwrap();
+    let a = make_vm(&tmp, "a", 31);
+    let b = make_vm(&tmp, "b", 32);
+    let d = Daemon::start("cli-early-d").unwrap(); // no import directories: files are uploaded
+    add_base(&d, &a, "a");
+    add_base(&d, &b, "b");
+    let overlay = std::fs::read(&a.overlay).unwrap();
+    let padded = |mut bytes: Vec<u8>| {
+        bytes.resize(bytes.len() + (48 << 20), 0x5a);
+        bytes
+    };
+    let wrong_base = tmp.0.join("for-a.overlay");
+    std::fs::write(&wrong_base, padded(overlay.clone())).unwrap();
+    fails_with(
+        cli(&d).args(["synthesis", "b", wrong_base.to_str().unwrap()]),
+        "overlay-base-mismatch",
+    );
+    let mut corrupt = overlay.clone();
+    let at = corrupt.len() / 2;
+    corrupt[at] ^= 0x10;
+    let corrupt_file = tmp.0.join("corrupt.overlay");
+    std::fs::write(&corrupt_file, padded(corrupt)).unwrap();
+    fails_with(
+        cli(&d).args(["synthesis", "a", corrupt_file.to_str().unwrap()]),
+        "overlay-corrupt",
+    );
+    // Both synthesis slots held by stalled uploads: the third is refused before its body.
+    let held: Vec<_> = (0..2)
+        .map(|_| d.stalled_upload("/api/v1/synthesis/upload?base=a", &overlay[..4096]))
+        .collect();
+    let busy = wait_until(Duration::from_secs(20), || {
+        let v = ok_json(cli(&d).arg("list-session"));
+        (v.as_array()?.len() == 2).then_some(())
+    });
+    assert!(
+        busy.is_some(),
+        "the two stalled uploads never held both slots"
+    );
+    fails_with(
+        cli(&d).args(["synthesis", "a", wrong_base.to_str().unwrap()]),
+        "busy",
+    );
+    drop(held);
+}

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod bases;
+mod drain;
 mod error;
 mod extract;
 mod files;
@@ -66,6 +67,8 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
+        // Inside the token check: only an authenticated client's unread body is drained.
+        .route_layer(middleware::from_fn(drain::drain_unread_bodies))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
