@@ -122,25 +122,32 @@ pub struct FixtureGuest {
     pub disk: PathBuf,
 }
 
+/// Runs a fixture builder `tests/fixtures/SCRIPT` with its output directory
+/// `target/NAME` (the scripts cache their output there and return at once when it is up
+/// to date); the directory.
+fn build_fixture(script: &str, name: &str) -> Result<PathBuf, String> {
+    let dir = repo_root().join("target").join(name);
+    let out = Command::new("bash")
+        .arg(repo_root().join("tests/fixtures").join(script))
+        .arg(&dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{script} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(dir)
+}
+
 /// Builds (once per machine, cached) and returns the fixture guest.
 pub fn fixture_guest() -> anyhow::Result<FixtureGuest> {
     static BUILT: OnceLock<Result<FixtureGuest, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let dir = repo_root().join("target/fixture-guest");
-            let script = repo_root().join("tests/fixtures/make-savefile.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg(&dir)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!(
-                    "make-savefile.sh failed:\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
+            let dir = build_fixture("make-savefile.sh", "fixture-guest")?;
             Ok(FixtureGuest {
                 save: dir.join("guest.save"),
                 disk: dir.join("guest-disk.img"),
@@ -169,20 +176,7 @@ pub fn debian_guest() -> anyhow::Result<DebianGuest> {
     static BUILT: OnceLock<Result<DebianGuest, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let dir = repo_root().join("target/debian-guest");
-            let script = repo_root().join("tests/fixtures/build-debian.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg(&dir)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!(
-                    "build-debian.sh failed:\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
+            let dir = build_fixture("build-debian.sh", "debian-guest")?;
             let marker = std::fs::read_to_string(dir.join("marker")).map_err(|e| e.to_string())?;
             Ok(DebianGuest {
                 disk: dir.join("disk.img"),

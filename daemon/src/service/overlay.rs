@@ -122,22 +122,12 @@ impl AppState {
             create_cow_disk(&base_paths(&base).disk, &disk).await?;
             let resume = dir.join("resume.save");
             {
-                let (kernel, initrd) = base_boot_files(Path::new(&base.dir));
-                let spec = SessionSpec {
-                    name: vm.clone(),
-                    uuid: new_uuid(),
-                    domain_type: self.config.domain_type,
-                    disk: disk.clone(),
-                    disk_format: "qcow2".into(),
-                    discard: Some(if req.no_trim {
-                        Discard::Ignore
-                    } else {
-                        Discard::Unmap
-                    }),
-                    console_socket: console_path.clone(),
-                    kernel,
-                    initrd,
+                let discard = if req.no_trim {
+                    Discard::Ignore
+                } else {
+                    Discard::Unmap
                 };
+                let spec = self.session_spec(&base, &vm, &disk, &console_path, Some(discard));
                 let resume = resume.clone();
                 blocking(move || {
                     let layout = engine_base
@@ -348,6 +338,33 @@ fn timer_ms(started: Instant) -> u64 {
 /// run from one base at once).
 pub(crate) fn new_uuid() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+impl AppState {
+    /// What the daemon decides of a session VM built from `base`: its name, a fresh UUID,
+    /// this daemon's domain type, the session's qcow2 disk and console socket, the base's
+    /// boot files, and the disk's discard mode (`None`: as saved).
+    pub(crate) fn session_spec(
+        &self,
+        base: &BaseRecord,
+        vm: &str,
+        disk: &Path,
+        console_socket: &Path,
+        discard: Option<Discard>,
+    ) -> SessionSpec {
+        let (kernel, initrd) = base_boot_files(Path::new(&base.dir));
+        SessionSpec {
+            name: vm.to_string(),
+            uuid: new_uuid(),
+            domain_type: self.config.domain_type,
+            disk: disk.to_path_buf(),
+            disk_format: "qcow2".into(),
+            discard,
+            console_socket: console_socket.to_path_buf(),
+            kernel,
+            initrd,
+        }
+    }
 }
 
 /// The base's copies of its direct-boot kernel and initramfs, those it has: a VM built

@@ -2,16 +2,16 @@
 //! overlay), its application ports forwarded to fresh host ports.
 
 use std::io::{BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cloudlet_api::{Session, SessionKind, SessionState, Synthesize};
 
 use super::intake::{BodyOrigin, IntakeWatch};
-use super::overlay::{base_boot_files, merge_ports, new_uuid, open_base};
+use super::overlay::{merge_ports, open_base};
 use super::{blocking, chain, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
-use crate::virt::{boot_xml, forward_port, resume_xml, SessionSpec};
+use crate::virt::{boot_xml, forward_port, resume_xml};
 use crate::AppState;
 use cloudlet_engine::decode::{check_fits, decode, DecodeError, DecodeOutputs};
 use cloudlet_engine::disk::DiskOutputFormat;
@@ -196,18 +196,7 @@ impl AppState {
             let memory = dir.join("memory.save");
             let console = dir.join("console.sock");
             let (has_memory, guest_ports, decode_summary) = {
-                let (kernel, initrd) = base_boot_files(Path::new(&base.dir));
-                let spec = SessionSpec {
-                    name: vm.clone(),
-                    uuid: new_uuid(),
-                    domain_type: self.config.domain_type,
-                    disk: disk.clone(),
-                    disk_format: "qcow2".into(),
-                    discard: None,
-                    console_socket: console.clone(),
-                    kernel,
-                    initrd,
-                };
+                let spec = self.session_spec(&base, &vm, &disk, &console, None);
                 let (memory, template, disk) =
                     (memory.clone(), base.domain_xml.clone(), disk.clone());
                 let reporter = super::progress::engine_reporter();
