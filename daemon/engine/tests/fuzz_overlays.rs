@@ -8,6 +8,8 @@
 //! A fixed case budget and a fixed seed keep it deterministic and bounded in time (a few
 //! seconds; CI runs it with `cargo test`). Own test binary, so the peak RSS is this test's.
 
+mod common;
+use common::{reset_peak_rss, status_kib, u64_at};
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,10 +129,6 @@ fn put_u64(bytes: &mut [u8], at: usize, v: u64) {
     bytes[at..at + n].copy_from_slice(&v.to_le_bytes()[..n]);
 }
 
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// An overlay split into its parts: header, decompressed metadata, and what follows the
 /// compressed metadata (padding and payload).
 struct Parts {
@@ -248,15 +246,6 @@ fn exercise(overlay: &[u8], base: &Base, scratch: &Path) {
     let _ = std::fs::remove_file(&memory);
 }
 
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
-}
-
 /// A base and two of its overlays (with memory, disk-only), made by the engine.
 fn fixture(dir: &Path) -> (Base, Vec<Vec<u8>>) {
     let work = generate(dir, &WorkloadSpec::small(11)).expect("workload");
@@ -302,7 +291,7 @@ fn damaged_overlays_give_errors_never_panics_in_bounded_memory() {
     // lengths: written with the header check recomputed, so the reader trusts them.
     let header_fields = [12, 16, 24];
 
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    reset_peak_rss();
     let started = std::time::Instant::now();
     fn env<T: std::str::FromStr>(key: &str) -> Option<T> {
         std::env::var(key).ok().and_then(|v| v.parse().ok())

@@ -4,6 +4,8 @@
 //! growing in proportion to what the file claims. Own test binary (own process), and the
 //! tests take turns, so the peak-RSS measurement sees only the overlay being opened.
 
+mod common;
+use common::{reset_peak_rss, status_kib, u64_at};
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -87,10 +89,6 @@ fn meta_of(overlay: &[u8]) -> Vec<u8> {
     zstd::bulk::decompress(&overlay[HEADER_BYTES..HEADER_BYTES + len], 1 << 20).expect("meta")
 }
 
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// `header` (a valid overlay's) rewritten for `compressed` metadata declaring `meta_len`
 /// bytes, with hash and header check recomputed: only the metadata is hostile.
 fn overlay_with(header: &[u8], compressed: &[u8], meta_len: u64) -> Vec<u8> {
@@ -140,15 +138,6 @@ fn zero_records(valid: &[u8], records: u64) -> (Vec<u8>, u64) {
     )
 }
 
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
-}
-
 /// Opens `overlay` and returns the error and how much peak RSS grew meanwhile.
 fn open_measured(overlay: &[u8]) -> (FormatError, u64) {
     open_measured_for(overlay, None)
@@ -157,9 +146,8 @@ fn open_measured(overlay: &[u8]) -> (FormatError, u64) {
 /// Opens `overlay` (for `base`, if given) and returns the error and how much peak RSS
 /// grew meanwhile.
 fn open_measured_for(overlay: &[u8], base: Option<&BaseShape>) -> (FormatError, u64) {
-    // Resets VmHWM to the current RSS (Linux ≥ 4.0); if refused, the peak so far stands
-    // and the growth below is measured from the current RSS, which only overstates it.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    // If the reset is refused, growth is measured from the current RSS: only overstated.
+    reset_peak_rss();
     let before = status_kib("VmRSS:");
     let result = match base {
         Some(base) => OverlayReader::open_for_base(overlay, base),
