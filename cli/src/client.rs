@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use reqwest::blocking::{RequestBuilder, Response};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -28,6 +28,8 @@ pub struct ApiError {
     pub message: String,
     /// One more hint of the CLI's, e.g. where the token comes from.
     pub hint: Option<String>,
+    /// The answer's `Retry-After` in seconds (`busy`, `idempotency-in-progress`).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -37,6 +39,7 @@ impl ApiError {
             code: code.into(),
             message,
             hint: None,
+            retry_after_s: None,
         }
     }
 }
@@ -186,7 +189,11 @@ impl Client {
             return read_json(resp);
         }
         for line in BufReader::new(resp).lines() {
-            let line = line.map_err(|e| anyhow::anyhow!("reading the daemon's progress: {e}"))?;
+            // A cut here is a broken connection like any other: the caller may retry.
+            let line = line.map_err(|e| TransportError {
+                unreachable: false,
+                message: format!("reading the daemon's progress from {}: {e}", self.base),
+            })?;
             if line.trim().is_empty() {
                 continue;
             }
@@ -205,7 +212,14 @@ impl Client {
                 other => on_event(&other),
             }
         }
-        anyhow::bail!("the daemon ended its progress stream without a result (see its log)")
+        Err(TransportError {
+            unreachable: false,
+            message: format!(
+                "the progress stream from {} ended without a result (connection closed)",
+                self.base
+            ),
+        }
+        .into())
     }
 
     /// Connection-level failures: one line naming the URL and what to do.
@@ -229,8 +243,13 @@ impl Client {
 
     fn error_of(&self, resp: Response) -> ApiError {
         let status = resp.status();
+        let retry_after_s = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
         let text = resp.text().unwrap_or_default();
-        match serde_json::from_str::<ErrorBody>(&text) {
+        let mut error = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) if body.error.code != ErrorCode::Unknown => {
                 self.api_error(body.error.code.as_str().into(), body.error.message)
             }
@@ -244,7 +263,9 @@ impl Client {
                 };
                 self.api_error(code, format!("the daemon answered {status}"))
             }
-        }
+        };
+        error.retry_after_s = retry_after_s;
+        error
     }
 
     fn api_error(&self, code: String, message: String) -> ApiError {
@@ -253,6 +274,7 @@ impl Client {
             code,
             message,
             hint,
+            retry_after_s: None,
         }
     }
 }

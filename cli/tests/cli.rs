@@ -760,9 +760,24 @@ fn refused_uploads_show_the_daemons_answer() {
         busy.is_some(),
         "the two stalled uploads never held both slots"
     );
-    fails_with(
-        cli(&d).args(["synthesis", "a", wrong_base.to_str().unwrap()]),
+    // --no-wait: refused at once (without it the CLI waits: tests/tests/cli_flows.rs).
+    let line = fails_with(
+        cli(&d).args(["synthesis", "--no-wait", "a", wrong_base.to_str().unwrap()]),
         "busy",
     );
+    assert!(line.contains("--no-wait"), "{line}");
+    // A wait that runs out says so (--quiet: no waiting lines, only the error).
+    let line = fails_with(
+        cli(&d).args([
+            "--quiet",
+            "synthesis",
+            "--max-wait",
+            "3",
+            "a",
+            wrong_base.to_str().unwrap(),
+        ]),
+        "busy",
+    );
+    assert!(line.contains("within 3 s"), "{line}");
     drop(held);
 }

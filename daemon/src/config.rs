@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 /// max_concurrent_syntheses = 2
 /// request_timeout_s = 3600
 /// body_idle_timeout_s = 60
+/// idempotency_window_s = 86400
 /// header_timeout_s = 30
 /// max_connections = 512
 /// libvirt_timeout_s = 30
@@ -122,6 +123,9 @@ pub struct Config {
     /// Longest a request body may stall before the request is dropped
     /// (`CLOUDLET_BODY_IDLE_TIMEOUT_S`).
     pub body_idle_timeout_s: u64,
+    /// How long an `Idempotency-Key` of `POST /synthesis*` names the session it started
+    /// (`CLOUDLET_IDEMPOTENCY_WINDOW_S`).
+    pub idempotency_window_s: u64,
     /// Longest a connection may take to send a request's headers, counted from when the
     /// daemon waits for them: on a new connection and between requests of a kept-alive
     /// one, so it also closes idle connections (`CLOUDLET_HEADER_TIMEOUT_S`).
@@ -158,6 +162,7 @@ impl Default for Config {
             max_concurrent_syntheses: 2,
             request_timeout_s: 3600,
             body_idle_timeout_s: 60,
+            idempotency_window_s: 86_400,
             header_timeout_s: 30,
             max_connections: 512,
             libvirt_timeout_s: 30,
@@ -269,6 +274,9 @@ impl Config {
         }
         if let Some(v) = get("CLOUDLET_BODY_IDLE_TIMEOUT_S") {
             self.body_idle_timeout_s = parse("body_idle_timeout_s", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_IDEMPOTENCY_WINDOW_S") {
+            self.idempotency_window_s = parse("idempotency_window_s", &v)?;
         }
         if let Some(v) = get("CLOUDLET_HEADER_TIMEOUT_S") {
             self.header_timeout_s = parse("header_timeout_s", &v)?;
@@ -388,6 +396,7 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   max_concurrent_syntheses  CLOUDLET_MAX_CONCURRENT_SYNTHESES  2     (more: 503 + Retry-After)
   request_timeout_s         CLOUDLET_REQUEST_TIMEOUT_S         3600
   body_idle_timeout_s       CLOUDLET_BODY_IDLE_TIMEOUT_S       60    (a stalled upload is dropped)
+  idempotency_window_s      CLOUDLET_IDEMPOTENCY_WINDOW_S      86400 (an Idempotency-Key's lifetime)
   header_timeout_s          CLOUDLET_HEADER_TIMEOUT_S          30    (slow or idle connections closed)
   max_connections           CLOUDLET_MAX_CONNECTIONS           512   (more: 503, closed)
   libvirt_timeout_s         CLOUDLET_LIBVIRT_TIMEOUT_S         30    (per libvirt call at start)

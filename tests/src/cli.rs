@@ -15,15 +15,19 @@ pub struct Cli<'a> {
 }
 
 impl Cli<'_> {
-    /// `cloudlet ARGS`, whatever its outcome.
-    pub fn output(&self, args: &[&str]) -> Output {
-        Command::new(binary("cloudlet").unwrap())
-            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
+    /// `cloudlet ARGS` talking to the daemon at `addr` (the daemon's own, or a relay's).
+    pub fn command_via(&self, addr: std::net::SocketAddr, args: &[&str]) -> Command {
+        let mut c = Command::new(binary("cloudlet").unwrap());
+        c.env("CLOUDLET_URL", format!("http://{addr}"))
             .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
             .env_remove("CLOUDLET_TOKEN")
-            .args(args)
-            .output()
-            .unwrap()
+            .args(args);
+        c
+    }
+
+    /// `cloudlet ARGS`, whatever its outcome.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command_via(self.d.addr, args).output().unwrap()
     }
 
     /// `cloudlet ARGS`; asserts success (with the daemon's log), returns stdout.
@@ -50,11 +54,8 @@ impl Cli<'_> {
     /// `cloudlet ARGS` with `input` on stdin; asserts success, returns stdout.
     pub fn with_stdin(&self, args: &[&str], input: &str) -> String {
         use std::io::Write;
-        let mut child = Command::new(binary("cloudlet").unwrap())
-            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
-            .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
-            .env_remove("CLOUDLET_TOKEN")
-            .args(args)
+        let mut child = self
+            .command_via(self.d.addr, args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -78,5 +79,56 @@ impl Cli<'_> {
     /// `cloudlet run ID -- CMD` → its trimmed output.
     pub fn run(&self, id: &str, command: &str) -> String {
         self.ok(&["run", id, "--", command]).trim().to_string()
+    }
+}
+
+/// A `cloudlet` command running in the background, its stderr collected as it comes.
+pub struct Background {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Background {
+    /// Starts `command` with stdout and stderr piped.
+    pub fn spawn(mut command: Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self { child, stderr }
+    }
+
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether its stderr shows `text` within `timeout`.
+    pub fn stderr_shows(&self, text: &str, timeout: std::time::Duration) -> bool {
+        crate::wait_until(timeout, || self.stderr().contains(text).then_some(())).is_some()
+    }
+
+    /// Waits for it; asserts success and parses its stdout as JSON.
+    pub fn finish_json(&mut self) -> Value {
+        use std::io::Read;
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut out).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "cloudlet failed: {out}{}", self.stderr());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
     }
 }

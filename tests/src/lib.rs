@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod console;
 pub mod daemon;
+pub mod relay;
 pub mod synthetic;
 pub mod tmpfs;
 pub mod xml;

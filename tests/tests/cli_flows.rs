@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
+use cloudlet_e2e::cli::Background;
 use cloudlet_e2e::cli::Cli;
 use cloudlet_e2e::daemon::TempDir;
-use cloudlet_e2e::{fixture_guest, greeting, require_host, Daemon, DomainGuard};
+use cloudlet_e2e::relay::Relay;
+use cloudlet_e2e::{fixture_guest, greeting, require_host, wait_until, Daemon, DomainGuard};
 use serde_json::Value;
 
 const SCRIPT: &str = r#"#!/bin/sh
@@ -240,8 +242,89 @@ fn base_overlay_synthesis_through_the_cli() {
     let syn2_id = syn2["id"].as_str().unwrap().to_string();
     assert_eq!(cli.run(&syn2_id, "cat /base-marker"), "base");
 
-    // 5. clean up through the CLI: del-base needs --force while overlays exist.
-    for id in [&syn_id, &syn2_id] {
+    // 5. A busy cloudlet is waited out: both synthesis slots held by stalled uploads, the
+    // CLI says it waits, then synthesizes once they are free.
+    let overlay_bytes = std::fs::read(&file).unwrap();
+    let held: Vec<_> = (0..2)
+        .map(|_| d.stalled_upload("/api/v1/synthesis/upload?base=tiny", &overlay_bytes[..4096]))
+        .collect();
+    let decoding = |n: usize| {
+        wait_until(Duration::from_secs(30), || {
+            let all = cli.json(&["list-session"]);
+            let count = all
+                .as_array()?
+                .iter()
+                .filter(|s| s["state"] == "decoding")
+                .count();
+            (count == n).then_some(())
+        })
+    };
+    assert!(
+        decoding(2).is_some(),
+        "the stalled uploads never held both slots"
+    );
+    let mut waiting = Background::spawn(cli.command_via(
+        d.addr,
+        &["--json", "synthesis", "tiny", file.to_str().unwrap()],
+    ));
+    assert!(
+        waiting.stderr_shows("waiting for a free synthesis slot", Duration::from_secs(30)),
+        "no waiting line: {}",
+        waiting.stderr()
+    );
+    drop(held);
+    let waited = waiting.finish_json();
+    assert_eq!(waited["state"], "running", "{waited}");
+    guards.push(DomainGuard(waited["vm_name"].as_str().unwrap().to_string()));
+    let waited_id = waited["id"].as_str().unwrap().to_string();
+
+    // 6. The link goes down after the overlay was sent: the CLI retries with the same
+    // Idempotency-Key and gets the session the first attempt started; no second VM.
+    let known: Vec<String> = session_ids(&cli.json(&["list-session", "--all"]));
+    let relay = Relay::start(d.addr).unwrap();
+    let mut cut = Background::spawn(cli.command_via(
+        relay.addr,
+        &["--json", "synthesis", "tiny", file.to_str().unwrap()],
+    ));
+    let first = wait_until(Duration::from_secs(60), || {
+        let all = cli.json(&["list-session", "--all"]);
+        all.as_array()?
+            .iter()
+            .find(|s| !known.contains(&s["id"].as_str().unwrap_or_default().to_string()))
+            .cloned()
+    })
+    .expect("the relayed synthesis started");
+    let first_id = first["id"].as_str().unwrap().to_string();
+    relay.freeze(); // the answer never reaches the CLI
+    let ran = wait_until(Duration::from_secs(120), || {
+        let s = cli.json(&["show-session", &first_id]);
+        (s["state"] != "decoding" && s["state"] != "restoring").then_some(s)
+    })
+    .unwrap();
+    assert_eq!(ran["state"], "running", "{ran}");
+    relay.cut();
+    let retried = cut.finish_json();
+    assert_eq!(retried["id"], first_id.as_str(), "{retried}");
+    assert!(
+        cut.stderr().contains("same Idempotency-Key"),
+        "{}",
+        cut.stderr()
+    );
+    assert!(relay.connections() >= 2, "the CLI never reconnected");
+    guards.push(DomainGuard(ran["vm_name"].as_str().unwrap().to_string()));
+    let new: Vec<String> = session_ids(&cli.json(&["list-session", "--all"]))
+        .into_iter()
+        .filter(|id| !known.contains(id))
+        .collect();
+    assert_eq!(new, vec![first_id.clone()], "a second session was started");
+    let domains = cloudlet_e2e::virsh(&["list", "--name"]).unwrap();
+    assert!(
+        domains.contains(ran["vm_name"].as_str().unwrap()),
+        "{domains}"
+    );
+
+    // 7. clean up through the CLI: del-base needs --force while overlays exist.
+    for id in [&syn_id, &syn2_id, &waited_id, &first_id] {
         assert_eq!(cli.json(&["stop-session", id])["state"], "stopped");
     }
     assert_eq!(cli.json(&["list-session"]), Value::Array(vec![]));
@@ -258,4 +341,14 @@ fn base_overlay_synthesis_through_the_cli() {
     cli.ok(&["del-base", "tiny", "--force"]);
     assert!(cli.json(&["clear-session"])["removed"].as_u64().unwrap() >= 4);
     assert_eq!(cli.json(&["list-overlay"]), Value::Array(vec![]));
+}
+
+fn session_ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }

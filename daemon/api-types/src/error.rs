@@ -26,6 +26,9 @@ wire_enum! {
         Ambiguous = "ambiguous",
         /// 409: name taken, wrong session state, base in use, base already here.
         Conflict = "conflict",
+        /// 409: a request with the same `Idempotency-Key` is being admitted right now; see
+        /// `Retry-After`.
+        IdempotencyInProgress = "idempotency-in-progress",
         /// 413: a body over `max_upload_bytes`.
         TooLarge = "too-large",
         /// 414: a request URI over 65,534 bytes (answered before the router sees it).
@@ -65,7 +68,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Timeout => 408,
-            ErrorCode::Ambiguous | ErrorCode::Conflict => 409,
+            ErrorCode::Ambiguous | ErrorCode::Conflict | ErrorCode::IdempotencyInProgress => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::UriTooLong => 414,
             ErrorCode::RangeNotSatisfiable => 416,

@@ -203,6 +203,10 @@ pub struct Health {
     /// Ready base VMs in the catalogue.
     #[serde(default)]
     pub bases: u64,
+    /// Syntheses that could start now (`max_concurrent_syntheses` minus those running):
+    /// a client refused `busy` polls this before it sends its overlay again.
+    #[serde(default)]
+    pub synthesis_slots_free: u64,
 }
 
 /// Query of `DELETE /api/v1/bases/{selector}`.

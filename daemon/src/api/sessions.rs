@@ -13,20 +13,34 @@ use cloudlet_api::{
 use super::extract::{body_reader, ApiJson, ApiPath, ApiQuery};
 use super::respond::respond;
 use super::ApiResult;
+use crate::service::idempotency::IdempotencyKey;
 use crate::AppState;
+
+/// The request header naming a synthesis attempt (IETF draft `Idempotency-Key`).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The answer header marking a replayed session.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Synthesizes from a stored overlay (`overlay_id`), a local or uploaded file
 /// (`overlay_path`) or a URL the daemon fetches (`overlay_url`). Answers when the VM runs.
 #[utoipa::path(post, path = "/api/v1/synthesis", tag = "synthesis", operation_id = "synthesize",
-    request_body = Synthesize, responses((status = 201, body = Session)),
+    request_body = Synthesize, params(IdempotencyHeader),
+    responses((status = 201, body = Session),
+        (status = 200, body = Session, description = "the session an earlier request with \
+            the same Idempotency-Key started (header Idempotent-Replayed: true)")),
     security(("bearer" = [])))]
 pub async fn synthesize(
     State(s): State<AppState>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<Synthesize>,
 ) -> Response {
+    let key = match replay_or_key(&s, &headers).await {
+        Ok(Admission::Fresh(key)) => key,
+        Ok(Admission::Replayed(answer)) => return answer,
+        Err(e) => return e.into_response(),
+    };
     respond(&headers, StatusCode::CREATED, async move {
-        Ok(s.synthesize(req).await?)
+        Ok(s.synthesize(req, key).await?)
     })
     .await
 }
@@ -35,17 +49,25 @@ pub async fn synthesize(
 /// when the VM runs, with its ports and the step timings. A busy cloudlet or an unknown
 /// base is answered before the body is read.
 #[utoipa::path(post, path = "/api/v1/synthesis/upload", tag = "synthesis",
-    operation_id = "synthesize_upload", params(SynthesizeUploadQuery),
+    operation_id = "synthesize_upload", params(SynthesizeUploadQuery, IdempotencyHeader),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = Session)), security(("bearer" = [])))]
+    responses((status = 201, body = Session),
+        (status = 200, body = Session, description = "the session an earlier request with \
+            the same Idempotency-Key started (header Idempotent-Replayed: true)")),
+    security(("bearer" = [])))]
 pub async fn synthesize_upload(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<SynthesizeUploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let key = match replay_or_key(&s, &headers).await {
+        Ok(Admission::Fresh(key)) => key,
+        Ok(Admission::Replayed(answer)) => return answer,
+        Err(e) => return e.into_response(),
+    };
     let admitted = async {
-        let ticket = s.admit_synthesis(&q.base).await?;
+        let ticket = s.admit_synthesis(&q.base, key).await?;
         let (reader, watch) = body_reader(&s, &headers, body)?;
         Ok::<_, super::ApiError>((ticket, reader, watch))
     }
@@ -58,6 +80,51 @@ pub async fn synthesize_upload(
         Ok(s.synthesize_stream(ticket, reader, &watch).await?)
     })
     .await
+}
+
+/// The `Idempotency-Key` request header, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // only its derived parameter description is used
+struct IdempotencyHeader {
+    /// Names this synthesis attempt (e.g. a UUID; 1 to 255 printable ASCII characters).
+    /// A retry with the same key and token within `idempotency_window_s` gets the session
+    /// the first attempt started (200) instead of starting a second VM; a first attempt
+    /// that failed frees the key.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// What a synthesis request with an `Idempotency-Key` becomes.
+enum Admission {
+    /// A new synthesis, claiming the key if there is one.
+    Fresh(Option<IdempotencyKey>),
+    /// The session an earlier request with the key started: 200, `Idempotent-Replayed`.
+    Replayed(Response),
+}
+
+/// Reads the request's `Idempotency-Key` and answers with the session an earlier request
+/// with the same key and token started, if any (before a slot is taken or a byte of the
+/// body is read).
+async fn replay_or_key(s: &AppState, headers: &HeaderMap) -> ApiResult<Admission> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(Admission::Fresh(None));
+    };
+    let key = IdempotencyKey::new(
+        super::auth::bearer(headers).unwrap_or_default(),
+        value.to_str().unwrap_or_default(),
+    )?;
+    Ok(match s.idempotent_replay(&key).await? {
+        Some(session) => Admission::Replayed(
+            (
+                StatusCode::OK,
+                [(IDEMPOTENT_REPLAYED, "true")],
+                Json(session),
+            )
+                .into_response(),
+        ),
+        None => Admission::Fresh(Some(key)),
+    })
 }
 
 /// Every session (`list-session`).

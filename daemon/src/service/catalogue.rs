@@ -109,6 +109,8 @@ impl AppState {
             },
             version: env!("CARGO_PKG_VERSION").to_string(),
             bases: u64::try_from(bases.len()).unwrap_or(u64::MAX),
+            synthesis_slots_free: u64::try_from(self.synthesis_slots.available_permits())
+                .unwrap_or(u64::MAX),
         })
     }
 

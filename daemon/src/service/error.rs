@@ -94,6 +94,12 @@ pub enum ServiceError {
         /// Seconds to wait.
         retry_after_s: u64,
     },
+    /// Another request with the same `Idempotency-Key` claimed it first; retry to get its
+    /// session.
+    #[error(
+        "a request with the same Idempotency-Key is being admitted; retry in 1 s to get its session"
+    )]
+    IdempotencyInProgress,
     /// libvirt or QEMU failed.
     #[error("hypervisor")]
     Hypervisor(#[source] VirtError),
@@ -154,6 +160,7 @@ impl ServiceError {
             ServiceError::Timeout { .. } => ErrorCode::Timeout,
             ServiceError::DeadlinePassed => ErrorCode::Deadline,
             ServiceError::Busy { .. } => ErrorCode::Busy,
+            ServiceError::IdempotencyInProgress => ErrorCode::IdempotencyInProgress,
             ServiceError::Hypervisor(_) => ErrorCode::HypervisorError,
             ServiceError::Store(_) | ServiceError::Failed { .. } | ServiceError::Bug(_) => {
                 ErrorCode::Internal
@@ -186,6 +193,7 @@ impl ServiceError {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             ServiceError::Busy { retry_after_s, .. } => Some(*retry_after_s),
+            ServiceError::IdempotencyInProgress => Some(1),
             _ => None,
         }
     }
@@ -239,15 +247,18 @@ pub fn redact_data_dir(text: &str) -> String {
 /// An error and its sources, joined with ": ".
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
+    let mut last = text.clone();
     let mut source = e.source();
     while let Some(s) = source {
         let next = s.to_string();
         // A source whose text is already part of the chain (an error that also prints its
-        // cause) is not repeated.
-        if !text.ends_with(&next) {
+        // cause), or that says what the error wrapping it said ("overlay is corrupt" of
+        // the service over the engine's), is not repeated.
+        if !text.ends_with(&next) && next != last {
             text.push_str(": ");
             text.push_str(&next);
         }
+        last = next;
         source = s.source();
     }
     text
@@ -327,6 +338,14 @@ mod tests {
             e.public_message(),
             "overlay is corrupt: segment 52 fails its checksum"
         );
+        // The engine's own "overlay is corrupt" under the service's: said once.
+        let engine = cloudlet_engine::decode::DecodeError::Format(
+            cloudlet_engine::format::FormatError::Truncated {
+                what: "overlay segment 52",
+            },
+        );
+        let e = ServiceError::OverlayCorrupt(Box::new(engine));
+        assert_eq!(e.public_message().matches("overlay is corrupt").count(), 1);
         assert_eq!(
             ServiceError::Busy {
                 what: "x".into(),

@@ -5,6 +5,7 @@
 pub mod base;
 mod catalogue;
 pub mod error;
+pub mod idempotency;
 pub mod intake;
 pub mod overlay;
 pub mod progress;

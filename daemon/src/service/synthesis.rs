@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use cloudlet_api::{Session, SessionKind, SessionState, Synthesize};
 
+use super::idempotency::IdempotencyKey;
 use super::intake::{BodyOrigin, IntakeWatch};
 use super::overlay::{merge_ports, open_base};
 use super::{blocking, chain, ServiceError, StepTimer};
@@ -37,6 +38,7 @@ pub type SynthesisSlot = tokio::sync::OwnedSemaphorePermit;
 pub struct SynthesisTicket {
     base: BaseRecord,
     slot: SynthesisSlot,
+    key: Option<IdempotencyKey>,
 }
 
 impl AppState {
@@ -57,10 +59,14 @@ impl AppState {
 
     /// Admits a synthesis whose overlay is the request body: a slot (or `busy` at once)
     /// and the base, both checked before the first byte is read.
-    pub async fn admit_synthesis(&self, base: &str) -> Result<SynthesisTicket, ServiceError> {
+    pub async fn admit_synthesis(
+        &self,
+        base: &str,
+        key: Option<IdempotencyKey>,
+    ) -> Result<SynthesisTicket, ServiceError> {
         let slot = self.synthesis_slot()?;
         let base = self.resolve_base(base).await?;
-        Ok(SynthesisTicket { base, slot })
+        Ok(SynthesisTicket { base, slot, key })
     }
 
     /// Synthesizes from overlay bytes streaming in (decoding starts with the first
@@ -74,19 +80,34 @@ impl AppState {
         watch: &IntakeWatch,
     ) -> Result<Session, ServiceError> {
         let session = self
-            .synthesize_from(ticket.base, reader, None, ticket.slot, Some(watch))
+            .synthesize_from(
+                ticket.base,
+                reader,
+                None,
+                ticket.slot,
+                Some(watch),
+                ticket.key,
+            )
             .await?;
         Ok(Session::from(&session))
     }
 
     /// Synthesizes from an overlay stored here, in an import directory, uploaded, or at an
     /// allowed URL.
-    pub async fn synthesize(&self, req: Synthesize) -> Result<Session, ServiceError> {
-        let session = self.synthesize_request(req).await?;
+    pub async fn synthesize(
+        &self,
+        req: Synthesize,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Session, ServiceError> {
+        let session = self.synthesize_request(req, key).await?;
         Ok(Session::from(&session))
     }
 
-    async fn synthesize_request(&self, req: Synthesize) -> Result<SessionRecord, ServiceError> {
+    async fn synthesize_request(
+        &self,
+        req: Synthesize,
+        key: Option<IdempotencyKey>,
+    ) -> Result<SessionRecord, ServiceError> {
         // First, so that a `busy` answer leaves an uploaded overlay in place for the retry.
         let slot = self.synthesis_slot()?;
         let path = match (&req.overlay_id, &req.overlay_path, &req.overlay_url) {
@@ -94,7 +115,9 @@ impl AppState {
                 self.ready_overlay(id).await?.file_path,
             )),
             (None, Some(p), None) => self.import_path(std::path::Path::new(p))?,
-            (None, None, Some(url)) => return self.synthesize_from_url(&req.base, url, slot).await,
+            (None, None, Some(url)) => {
+                return self.synthesize_from_url(&req.base, url, slot, key).await
+            }
             _ => {
                 return Err(ServiceError::InvalidRequest(
                     "give exactly one of overlay_id, overlay_path and overlay_url".into(),
@@ -109,6 +132,7 @@ impl AppState {
             req.overlay_id,
             slot,
             None,
+            key,
         )
         .await
     }
@@ -120,6 +144,7 @@ impl AppState {
         base: &str,
         url: &str,
         slot: SynthesisSlot,
+        key: Option<IdempotencyKey>,
     ) -> Result<SessionRecord, ServiceError> {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| ServiceError::InvalidRequest(format!("overlay_url `{url}`: {e}")))?;
@@ -165,7 +190,7 @@ impl AppState {
         if declared.is_some_and(|n| n > self.config.max_upload_bytes) {
             return Err(watch.too_large());
         }
-        self.synthesize_from(base, reader, None, slot, Some(&watch))
+        self.synthesize_from(base, reader, None, slot, Some(&watch), key)
             .await
     }
 
@@ -178,6 +203,7 @@ impl AppState {
         overlay_id: Option<String>,
         _slot: SynthesisSlot,
         watch: Option<&IntakeWatch>,
+        key: Option<IdempotencyKey>,
     ) -> Result<SessionRecord, ServiceError> {
         let clock = std::time::Instant::now();
         let (mut session, dir) = self.new_session_with_dir(SessionKind::Synthesis, &base.id)?;
@@ -190,6 +216,9 @@ impl AppState {
 
         let mut timer = StepTimer::default();
         let result = async {
+            if let Some(key) = &key {
+                self.claim_idempotency_key(key, &session.id).await?;
+            }
             let started = StepTimer::begin("decode");
             let engine_base = open_base(&base).await?;
             let disk = dir.join("disk.qcow2");

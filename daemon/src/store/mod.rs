@@ -4,6 +4,7 @@
 pub mod bases;
 pub mod db;
 pub mod files;
+pub mod idempotency;
 pub mod overlays;
 pub mod reconcile;
 pub mod sessions;
