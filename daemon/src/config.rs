@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 /// data_dir = "/var/lib/cloudlet"
 /// libvirt_uri = "qemu:///system"
 /// domain_type = "kvm"        # or "qemu" (TCG)
+/// log_format = "text"        # or "json"
 /// zstd_level = 3
 /// threads = 0
 /// import_dirs = ["/srv/images"]
@@ -63,6 +64,17 @@ pub enum ConfigError {
     },
 }
 
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (journald, log shippers).
+    Json,
+}
+
 /// libvirt domain type for the VMs the daemon runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +108,9 @@ pub struct Config {
     pub libvirt_uri: String,
     /// Domain type of the VMs: `kvm` or `qemu` (`CLOUDLET_DOMAIN_TYPE`).
     pub domain_type: DomainType,
+    /// Log lines as `text` or `json` (`CLOUDLET_LOG_FORMAT`); the level comes from
+    /// `CLOUDLET_LOG` (e.g. `info`, `debug`, `info,cloudletd::access=warn`).
+    pub log_format: LogFormat,
     /// zstd level of overlay payloads, 1..=19 (`CLOUDLET_ZSTD_LEVEL`).
     pub zstd_level: i32,
     /// Worker threads for encoding and decoding, 0 = one per core (`CLOUDLET_THREADS`).
@@ -153,6 +168,7 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/cloudlet"),
             libvirt_uri: "qemu:///system".into(),
             domain_type: DomainType::Kvm,
+            log_format: LogFormat::Text,
             zstd_level: 3,
             threads: 0,
             import_dirs: Vec::new(),
@@ -240,6 +256,18 @@ impl Config {
                     return Err(ConfigError::Invalid {
                         key: "domain_type",
                         reason: format!("`{v}` is neither `kvm` nor `qemu`"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("CLOUDLET_LOG_FORMAT") {
+            self.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "log_format",
+                        reason: format!("`{v}` is neither `text` nor `json`"),
                     })
                 }
             };
@@ -383,6 +411,8 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   libvirt_uri               CLOUDLET_LIBVIRT_URI               qemu:///system
   domain_type               CLOUDLET_DOMAIN_TYPE               kvm
       kvm (needs /dev/kvm) or qemu (TCG emulation).
+  log_format                CLOUDLET_LOG_FORMAT                text  (or json: one object per line)
+      Levels: CLOUDLET_LOG (e.g. info, debug, info,cloudletd::access=warn).
   zstd_level                CLOUDLET_ZSTD_LEVEL                3     (1..=19)
   threads                   CLOUDLET_THREADS                   0     (0: one per core)
   import_dirs               CLOUDLET_IMPORT_DIRS (a:b:c)       []

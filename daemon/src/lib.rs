@@ -9,6 +9,7 @@ pub mod config;
 pub mod conn;
 pub mod fault;
 pub mod metrics;
+pub mod notify;
 pub mod service;
 pub mod store;
 pub mod virt;
@@ -110,6 +111,7 @@ pub async fn adopt_vms(state: AppState) {
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!("cloudletd ready");
+    notify::notify("READY=1\nSTATUS=serving");
 }
 
 /// Serves the API on `listener` until `shutdown` resolves. HTTP/1.1 connections must send
@@ -164,6 +166,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    notify::notify("STOPPING=1");
     // Requests in flight get a moment to answer; long work runs on in its own tasks.
     if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown())
         .await
@@ -202,10 +205,12 @@ fn refuse_connection(stream: &tokio::net::TcpStream, max: usize) {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let state = open_state(config).await?;
-    tokio::spawn(adopt_vms(state.clone()));
+    // Bound first: systemd's READY=1 (sent once the VMs are reconciled) means "answering".
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    notify::notify("STATUS=reconciling the previous run's VMs with libvirt");
+    tokio::spawn(adopt_vms(state.clone()));
     serve(state, listener, shutdown_signal()).await
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cloudletd::config::LogFormat;
 use cloudletd::Config;
 
 /// cloudlet daemon: base VMs, VM overlays and VM synthesis for edge devices.
@@ -17,7 +18,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Copy, Subcommand)]
 enum Command {
     /// Run the daemon (the default).
     Serve,
@@ -27,19 +28,39 @@ enum Command {
     Openapi,
 }
 
+/// Log lines on stderr, as text or JSON, at the levels of `CLOUDLET_LOG` (default info).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDLET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // The request span's fields (id, method, path) go on each line.
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLOUDLET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let config = match command {
+        Command::Serve | Command::PrintConfig => Some(Config::load(cli.config.as_deref())),
+        Command::Openapi => None,
+    };
+    let format = match &config {
+        Some(Ok(c)) => c.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(format);
+    match command {
         Command::Serve => {
-            let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            let config = config
+                .unwrap_or_else(|| Ok(Config::default()))
+                .context("loading configuration")?;
             tracing::info!(domain_type = %config.domain_type, "libvirt domain type of the VMs");
             if let Some(point) = cloudletd::fault::armed() {
                 tracing::warn!(
@@ -55,7 +76,9 @@ fn main() -> anyhow::Result<()> {
                 .block_on(cloudletd::run(config))
         }
         Command::PrintConfig => {
-            let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            let config = config
+                .unwrap_or_else(|| Ok(Config::default()))
+                .context("loading configuration")?;
             #[allow(clippy::print_stdout)]
             {
                 print!("{}", config.to_toml());

@@ -150,3 +150,128 @@ fn a_wedged_libvirtd_does_not_make_the_daemon_unreachable() {
     assert!(ready.is_some(), "never ready:\n{log}");
     assert!(log.contains("libvirt did not answer"), "{log}");
 }
+
+#[test]
+fn every_request_has_an_id_in_its_answer_its_error_and_the_access_log() {
+    let d = Daemon::start("access-log").unwrap();
+    // The client's own id is kept, answered, carried by the error and logged.
+    let reply = d
+        .send_full(
+            "GET",
+            "/api/v1/bases/no-such-base?x=secret-query",
+            &[("X-Request-Id", "client-req-42")],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.header("x-request-id"), Some("client-req-42"));
+    assert_eq!(reply.json()["error"]["request_id"], "client-req-42");
+    // A missing token (401) and an id that is not a sane token get a fresh id.
+    let unauth = cloudlet_e2e::daemon::send(
+        d.addr,
+        "GET",
+        "/api/v1/bases",
+        &[("X-Request-Id", "bad id with spaces")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(unauth.status, 401);
+    let fresh = unauth.header("x-request-id").unwrap().to_string();
+    assert_ne!(fresh, "bad id with spaces");
+    assert_eq!(unauth.json()["error"]["request_id"], fresh.as_str());
+    let ok = d.send_full("GET", "/api/v1/bases", &[], &[]).unwrap();
+    assert_eq!(ok.status, 200);
+    assert!(ok.header("x-request-id").is_some_and(|v| !v.is_empty()));
+
+    let log = cloudlet_e2e::wait_until(Duration::from_secs(5), || {
+        let log = d.log_text();
+        log.contains(&fresh).then_some(log)
+    })
+    .expect("the 401 is in the access log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("client-req-42") && l.contains("answered"))
+        .unwrap_or_else(|| panic!("no access line for client-req-42:\n{log}"));
+    assert!(
+        line.contains("status=404") && line.contains("/api/v1/bases/no-such-base"),
+        "{line}"
+    );
+    // Neither the token nor the query string reaches the log.
+    assert!(!log.contains(&d.token), "the token is in the log:\n{log}");
+    assert!(!log.contains("secret-query"), "{log}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_request_span() {
+    let tmp = TempDir::new("json-log").unwrap();
+    let d = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_LOG_FORMAT", "json")]).unwrap();
+    let reply = d
+        .send_full(
+            "GET",
+            "/api/v1/overlays",
+            &[("X-Request-Id", "json-req-7")],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let line = cloudlet_e2e::wait_until(Duration::from_secs(5), || {
+        d.log_text()
+            .lines()
+            .find(|l| l.contains("json-req-7"))
+            .map(str::to_string)
+    })
+    .expect("the access line");
+    let text = d.log_text();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["status"], 200, "{v}");
+    assert_eq!(v["span"]["id"], "json-req-7", "{v}");
+    assert_eq!(v["span"]["path"], "/api/v1/overlays", "{v}");
+    // A bad value is refused at start, naming the key.
+    let out = std::process::Command::new(binary("cloudletd").unwrap())
+        .arg("print-config")
+        .env("CLOUDLET_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("log_format"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn systemd_hears_ready_after_reconciling_and_stopping_at_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = TempDir::new("notify").unwrap();
+    let socket = tmp.0.join("notify.sock");
+    let listener = UnixDatagram::bind(&socket).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut d = Daemon::start_in(
+        &tmp.0.join("data"),
+        &[("NOTIFY_SOCKET", socket.to_str().unwrap())],
+    )
+    .unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 512];
+    while !messages.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = listener
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no READY=1 ({e}); got {messages:?}"));
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // The status line before READY, READY only once /health says ok (Daemon::start waited
+    // for that; READY must not come from a daemon still reconciling).
+    assert!(messages[0].starts_with("STATUS="), "{messages:?}");
+    let (_, health) = d.get("/health").unwrap();
+    assert!(health.contains(r#""status":"ok""#), "{health}");
+    assert!(d.stop().unwrap().success());
+    let n = listener.recv(&mut buf).expect("STOPPING=1 at SIGTERM");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

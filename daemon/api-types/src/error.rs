@@ -103,7 +103,8 @@ pub struct ErrorDetail {
     /// the daemon's log under `request_id`).
     #[serde(default)]
     pub message: String,
-    /// Identifies the request in the daemon's log (set on 5xx answers).
+    /// Identifies the request in the daemon's log: the `X-Request-Id` of the answer and
+    /// of its access-log line (set on every error the daemon's routes answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }

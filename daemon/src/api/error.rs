@@ -1,7 +1,7 @@
 //! The one place errors become HTTP: the status from the error code
 //! (`cloudlet_api::ErrorCode::status`), the JSON body `{"error": {"code", "message",
-//! "request_id"}}`. Internal errors are logged in full under a request id and answered
-//! with a generic message carrying that id. Errors that only HTTP has (authentication,
+//! "request_id"}}` (the id of the access log's line). Internal errors are logged in full
+//! under that id and answered with a generic message carrying it. Errors that only HTTP has (authentication,
 //! routing, the request deadline, malformed requests) are variants of [`ApiError`].
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -68,17 +68,20 @@ impl ApiError {
         let code = self.code();
         let status =
             StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // The id the access log and this request's log lines carry (a fresh one outside
+        // a request, e.g. in a test).
+        let id = super::access::current()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(crate::store::new_id);
         let mut detail = ErrorDetail {
             code,
             message: String::new(),
-            request_id: None,
+            request_id: Some(id.clone()),
         };
         match self {
             ApiError::Service(e) if code == ErrorCode::Internal => {
-                let id = crate::store::new_id();
                 tracing::error!(request_id = %id, error = %chain(e), "internal error");
                 detail.message = format!("internal error; see the daemon log for request {id}");
-                detail.request_id = Some(id);
             }
             ApiError::Service(e) => detail.message = e.public_message(),
             ApiError::Unauthorized => {

@@ -2,6 +2,7 @@
 //! Routes under `/api/v1`, one file per resource; `docs/api.md` describes them and
 //! `docs/openapi.json` is generated from the annotations here (`cloudletd openapi`).
 
+mod access;
 pub mod auth;
 mod bases;
 mod drain;
@@ -80,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), until_ready))
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        // Outermost: every answer, 401s and deadlines included, has an id and a log line.
+        .layer(middleware::from_fn(access::log))
         .with_state(state)
 }
 

@@ -31,7 +31,7 @@ where
     F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
     if !wants_progress(headers) {
-        return match tokio::spawn(work).await {
+        return match tokio::spawn(super::access::carried(work)).await {
             Ok(Ok(body)) => (status, Json(body)).into_response(),
             Ok(Err(e)) => e.into_response(),
             Err(e) => {
@@ -41,7 +41,7 @@ where
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<ProgressLine>();
-    let work = tokio::spawn(progress::watch(tx, work));
+    let work = tokio::spawn(super::access::carried(progress::watch(tx, work)));
     tokio::spawn(async move {
         let result = work
             .await
