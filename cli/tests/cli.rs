@@ -780,4 +780,41 @@ fn refused_uploads_show_the_daemons_answer() {
     );
     assert!(line.contains("within 3 s"), "{line}");
     drop(held);
+
+    // The same for the other uploads: a base archive refused from its first bytes...
+    let archive = tmp.0.join("a.cloudlet-base");
+    ok_json(cli(&d).args(["export-base", "a", archive.to_str().unwrap()]));
+    let mut damaged = std::fs::read(&archive).unwrap();
+    for b in damaged.iter_mut().take(64) {
+        *b ^= 0xff;
+    }
+    let damaged_file = tmp.0.join("damaged.cloudlet-base");
+    std::fs::write(&damaged_file, padded(damaged)).unwrap();
+    fails_with(
+        cli(&d).args([
+            "import-base",
+            damaged_file.to_str().unwrap(),
+            "--name",
+            "broken",
+        ]),
+        "invalid-request",
+    );
+    // ... and a disk image over the daemon's max_upload_bytes, refused from its length.
+    let small = Daemon::start_in(
+        &tmp.0.join("small-limit"),
+        &[("CLOUDLET_MAX_UPLOAD_BYTES", "8388608")],
+    )
+    .unwrap();
+    let big_disk = tmp.0.join("big-disk.img");
+    std::fs::write(&big_disk, padded(Vec::new())).unwrap();
+    fails_with(
+        cli(&small).args([
+            "add-base",
+            big_disk.to_str().unwrap(),
+            a.workload.base_save.as_ref().unwrap().to_str().unwrap(),
+            "--name",
+            "too-big",
+        ]),
+        "too-large",
+    );
 }
