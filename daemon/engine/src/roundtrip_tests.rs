@@ -362,3 +362,139 @@ mod property {
         }
     }
 }
+
+/// Decodes `overlay` with the save file streamed through a socket pair (a bounded
+/// buffer, like the FIFO a restore reads), read by a thread; returns the decode's result
+/// and every byte the reader got.
+fn decode_stream(
+    s: &Setup,
+    overlay: &[u8],
+    tag: &str,
+) -> (Result<crate::decode::DecodeSummary, DecodeError>, Vec<u8>) {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let (writer, mut reader) = UnixStream::pair().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = reader.read_to_end(&mut got);
+        got
+    });
+    let disk = s.dir.join(format!("{tag}.disk"));
+    let memory = s.dir.join(format!("{tag}.save"));
+    let outputs = DecodeOutputs {
+        disk: &disk,
+        disk_format: DiskOutputFormat::Qcow2,
+        memory: &memory,
+        domain_xml: None,
+        durable: false,
+        threads: 2,
+    };
+    let result = OverlayReader::open(std::io::Cursor::new(overlay.to_vec()))
+        .map_err(DecodeError::from)
+        .and_then(|r| {
+            crate::decode::decode_streamed(r, &s.base, &outputs, Box::new(writer), &NoProgress)
+        });
+    assert!(!memory.exists(), "a streamed decode wrote the save file");
+    (result, drain.join().unwrap())
+}
+
+/// Pages by index, and the device state.
+type Memory = (Vec<(u64, Vec<u8>)>, Vec<u8>);
+
+/// The page indices of a save file in stream order, and its pages and device state.
+fn stream_order(bytes: &[u8]) -> (Vec<u64>, Memory) {
+    let mut r = SaveFileReader::open(std::io::Cursor::new(bytes)).unwrap();
+    let (mut order, mut pages) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; CHUNK_SIZE_BYTES];
+    while let Some(i) = r.next_page(&mut buf).unwrap() {
+        order.push(i);
+        pages.push((i, buf.to_vec()));
+    }
+    pages.sort();
+    (order, (pages, r.finish().unwrap()))
+}
+
+#[test]
+fn a_streamed_save_file_has_the_base_pages_first_and_the_same_memory() {
+    let s = setup(&WorkloadSpec::small(11));
+    let disk = DiskSource::raw(&s.work.custom_disk).unwrap();
+    let (overlay, summary) = encode_to(&s, "s.overlay", &disk, true);
+    let dsk = summary.meta.counts(ImageKind::Disk);
+    assert!(dsk.self_ref > 0, "disk records copy memory pages: {dsk:?}");
+    let bytes = std::fs::read(&overlay).unwrap();
+    let (result, streamed) = decode_stream(&s, &bytes, "stream");
+    result.unwrap();
+    assert_same_disk(&s, &s.dir.join("stream.disk"), DiskOutputFormat::Qcow2);
+    let (order, memory) = stream_order(&streamed);
+    let custom = s.work.custom_save.as_deref().unwrap();
+    assert!(
+        memory == pages_of(custom),
+        "streamed memory differs from the customized VM's"
+    );
+    // Every page the overlay leaves to the base comes before the first of its own.
+    let overlay_pages: std::collections::HashSet<u64> = summary
+        .meta
+        .records
+        .iter()
+        .filter(|r| r.kind == ImageKind::Memory)
+        .map(|r| r.index)
+        .collect();
+    let first_own = order
+        .iter()
+        .position(|i| overlay_pages.contains(i))
+        .unwrap();
+    assert!(first_own > 0, "no base page came first");
+    assert!(
+        order[first_own..].iter().all(|i| overlay_pages.contains(i)),
+        "a base page came after the overlay's"
+    );
+    // Nothing is left next to the outputs but the disk.
+    let names: Vec<String> = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".kept") || n.starts_with("stream"))
+        .collect();
+    assert_eq!(names, vec!["stream.disk".to_string()], "{names:?}");
+}
+
+#[test]
+fn a_streamed_decode_of_a_damaged_overlay_ends_the_stream_short() {
+    let s = setup(&WorkloadSpec::small(12));
+    let disk = DiskSource::raw(&s.work.custom_disk).unwrap();
+    let (overlay, _) = encode_to(&s, "d.overlay", &disk, true);
+    let mut bytes = std::fs::read(&overlay).unwrap();
+    let at = bytes.len() - bytes.len() / 5; // in a late segment
+    bytes[at] ^= 0x40;
+    let (result, streamed) = decode_stream(&s, &bytes, "bad");
+    let err = result.unwrap_err();
+    assert!(err.is_invalid_input(), "{err}");
+    // The reader got a save file that does not parse to its end.
+    let mut r = SaveFileReader::open(std::io::Cursor::new(&streamed[..])).unwrap();
+    let mut buf = [0u8; CHUNK_SIZE_BYTES];
+    let ended = loop {
+        match r.next_page(&mut buf) {
+            Ok(Some(_)) => {}
+            Ok(None) => break r.finish().is_ok(),
+            Err(_) => break false,
+        }
+    };
+    assert!(!ended, "a failed decode streamed a complete save file");
+    assert!(!s.dir.join("bad.disk").exists());
+    let left: Vec<_> = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".kept") || n.contains("bad"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_streamed_disk_only_overlay_writes_nothing_to_the_stream() {
+    let s = setup(&WorkloadSpec::small(13));
+    let disk = DiskSource::raw(&s.work.custom_disk).unwrap();
+    let (overlay, _) = encode_to(&s, "o.overlay", &disk, false);
+    let (result, streamed) = decode_stream(&s, &std::fs::read(&overlay).unwrap(), "only");
+    result.unwrap();
+    assert!(streamed.is_empty(), "{} bytes streamed", streamed.len());
+    assert_same_disk(&s, &s.dir.join("only.disk"), DiskOutputFormat::Qcow2);
+}

@@ -100,8 +100,9 @@ fn apply_segment(
                 data
             }
         };
-        let position = out.write(record, &data)?;
-        if self_refs.targets.contains(record_no) {
+        let copied_later = self_refs.targets.contains(record_no);
+        let position = out.write(record, &data, copied_later)?;
+        if copied_later {
             if let Some(position) = position {
                 self_refs.written_at.insert(record_no, position);
             }

@@ -1,20 +1,22 @@
-//! The base's unchanged memory pages, written into the save file behind the overlay's by a
-//! thread of their own.
+//! The base's unchanged memory pages, written by a thread of their own: into the save
+//! file behind the overlay's, or into a stream ahead of them.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::memory::MemoryTarget;
+use std::path::Path;
+
+use super::memory::{MemoryTarget, RecordWriter};
 use super::{output_error, DecodeError};
 use crate::base::Base;
 use crate::chunk::{Chunk, CHUNK_SIZE_BYTES};
 use crate::savefile::SaveFileLayout;
 
 impl MemoryTarget {
-    /// Writes the records of every page the overlay leaves to the base, then the end of
-    /// the file: zero pages (known from the hash list) without reading anything, the
-    /// others read in runs of consecutive pages. Stops early, without an error, once
-    /// `cancel` is set (the applying side failed and reports why).
+    /// Writes the records of every page the overlay leaves to the base, then (file shape)
+    /// the end of the file; a stream's end is written after the overlay's pages. Stops
+    /// early, without an error, once `cancel` is set (the applying side failed and
+    /// reports why).
     pub(super) fn write_base_records(
         &self,
         base: &Base,
@@ -22,7 +24,32 @@ impl MemoryTarget {
         device_state: &[u8],
         cancel: &AtomicBool,
     ) -> Result<(), DecodeError> {
+        if self.is_stream() {
+            let Some(mut w) = self.take_for_base() else {
+                self.base_done(None);
+                return Err(DecodeError::Incompatible("the stream has no writer".into()));
+            };
+            let written = self.base_records_into(&mut w, base, layout, cancel);
+            self.base_done(written.is_ok().then_some(w));
+            return written;
+        }
         let mut w = self.records_writer(layout, self.base_at)?;
+        self.base_records_into(&mut w, base, layout, cancel)?;
+        let mut buffered = w.finish(device_state).map_err(DecodeError::SaveFile)?;
+        buffered
+            .flush()
+            .map_err(output_error(Path::new("memory snapshot")))
+    }
+
+    /// The base's records, into `w`: zero pages (known from the hash list) without
+    /// reading anything, the others read in runs of consecutive pages.
+    fn base_records_into(
+        &self,
+        w: &mut RecordWriter<'_>,
+        base: &Base,
+        layout: &SaveFileLayout,
+        cancel: &AtomicBool,
+    ) -> Result<(), DecodeError> {
         let pages = layout.page_count();
         let is_base_page = |i: u64| !self.overlay_pages.contains(i);
         let mut run = vec![0u8; BASE_RUN_BYTES];
@@ -59,8 +86,7 @@ impl MemoryTarget {
             }
             index = end;
         }
-        let mut buffered = w.finish(device_state).map_err(DecodeError::SaveFile)?;
-        buffered.flush().map_err(output_error(self.file.tmp_path()))
+        Ok(())
     }
 }
 

@@ -7,14 +7,15 @@
 //! by side (QEMU's loader takes page records in any order): the overlay's pages in record
 //! order, whose length the records fix in advance, and behind them the base's unchanged
 //! pages, written by a thread of their own while the overlay is applied. Nothing appears
-//! under the output names unless every chunk verified.
+//! under the output names unless every chunk verified. [`decode_streamed`] writes the
+//! save file as one stream instead: the base's pages first, then the overlay's.
 //!
 //! One job a file: `pipeline` runs the stages and their threads, `rebuild` reads and
 //! rebuilds segments, `apply` writes rebuilt chunks in record order, `memory` lays out the
 //! output save file, `base_pages` writes the base's unchanged pages into it, and `outputs`
 //! holds the files being written until they are committed.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -162,7 +163,30 @@ pub fn decode<R: Read + Send>(
         .num_threads(outputs.threads)
         .build()
         .map_err(DecodeError::Threads)?;
-    pipeline::decode_with(overlay, base, outputs, progress, &pool)
+    pipeline::decode_with(overlay, base, outputs, None, progress, &pool)
+}
+
+/// Like [`decode`], but the save file is not written to `outputs.memory`: it goes to
+/// `stream` as one sequential stream (e.g. a FIFO a restore reads as it comes). First
+/// the prefix (libvirt's header, the domain XML, QEMU's preamble), then every page the
+/// overlay leaves to the base (they need no overlay byte, so they flow while the overlay
+/// is still arriving), then the overlay's pages as they are rebuilt, then the device
+/// state. Pages that later records copy are kept in an unnamed scratch file next to
+/// `outputs.disk` (a stream cannot be read back). The disk is written and committed as
+/// with [`decode`]. On an error the stream ends early: its reader sees it truncated.
+/// A disk-only overlay writes nothing to `stream`.
+pub fn decode_streamed<R: Read + Send>(
+    overlay: OverlayReader<R>,
+    base: &Base,
+    outputs: &DecodeOutputs<'_>,
+    stream: Box<dyn Write + Send>,
+    progress: &dyn Progress,
+) -> Result<DecodeSummary, DecodeError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(outputs.threads)
+        .build()
+        .map_err(DecodeError::Threads)?;
+    pipeline::decode_with(overlay, base, outputs, Some(stream), progress, &pool)
 }
 
 /// Refuses an overlay made for another base or for another VM shape (decode checks it

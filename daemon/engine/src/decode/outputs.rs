@@ -2,11 +2,11 @@
 //! the disk under a temporary name until committed.
 
 use std::collections::HashMap;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::memory::{FileAt, MemoryTarget};
+use super::memory::{MemoryTarget, RecordWriter};
 use super::{output_error, DecodeError, DecodeOutputs};
 use crate::atomic::AtomicPath;
 use crate::base::Base;
@@ -14,7 +14,6 @@ use crate::chunk::{Chunk, ImageKind, CHUNK_SIZE_BYTES};
 use crate::disk::{DiskOutputFormat, DiskSink};
 use crate::format::{Encoding, OverlayMeta, Record};
 use crate::qcow2::Qcow2Writer;
-use crate::savefile::SaveFileWriter;
 
 /// The output files while they are being written (under temporary names).
 pub(super) struct Outputs<'m> {
@@ -25,9 +24,17 @@ pub(super) struct Outputs<'m> {
 
 /// The overlay's part of the save file.
 struct OverlayPages<'m> {
-    writer: SaveFileWriter<BufWriter<FileAt<'m>>>,
-    /// Where the part must end.
+    target: &'m MemoryTarget,
+    /// File shape: from the start. Stream shape: taken once the base's pages are in.
+    writer: Option<RecordWriter<'m>>,
+    /// File shape: where the part must end.
     end: u64,
+    /// Stream shape: the pages later records copy (a stream cannot be read back), in an
+    /// unnamed scratch file, and its length.
+    kept: Option<(std::fs::File, u64)>,
+    /// Stream shape: memory records still to come, and the device state that ends it.
+    records_left: u64,
+    device_state: Vec<u8>,
 }
 
 impl<'m> Outputs<'m> {
@@ -68,9 +75,25 @@ impl<'m> Outputs<'m> {
             }
         };
         let memory = match (memory, &meta.memory) {
+            (Some(target), Some(m)) if target.is_stream() => Some(OverlayPages {
+                target,
+                writer: None,
+                end: 0,
+                kept: Some((scratch_file(outputs.disk)?, 0)),
+                records_left: meta
+                    .records
+                    .iter()
+                    .filter(|r| r.kind == ImageKind::Memory)
+                    .count() as u64,
+                device_state: m.device_state.clone(),
+            }),
             (Some(target), Some(m)) => Some(OverlayPages {
-                writer: target.overlay_writer(&m.layout)?,
+                target,
+                writer: Some(target.overlay_writer(&m.layout)?),
                 end: target.base_at,
+                kept: None,
+                records_left: 0,
+                device_state: Vec::new(),
             }),
             _ => None,
         };
@@ -81,12 +104,14 @@ impl<'m> Outputs<'m> {
         })
     }
 
-    /// Applies one chunk; for memory pages returns where the page's bytes sit in the save
-    /// file (None for a zero page), for disk chunks the chunk index.
+    /// Applies one chunk; for memory pages returns where the page's bytes can be read
+    /// back (None for a zero page; a stream keeps only pages asked to be `kept`), for disk
+    /// chunks the chunk index.
     pub(super) fn write(
         &mut self,
         record: &Record,
         data: &Chunk,
+        kept: bool,
     ) -> Result<Option<u64>, DecodeError> {
         match record.kind {
             ImageKind::Memory => {
@@ -97,9 +122,24 @@ impl<'m> Outputs<'m> {
                 };
                 // As laid out: a PAGE record for every record but a zero record.
                 let data = (record.encoding != Encoding::Zero).then_some(data);
-                m.writer
+                let at = m
+                    .writer()?
                     .write_record(record.index, data)
-                    .map_err(DecodeError::SaveFile)
+                    .map_err(DecodeError::SaveFile)?;
+                let Some((file, len)) = m.kept.as_mut() else {
+                    return Ok(at);
+                };
+                m.records_left = m.records_left.saturating_sub(1);
+                match data {
+                    Some(page) if kept => {
+                        let position = *len;
+                        file.write_all_at(page, position)
+                            .map_err(output_error(Path::new("kept pages")))?;
+                        *len += CHUNK_SIZE_BYTES as u64;
+                        Ok(Some(position))
+                    }
+                    _ => Ok(None),
+                }
             }
             ImageKind::Disk => {
                 self.disk
@@ -131,17 +171,24 @@ impl<'m> Outputs<'m> {
                     .memory
                     .as_mut()
                     .ok_or_else(|| DecodeError::Incompatible("no memory".into()))?;
+                if let Some((file, _)) = &m.kept {
+                    return file
+                        .read_exact_at(buf, position)
+                        .map_err(output_error(Path::new("kept pages")));
+                }
                 let snapshot = Path::new("memory snapshot");
+                let writer = m.writer()?;
                 // Flush only when the page is still in the write buffer: most references
                 // point at pages written long before.
-                let flushed = m.writer.bytes_written() - m.writer.get_mut().buffer().len() as u64;
-                let buffered = m.writer.get_mut();
+                let flushed = writer.bytes_written() - writer.get_mut().buffer().len() as u64;
+                let buffered = writer.get_mut();
                 if position + CHUNK_SIZE_BYTES as u64 > flushed {
                     buffered.flush().map_err(output_error(snapshot))?;
                 }
-                buffered
-                    .get_ref()
-                    .file
+                let super::memory::Sink::At(at) = buffered.get_ref() else {
+                    return Err(DecodeError::Incompatible("no file to read back".into()));
+                };
+                at.file
                     .read_exact_at(buf, position)
                     .map_err(output_error(snapshot))
             }
@@ -156,19 +203,73 @@ impl<'m> Outputs<'m> {
     /// path, to be committed once the save file is.
     pub(super) fn finish(self, outputs: &DecodeOutputs<'_>) -> Result<AtomicPath, DecodeError> {
         if let Some(mut m) = self.memory {
-            if m.writer.bytes_written() != m.end {
-                return Err(DecodeError::Incompatible(
-                    "the overlay's memory records do not fill their part of the save file".into(),
-                ));
+            if m.kept.is_some() {
+                // A stream: the overlay's pages are all in, then the end of the file.
+                if m.records_left != 0 {
+                    return Err(DecodeError::Incompatible(
+                        "the overlay's memory records did not all arrive".into(),
+                    ));
+                }
+                let device_state = std::mem::take(&mut m.device_state);
+                let writer = m.writer()?;
+                writer
+                    .get_mut()
+                    .flush()
+                    .map_err(output_error(outputs.memory))?;
+                let taken = m.writer.take();
+                if let Some(w) = taken {
+                    let mut end = w.finish(&device_state).map_err(DecodeError::SaveFile)?;
+                    end.flush().map_err(output_error(outputs.memory))?;
+                }
+            } else {
+                let end = m.end;
+                let writer = m.writer()?;
+                if writer.bytes_written() != end {
+                    return Err(DecodeError::Incompatible(
+                        "the overlay's memory records do not fill their part of the save file"
+                            .into(),
+                    ));
+                }
+                writer
+                    .get_mut()
+                    .flush()
+                    .map_err(output_error(outputs.memory))?;
             }
-            m.writer
-                .get_mut()
-                .flush()
-                .map_err(output_error(outputs.memory))?;
         }
         self.disk
             .finish(outputs.durable)
             .map_err(output_error(outputs.disk))?;
         Ok(self.disk_tmp)
     }
+}
+
+impl<'m> OverlayPages<'m> {
+    /// The writer of the overlay's pages; a stream's once the base's pages are in it.
+    fn writer(&mut self) -> Result<&mut RecordWriter<'m>, DecodeError> {
+        if self.writer.is_none() {
+            self.writer = self.target.take_after_base();
+        }
+        self.writer.as_mut().ok_or_else(|| {
+            DecodeError::Incompatible("the base's pages could not be written".into())
+        })
+    }
+}
+
+/// An unnamed scratch file next to `near` (its name removed as soon as it is open, so
+/// nothing is left behind whatever happens next).
+fn scratch_file(near: &Path) -> Result<std::fs::File, DecodeError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let name = format!(".kept-pages-{}-{nanos}", std::process::id());
+    let path = near.with_file_name(name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(output_error(&path))?;
+    std::fs::remove_file(&path).map_err(output_error(&path))?;
+    Ok(file)
 }

@@ -2,7 +2,7 @@
 //! thread applying them in record order (writes are sequential: the save file is a
 //! stream), and a writer of the base's unchanged pages.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -24,6 +24,7 @@ pub(super) fn decode_with<R: Read + Send>(
     mut overlay: OverlayReader<R>,
     base: &Base,
     outputs: &DecodeOutputs<'_>,
+    stream: Option<Box<dyn Write + Send>>,
     progress: &dyn Progress,
     pool: &rayon::ThreadPool,
 ) -> Result<DecodeSummary, DecodeError> {
@@ -35,7 +36,7 @@ pub(super) fn decode_with<R: Read + Send>(
         has_memory: meta.memory.is_some(),
         ..Default::default()
     };
-    let memory = MemoryTarget::create(&meta, outputs)?;
+    let memory = MemoryTarget::create(&meta, outputs, stream)?;
     let mut out = Outputs::create(&meta, base, outputs, memory.as_ref())?;
     let mut self_refs = SelfRefs::new(&meta)?;
 
@@ -78,10 +79,11 @@ pub(super) fn decode_with<R: Read + Send>(
             })
         });
         summary.finish_time = finishing.elapsed();
-        summary.apply_time = applied?;
+        // The base writer's error first: with a stream, applying fails when it does.
         if let Some(written) = base_written {
             summary.base_pages_time = written?;
         }
+        summary.apply_time = applied?;
         produced.map_err(|_| DecodeError::Output {
             path: "overlay reader thread".into(),
             source: std::io::Error::other("panicked"),
