@@ -13,6 +13,7 @@ use cloudlet_api::{
 use super::extract::{body_reader, ApiJson, ApiPath, ApiQuery};
 use super::respond::respond;
 use super::ApiResult;
+use crate::service::Caller;
 use crate::AppState;
 
 /// Synthesizes from a stored overlay (`overlay_id`), a local or uploaded file
@@ -22,11 +23,12 @@ use crate::AppState;
     security(("bearer" = [])))]
 pub async fn synthesize(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(req): ApiJson<Synthesize>,
 ) -> Response {
     respond(&headers, StatusCode::CREATED, async move {
-        Ok(s.synthesize(req).await?)
+        Ok(s.synthesize(&caller, req).await?)
     })
     .await
 }
@@ -40,12 +42,13 @@ pub async fn synthesize(
     responses((status = 201, body = Session)), security(("bearer" = [])))]
 pub async fn synthesize_upload(
     State(s): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<SynthesizeUploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let admitted = async {
-        let ticket = s.admit_synthesis(&q.base).await?;
+        let ticket = s.admit_synthesis(&caller, &q.base).await?;
         let (reader, watch) = body_reader(&s, &headers, body)?;
         Ok::<_, super::ApiError>((ticket, reader, watch))
     }
@@ -60,11 +63,11 @@ pub async fn synthesize_upload(
     .await
 }
 
-/// Every session (`list-session`).
+/// Every session (`list-session`); a device token sees only its own.
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", operation_id = "list_sessions",
     responses((status = 200, body = Vec<Session>)), security(("bearer" = [])))]
-pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<Session>>> {
-    Ok(Json(s.list_sessions().await?))
+pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Session>>> {
+    Ok(Json(s.list_sessions(&caller).await?))
 }
 
 /// Removes ended sessions from the history (`clear-session`).
@@ -81,9 +84,10 @@ pub async fn clear(State(s): State<AppState>) -> ApiResult<Json<Cleared>> {
     responses((status = 200, body = Session)), security(("bearer" = [])))]
 pub async fn get(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Session>> {
-    Ok(Json(s.session(&id).await?))
+    Ok(Json(s.session(&caller, &id).await?))
 }
 
 /// Operator details of a session on the cloudlet's host: its console socket and work
@@ -94,9 +98,10 @@ pub async fn get(
     responses((status = 200, body = SessionHost)), security(("bearer" = [])))]
 pub async fn host(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<SessionHost>> {
-    Ok(Json(s.session_host(&id).await?))
+    Ok(Json(s.session_host(&caller, &id).await?))
 }
 
 /// Saves a base or overlay session's VM and builds the base or overlay.
@@ -107,11 +112,12 @@ pub async fn host(
     responses((status = 200, body = Session)), security(("bearer" = [])))]
 pub async fn finish(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Response {
     respond(&headers, StatusCode::OK, async move {
-        Ok(s.finish_session(&id).await?)
+        Ok(s.finish_session(&caller, &id).await?)
     })
     .await
 }
@@ -123,9 +129,10 @@ pub async fn finish(
     responses((status = 200, body = Session)), security(("bearer" = [])))]
 pub async fn stop(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Session>> {
-    Ok(Json(s.stop_session(&id).await?))
+    Ok(Json(s.stop_session(&caller, &id).await?))
 }
 
 /// Runs one shell line in the guest over its serial console.
@@ -135,8 +142,9 @@ pub async fn stop(
     responses((status = 200, body = RunResponse)), security(("bearer" = [])))]
 pub async fn run(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> ApiResult<Json<RunResponse>> {
-    Ok(Json(s.run_in_session(&id, req).await?))
+    Ok(Json(s.run_in_session(&caller, &id, req).await?))
 }

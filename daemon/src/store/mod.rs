@@ -7,6 +7,7 @@ pub mod files;
 pub mod overlays;
 pub mod reconcile;
 pub mod sessions;
+pub mod tokens;
 
 pub use db::{Store, StoreError};
 pub use files::DataDir;
