@@ -52,7 +52,10 @@ fn create_token(d: &Daemon, name: &str, role: &str) -> (String, String) {
     );
     assert_eq!(r.status, 201, "{}", r.json());
     let v = r.json();
-    assert_eq!((v["name"].as_str(), v["role"].as_str()), (Some(name), Some(role)));
+    assert_eq!(
+        (v["name"].as_str(), v["role"].as_str()),
+        (Some(name), Some(role))
+    );
     let secret = v["token"].as_str().unwrap().to_string();
     assert_eq!(secret.len(), 64, "256 bits as hex: {secret}");
     assert!(secret.chars().all(|c| c.is_ascii_hexdigit()));
@@ -96,7 +99,10 @@ fn device_tokens_reach_device_routes_and_only_their_own_sessions() {
     assert_eq!(listed.status, 200);
     let text = String::from_utf8_lossy(&listed.body).into_owned();
     for secret in [&admin, &phone_a, &phone_b] {
-        assert!(!text.contains(secret.as_str()), "a secret is listed: {text}");
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret is listed: {text}"
+        );
     }
     let tokens = listed.json();
     let names: Vec<&str> = tokens
@@ -106,8 +112,15 @@ fn device_tokens_reach_device_routes_and_only_their_own_sessions() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["bootstrap", "phone-a", "phone-b"], "{tokens}");
-    assert_eq!(tokens[0]["role"], "admin", "the token file is the admin token");
-    assert!(tokens.as_array().unwrap().iter().all(|t| t.get("token").is_none()));
+    assert_eq!(
+        tokens[0]["role"], "admin",
+        "the token file is the admin token"
+    );
+    assert!(tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.get("token").is_none()));
 
     // Device routes answer a device.
     for path in ["/api/v1/bases", "/api/v1/bases/syn", "/api/v1/openapi.json"] {
@@ -121,23 +134,38 @@ fn device_tokens_reach_device_routes_and_only_their_own_sessions() {
         ("POST", "/api/v1/bases/import".into(), None),
         ("DELETE", "/api/v1/bases/syn?force=true".into(), None),
         ("GET", "/api/v1/bases/syn/export".into(), None),
-        ("DELETE", format!("/api/v1/overlays/{}", cloudlet_e2e::random_uuid()), None),
+        (
+            "DELETE",
+            format!("/api/v1/overlays/{}", cloudlet_e2e::random_uuid()),
+            None,
+        ),
         ("POST", "/api/v1/uploads".into(), None),
         ("DELETE", "/api/v1/sessions".into(), None),
         ("GET", "/api/v1/tokens".into(), None),
-        ("POST", "/api/v1/tokens".into(), Some(json!({"name": "mine", "role": "admin"}))),
+        (
+            "POST",
+            "/api/v1/tokens".into(),
+            Some(json!({"name": "mine", "role": "admin"})),
+        ),
         ("DELETE", "/api/v1/tokens/phone-b".into(), None),
         ("DELETE", format!("/api/v1/tokens/{b_id}"), None),
         ("GET", "/metrics".into(), None),
     ];
     for (method, path, body) in &admin_routes {
         let r = call(&d, &phone_a, method, path, body.as_ref());
-        assert_eq!((r.status, code(&r)), (403, "forbidden".into()), "{method} {path}");
+        assert_eq!(
+            (r.status, code(&r)),
+            (403, "forbidden".into()),
+            "{method} {path}"
+        );
         let message = r.json()["error"]["message"].as_str().unwrap().to_string();
         assert!(message.contains("admin"), "{message}");
     }
     // Nothing happened: the base is there, phone-b still works, no admin token was made.
-    assert_eq!(call(&d, &admin, "GET", "/api/v1/bases/syn", None).status, 200);
+    assert_eq!(
+        call(&d, &admin, "GET", "/api/v1/bases/syn", None).status,
+        200
+    );
     assert_eq!(call(&d, &phone_b, "GET", "/api/v1/bases", None).status, 200);
     let after = call(&d, &admin, "GET", "/api/v1/tokens", None).json();
     assert_eq!(after.as_array().unwrap().len(), 3, "{after}");
@@ -150,11 +178,19 @@ fn device_tokens_reach_device_routes_and_only_their_own_sessions() {
         d.addr,
         "POST",
         "/api/v1/synthesis/upload?base=syn",
-        &[("Authorization", &auth_a), ("Content-Type", "application/octet-stream")],
+        &[
+            ("Authorization", &auth_a),
+            ("Content-Type", "application/octet-stream"),
+        ],
         &overlay,
     )
     .unwrap();
-    assert_ne!(up.status, 201, "a synthetic VM does not resume: {}", up.json());
+    assert_ne!(
+        up.status,
+        201,
+        "a synthetic VM does not resume: {}",
+        up.json()
+    );
     let a_sessions = ids(&call(&d, &phone_a, "GET", "/api/v1/sessions", None).json());
     assert_eq!(a_sessions.len(), 1, "{a_sessions:?}");
     let sid = &a_sessions[0];
@@ -186,15 +222,25 @@ fn device_tokens_reach_device_routes_and_only_their_own_sessions() {
         ] {
             let path = format!("/api/v1/sessions/{session}{suffix}");
             let r = call(&d, token, method, &path, body.as_ref());
-            assert_eq!((r.status, code(&r)), (403, "forbidden".into()), "{who}: {method} {path}");
+            assert_eq!(
+                (r.status, code(&r)),
+                (403, "forbidden".into()),
+                "{who}: {method} {path}"
+            );
         }
     }
     // The owner reaches its session: shown, host details, stop (a no-op, it failed),
     // run refused for its state, not its owner.
     let own = format!("/api/v1/sessions/{sid}");
     assert_eq!(call(&d, &phone_a, "GET", &own, None).status, 200);
-    assert_eq!(call(&d, &phone_a, "GET", &format!("{own}/host"), None).status, 200);
-    assert_eq!(call(&d, &phone_a, "POST", &format!("{own}/stop"), None).status, 200);
+    assert_eq!(
+        call(&d, &phone_a, "GET", &format!("{own}/host"), None).status,
+        200
+    );
+    assert_eq!(
+        call(&d, &phone_a, "POST", &format!("{own}/stop"), None).status,
+        200
+    );
     let run = call(
         &d,
         &phone_a,
@@ -221,12 +267,20 @@ fn device_tokens_reach_device_routes_and_only_their_own_sessions() {
     assert_eq!((r.status, code(&r)), (401, "unauthorized".into()));
     assert_eq!(call(&d, &phone_b, "GET", "/api/v1/bases", None).status, 200);
     let again = call(&d, &admin, "DELETE", "/api/v1/tokens/phone-a", None);
-    assert_eq!(again.status, 404, "a revoked name names nothing: {}", again.json());
+    assert_eq!(
+        again.status,
+        404,
+        "a revoked name names nothing: {}",
+        again.json()
+    );
 
     // The last live admin token stays.
     let last = call(&d, &admin, "DELETE", "/api/v1/tokens/bootstrap", None);
     assert_eq!((last.status, code(&last)), (409, "conflict".into()));
-    assert!(last.json()["error"]["message"].as_str().unwrap().contains("last live admin"));
+    assert!(last.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("last live admin"));
     let (_, ops) = create_token(&d, "ops", "admin");
     let r = call(&d, &ops, "DELETE", "/api/v1/tokens/bootstrap", None);
     assert_eq!(r.status, 200, "{}", r.json());
@@ -239,9 +293,19 @@ fn device_tokens_reach_device_routes_and_only_their_own_sessions() {
     assert_eq!(d2.token, admin, "the same token file");
     assert_eq!(call(&d2, &admin, "GET", "/api/v1/bases", None).status, 401);
     assert_eq!(call(&d2, &ops, "GET", "/api/v1/bases", None).status, 200);
-    assert_eq!(call(&d2, &phone_b, "GET", "/api/v1/bases", None).status, 200);
-    assert_eq!(call(&d2, &phone_a, "GET", "/api/v1/bases", None).status, 401);
-    assert!(d2.log_text().contains("token file's token is revoked"), "{}", d2.log_text());
+    assert_eq!(
+        call(&d2, &phone_b, "GET", "/api/v1/bases", None).status,
+        200
+    );
+    assert_eq!(
+        call(&d2, &phone_a, "GET", "/api/v1/bases", None).status,
+        401
+    );
+    assert!(
+        d2.log_text().contains("token file's token is revoked"),
+        "{}",
+        d2.log_text()
+    );
 }
 
 #[test]
@@ -259,7 +323,10 @@ fn token_commands_of_the_cli() {
     let made = cli.json(&["token", "create", "--role", "admin", "--name", "ops-2"]);
     assert_eq!(made["role"], "admin");
     let listed = cli.ok(&["token", "list"]);
-    assert!(listed.contains("phone-7") && listed.contains("bootstrap"), "{listed}");
+    assert!(
+        listed.contains("phone-7") && listed.contains("bootstrap"),
+        "{listed}"
+    );
     assert!(!listed.contains(&secret), "{listed}");
     let json_list = cli.json(&["token", "list"]);
     assert!(!json_list.to_string().contains(&secret));
@@ -277,13 +344,21 @@ fn token_commands_of_the_cli() {
             .unwrap()
     };
     let out = device(&[], &["--token", &secret, "list-base"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("syn"));
-    assert!(device(&[("CLOUDLET_TOKEN", &secret)], &["list-base"]).status.success());
+    assert!(device(&[("CLOUDLET_TOKEN", &secret)], &["list-base"])
+        .status
+        .success());
     let file = d.data_dir.with_extension("device-token");
     std::fs::write(&file, format!("{secret}\n")).unwrap();
     let by_file = file.display().to_string();
-    assert!(device(&[("CLOUDLET_TOKEN_FILE", &by_file)], &["list-base"]).status.success());
+    assert!(device(&[("CLOUDLET_TOKEN_FILE", &by_file)], &["list-base"])
+        .status
+        .success());
     // An admin command with it: 403 `forbidden`, exit 1.
     let out = device(&[("CLOUDLET_TOKEN", &secret)], &["del-base", "syn"]);
     assert_eq!(out.status.code(), Some(1));
@@ -291,7 +366,10 @@ fn token_commands_of_the_cli() {
     assert!(err.contains("(forbidden)"), "{err}");
 
     let revoked = cli.ok(&["token", "revoke", "phone-7"]);
-    assert!(revoked.contains("revoked device token `phone-7`"), "{revoked}");
+    assert!(
+        revoked.contains("revoked device token `phone-7`"),
+        "{revoked}"
+    );
     let out = device(&[("CLOUDLET_TOKEN", &secret)], &["list-base"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("(unauthorized)"));
@@ -347,8 +425,15 @@ fn a_device_drives_its_own_vm_and_downloads_only_its_own_overlays() {
     let mine = call(&d, &phone_a, "GET", &file, None);
     assert_eq!(mine.status, 200);
     assert!(mine.body.len() > 1000, "{} bytes", mine.body.len());
-    assert_eq!(call(&d, &d.token, "GET", &file, None).body, mine.body, "admins reach it");
-    assert_eq!(ids(&call(&d, &phone_a, "GET", "/api/v1/overlays", None).json()), [overlay.clone()]);
+    assert_eq!(
+        call(&d, &d.token, "GET", &file, None).body,
+        mine.body,
+        "admins reach it"
+    );
+    assert_eq!(
+        ids(&call(&d, &phone_a, "GET", "/api/v1/overlays", None).json()),
+        vec![overlay.clone()]
+    );
     assert!(ids(&call(&d, &phone_b, "GET", "/api/v1/overlays", None).json()).is_empty());
     for path in [file.clone(), format!("/api/v1/overlays/{overlay}")] {
         let r = call(&d, &phone_b, "GET", &path, None);
@@ -379,8 +464,18 @@ fn a_device_drives_its_own_vm_and_downloads_only_its_own_overlays() {
         ("POST", "/run", Some(json!({"command": "cat /root/mark"}))),
         ("POST", "/stop", None),
     ] {
-        let r = call(&d, &phone_b, method, &format!("{own}{suffix}"), body.as_ref());
-        assert_eq!((r.status, code(&r)), (403, "forbidden".into()), "{method} {suffix}");
+        let r = call(
+            &d,
+            &phone_b,
+            method,
+            &format!("{own}{suffix}"),
+            body.as_ref(),
+        );
+        assert_eq!(
+            (r.status, code(&r)),
+            (403, "forbidden".into()),
+            "{method} {suffix}"
+        );
     }
     let ran = call(
         &d,
@@ -391,7 +486,10 @@ fn a_device_drives_its_own_vm_and_downloads_only_its_own_overlays() {
     );
     assert_eq!(ran.status, 200, "{}", ran.json());
     assert_eq!(ran.json()["output"].as_str().unwrap().trim(), "made-by-a");
-    assert_eq!(call(&d, &phone_a, "GET", &own, None).json()["state"], "running");
+    assert_eq!(
+        call(&d, &phone_a, "GET", &own, None).json()["state"],
+        "running"
+    );
     let stopped = call(&d, &phone_a, "POST", &format!("{own}/stop"), None);
     assert_eq!(stopped.json()["state"], "stopped", "{}", stopped.json());
 }

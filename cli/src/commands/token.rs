@@ -41,8 +41,9 @@ struct CreateArgs {
 /// Flags of `token revoke`.
 #[derive(Debug, clap::Args)]
 struct RevokeArgs {
-    /// The token's id or name.
-    token: String,
+    /// The token's id or name. (Not called `token`: that id is the global `--token`.)
+    #[arg(value_name = "ID|NAME")]
+    selector: String,
 }
 
 /// Runs the command.
@@ -101,7 +102,7 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn revoke(args: &RevokeArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let path = format!("/api/v1/tokens/{}", segment(&args.token));
+    let path = format!("/api/v1/tokens/{}", segment(&args.selector));
     let value = ctx.client()?.json(Method::DELETE, &path, None)?;
     if ctx.json() {
         output::print_json(&value);

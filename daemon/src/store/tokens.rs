@@ -59,11 +59,11 @@ impl Store {
         insert_row(self.pool(), t)
             .await
             .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict { .. } => StoreError::Conflict {
-                what: format!("a live token named `{}`", t.name),
-            },
-            other => other,
-        })?;
+                StoreError::Conflict { .. } => StoreError::Conflict {
+                    what: format!("a live token named `{}`", t.name),
+                },
+                other => other,
+            })?;
         Ok(())
     }
 
@@ -82,7 +82,10 @@ impl Store {
     }
 
     /// Any token (live or revoked) whose secret hashes to `secret_hash`.
-    pub async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+    pub async fn token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
         Ok(sqlx::query_as::<_, TokenRecord>(&format!(
             "SELECT {COLUMNS} FROM tokens WHERE secret_hash = ?"
         ))
@@ -126,15 +129,14 @@ impl Store {
         .bind(id)
         .execute(self.pool())
         .await?;
-        let token = sqlx::query_as::<_, TokenRecord>(&format!(
-            "SELECT {COLUMNS} FROM tokens WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: format!("token {id}"),
-        })?;
+        let token =
+            sqlx::query_as::<_, TokenRecord>(&format!("SELECT {COLUMNS} FROM tokens WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: format!("token {id}"),
+                })?;
         Ok(if done.rows_affected() == 1 {
             RevokeOutcome::Revoked(token)
         } else if token.revoked_at.is_some() {
@@ -215,7 +217,10 @@ mod tests {
         store.import_bootstrap_token("aa").await.unwrap();
         assert_eq!(store.tokens().await.unwrap().len(), 1);
         let boot = store.live_token_by_hash("aa").await.unwrap().unwrap();
-        assert_eq!((boot.name.as_str(), boot.role), (BOOTSTRAP, TokenRole::Admin));
+        assert_eq!(
+            (boot.name.as_str(), boot.role),
+            (BOOTSTRAP, TokenRole::Admin)
+        );
 
         let phone = TokenRecord::new("phone", TokenRole::Device, "bb".into());
         store.insert_token(&phone).await.unwrap();
