@@ -396,17 +396,8 @@ fn a_device_drives_its_own_vm_and_downloads_only_its_own_overlays() {
     let tmp = TempDir::new("tokens-vm").unwrap();
     let import = guest.dir.display().to_string();
     let d = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
-    let f = |name: &str| guest.dir.join(name).display().to_string();
     let (status, base) = d
-        .json(
-            "POST",
-            "/api/v1/bases",
-            Some(&json!({
-                "name": "tiny", "disk": f("disk.img"), "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
-                "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": 96, "vcpus": 1,
-                "guest_ports": [8080], "ready_marker": "CLOUDLET-GUEST-READY", "finish": true
-            })),
-        )
+        .json("POST", "/api/v1/bases", Some(&guest.base_request("tiny")))
         .unwrap();
     assert_eq!(status, 201, "{base}\n{}", d.log_text());
     let (_, phone_a) = create_token(&d, "phone-a", "device");

@@ -73,12 +73,10 @@ impl Store {
         &self,
         secret_hash: &str,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(sqlx::query_as::<_, TokenRecord>(&format!(
-            "SELECT {COLUMNS} FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL"
-        ))
-        .bind(secret_hash)
-        .fetch_optional(self.pool())
-        .await?)
+        Ok(self
+            .token_by_hash(secret_hash)
+            .await?
+            .filter(|t| t.revoked_at.is_none()))
     }
 
     /// Any token (live or revoked) whose secret hashes to `secret_hash`.
