@@ -131,7 +131,11 @@ fn device_tokens_reach_device_routes_and_only_their_own_sessions() {
     let admin_routes: Vec<(&str, String, Option<Value>)> = vec![
         ("POST", "/api/v1/bases".into(), Some(overlay_body.clone())),
         ("POST", "/api/v1/bases/add".into(), Some(overlay_body)),
-        ("POST", "/api/v1/bases/import".into(), None),
+        (
+            "POST",
+            "/api/v1/bases/import".into(),
+            Some(json!("x".repeat(2 << 20))),
+        ),
         ("DELETE", "/api/v1/bases/syn?force=true".into(), None),
         ("GET", "/api/v1/bases/syn/export".into(), None),
         (

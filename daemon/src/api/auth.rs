@@ -68,8 +68,7 @@ pub fn load_or_create(path: &Path) -> io::Result<String> {
     }
 }
 
-/// Middleware: a live token (else 401) whose role the route allows (else 403); the
-/// request then carries its [`Caller`].
+/// Middleware: a live token, else 401; the request then carries its [`Caller`].
 pub async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
@@ -90,22 +89,33 @@ pub async fn require_token(
         .authenticate(secret)
         .await?
         .ok_or(ApiError::Unauthorized)?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// Middleware inside [`require_token`] (and inside the body drain, so that a forbidden
+/// upload still gets its answer): 403 unless the caller's role may use the route
+/// ([`roles::ROUTES`]).
+pub async fn require_role(request: Request, next: Next) -> Result<Response, ApiError> {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .ok_or(ApiError::Unauthorized)?;
     let needed = roles::required(request.method().as_str(), &route);
     if !roles::allows(caller.role, needed) {
         return Err(ServiceError::Forbidden(format!(
-            "{} {route} needs an {needed} token; `{}` is a {} token",
+            "{} {route} needs the `{needed}` role; token `{}` has the `{}` role",
             request.method(),
             caller.name,
             caller.role
         ))
         .into());
     }
-    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn(auth::require_role))
         // Inside the token check: only an authenticated client's unread body is drained.
         .route_layer(middleware::from_fn(drain::drain_unread_bodies))
         .route_layer(middleware::from_fn_with_state(

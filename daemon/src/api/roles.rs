@@ -1,5 +1,5 @@
 //! Which token role each route needs: the one table the token check enforces
-//! ([`super::auth::require_token`]) and the OpenAPI document shows (each operation's
+//! ([`super::auth::require_role`]) and the OpenAPI document shows (each operation's
 //! `security` scope and a sentence of its description). A route missing here needs an
 //! admin token (fail closed); a unit test checks every documented route is listed.
 //!
