@@ -18,6 +18,8 @@ use crate::AppState;
 
 /// Synthesizes from a stored overlay (`overlay_id`), a local or uploaded file
 /// (`overlay_path`) or a URL the daemon fetches (`overlay_url`). Answers when the VM runs.
+/// A device token gives `overlay_id` (an overlay it made) or `overlay_url`; its
+/// `overlay_path` is refused (403 `forbidden`: local files and uploads are the operator's).
 #[utoipa::path(post, path = "/api/v1/synthesis", tag = "synthesis", operation_id = "synthesize",
     request_body = Synthesize, responses((status = 201, body = Session)),
     security(("bearer" = [])))]

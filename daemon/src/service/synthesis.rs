@@ -95,8 +95,7 @@ impl AppState {
     }
 
     /// Synthesizes from an overlay stored here, in an import directory, uploaded, or at an
-    /// allowed URL.
-    /// A device token synthesizes from its own stored overlays or an allowed URL (or the
+    /// allowed URL. A device token synthesizes from its own stored overlays or an allowed URL (or the
     /// upload route); local paths and uploads name the operator's files.
     pub async fn synthesize(
         &self,
