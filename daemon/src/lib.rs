@@ -32,8 +32,6 @@ pub struct AppState {
     pub config: std::sync::Arc<Config>,
     /// libvirt.
     pub hv: virt::Hypervisor,
-    /// The API token.
-    pub token: api::auth::Token,
     /// Syntheses allowed to run now (`max_concurrent_syntheses`).
     pub synthesis_slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// Prometheus metrics.
@@ -56,7 +54,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     store::reconcile::reconcile(&store, &data)
         .await
         .context("repairing the data directory")?;
-    let token = api::auth::load_or_create(&config.token_file)
+    let bootstrap = api::auth::load_or_create(&config.token_file)
         .with_context(|| format!("API token file {}", config.token_file.display()))?;
     let hv = virt::Hypervisor::new(&config.libvirt_uri);
     let state = AppState {
@@ -67,11 +65,15 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         )),
         config: std::sync::Arc::new(config),
         hv,
-        token,
         metrics: std::sync::Arc::default(),
         export_lock: std::sync::Arc::default(),
         ready: std::sync::Arc::default(),
     };
+    // The token file's secret is the first admin token (existing deployments keep working).
+    state
+        .import_token_file(&bootstrap)
+        .await
+        .context("importing the token file's token")?;
     Ok(state)
 }
 

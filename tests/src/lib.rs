@@ -123,6 +123,19 @@ pub struct FixtureGuest {
     pub disk: PathBuf,
 }
 
+impl FixtureGuest {
+    /// `POST /api/v1/bases` for the fixture guest as base `name`: direct kernel boot,
+    /// 96 MiB, one vCPU, guest port 8080, finished (saved) once its shell is up.
+    pub fn base_request(&self, name: &str) -> serde_json::Value {
+        let f = |file: &str| self.dir.join(file).display().to_string();
+        serde_json::json!({
+            "name": name, "disk": f("disk.img"), "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
+            "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": 96, "vcpus": 1,
+            "guest_ports": [8080], "ready_marker": console::READY_MARKER, "finish": true
+        })
+    }
+}
+
 /// Runs a fixture builder `tests/fixtures/SCRIPT` with its output directory
 /// `target/NAME` (the scripts cache their output there and return at once when it is up
 /// to date); the directory.

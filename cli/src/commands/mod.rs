@@ -22,6 +22,7 @@ mod session_flow;
 mod show_session;
 mod stop_session;
 mod synthesis;
+mod token;
 
 use clap::Subcommand;
 
@@ -80,6 +81,8 @@ pub enum Command {
     Console(show_session::SessionArg),
     /// Run one shell line in a session's guest; exits with its status.
     Run(run::Args),
+    /// Manage the daemon's API tokens: create (per device, with a role), list, revoke.
+    Token(token::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
     /// Print or write the man pages.
@@ -107,6 +110,7 @@ pub fn run(command: &Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::StopSession(a) => stop_session::run(a, ctx),
         Command::Console(a) => console::run(a, ctx),
         Command::Run(a) => run::run(a, ctx),
+        Command::Token(a) => token::run(a, ctx),
         Command::Completions(a) => completions::run(a, ctx),
         Command::Man(a) => man::run(a, ctx),
     }

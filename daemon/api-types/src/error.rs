@@ -10,12 +10,15 @@ wire_enum! {
     {
         /// 400: malformed JSON, unknown field, bad id or name, damaged base archive.
         InvalidRequest = "invalid-request",
-        /// 401: missing or wrong bearer token.
+        /// 401: missing, wrong or revoked bearer token.
         Unauthorized = "unauthorized",
         /// 403: a local path outside the daemon's `import_dirs`.
         PathNotAllowed = "path-not-allowed",
         /// 403: an overlay URL whose origin is not in `overlay_url_allow`.
         UrlNotAllowed = "url-not-allowed",
+        /// 403: the token's role does not allow the route, or the session or overlay
+        /// belongs to another token.
+        Forbidden = "forbidden",
         /// 404: no such base, overlay, session, upload or route.
         NotFound = "not-found",
         /// 405: the route exists, not with this method.
@@ -64,7 +67,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::PathNotAllowed | ErrorCode::UrlNotAllowed => 403,
+            ErrorCode::PathNotAllowed | ErrorCode::UrlNotAllowed | ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Timeout => 408,

@@ -18,6 +18,7 @@ pub mod progress;
 pub mod requests;
 pub mod resources;
 pub mod state;
+pub mod tokens;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use progress::{ProgressEvent, ProgressLine};
@@ -27,6 +28,7 @@ pub use requests::{
 };
 pub use resources::{Base, Overlay, ScriptLineResult, Session, SessionHost};
 pub use state::{ResourceState, SessionKind, SessionState};
+pub use tokens::{CreateToken, CreatedToken, Token, TokenRole};
 
 /// The prefix of every versioned route.
 pub const API_PREFIX: &str = "/api/v1";

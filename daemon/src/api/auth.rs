@@ -1,33 +1,26 @@
-//! Bearer-token authentication: one token per daemon, created on first start in a file
-//! only its owner can read; every route but `/health` checks it.
+//! Bearer-token authentication: every route but `/health` needs a live token
+//! (`Authorization: Bearer <secret>`, looked up by its hash on each request) whose role
+//! the route allows ([`super::roles`]); the token is then the request's [`Caller`].
+//! The token file (created on first start, mode 0600) holds the first admin token's
+//! secret: imported at start as the admin token `bootstrap`.
 
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::ApiError;
+use super::{roles, ApiError};
+use crate::service::{Caller, ServiceError};
 use crate::AppState;
 
-/// The daemon's token, kept only as its hash (compared in constant time).
-#[derive(Debug, Clone)]
-pub struct Token(blake3::Hash);
-
-impl Token {
-    /// Whether `presented` is the token.
-    pub fn matches(&self, presented: &str) -> bool {
-        // blake3::Hash equality is constant-time.
-        blake3::hash(presented.as_bytes()) == self.0
-    }
-}
-
-/// Reads the token at `path`, creating it (256 random bits, hex, mode 0600; its directory
+/// Reads the secret in the token file at `path`, creating it (256 random bits, hex, mode 0600; its directory
 /// 0700 if new) when missing. A token file others can read is refused.
-pub fn load_or_create(path: &Path) -> io::Result<Token> {
+pub fn load_or_create(path: &Path) -> io::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let mode = std::fs::metadata(path)?.permissions().mode();
@@ -51,7 +44,7 @@ pub fn load_or_create(path: &Path) -> io::Result<Token> {
                     ),
                 ));
             }
-            Ok(Token(blake3::hash(token.as_bytes())))
+            Ok(token.to_string())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
@@ -60,9 +53,7 @@ pub fn load_or_create(path: &Path) -> io::Result<Token> {
                     .mode(0o700)
                     .create(dir)?;
             }
-            let mut bytes = [0u8; 32];
-            rand::fill(&mut bytes);
-            let token = cloudlet_engine::hex::encode(&bytes);
+            let token = crate::service::tokens::new_secret();
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -71,7 +62,7 @@ pub fn load_or_create(path: &Path) -> io::Result<Token> {
             file.write_all(format!("{token}\n").as_bytes())?;
             file.sync_all()?;
             tracing::info!(path = %path.display(), "created the API token");
-            Ok(Token(blake3::hash(token.as_bytes())))
+            Ok(token)
         }
         Err(e) => Err(e),
     }
@@ -87,15 +78,61 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, token)| token.trim())
 }
 
-/// Middleware: `Authorization: Bearer <token>` or 401.
+/// Middleware: a live token, else 401; the request then carries its [`Caller`].
 pub async fn require_token(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    match bearer(request.headers()) {
-        Some(t) if state.token.matches(t) => Ok(next.run(request).await),
-        _ => Err(ApiError::Unauthorized),
+    let presented = bearer(request.headers()).filter(|token| !token.is_empty());
+    let Some(secret) = presented else {
+        return Err(ApiError::Unauthorized);
+    };
+    let caller = state
+        .authenticate(secret)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// Middleware inside [`require_token`] (and inside the body drain, so that a forbidden
+/// upload still gets its answer): 403 unless the caller's role may use the route
+/// ([`roles::ROUTES`]).
+pub async fn require_role(request: Request, next: Next) -> Result<Response, ApiError> {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .ok_or(ApiError::Unauthorized)?;
+    let needed = roles::required(request.method().as_str(), &route);
+    if !roles::allows(caller.role, needed) {
+        return Err(ServiceError::Forbidden(format!(
+            "{} {route} needs the `{needed}` role; token `{}` has the `{}` role",
+            request.method(),
+            caller.name,
+            caller.role
+        ))
+        .into());
+    }
+    Ok(next.run(request).await)
+}
+
+/// Handlers take the request's [`Caller`] as an argument.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // Only missing on a route outside `require_token`: refuse rather than guess.
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -110,12 +147,10 @@ mod tests {
         let token = load_or_create(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.trim().len(), 64);
-        assert!(token.matches(text.trim()));
-        assert!(!token.matches("wrong"));
+        assert_eq!(token, text.trim());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let again = load_or_create(&path).unwrap();
-        assert!(again.matches(text.trim()));
+        assert_eq!(load_or_create(&path).unwrap(), token);
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load_or_create(&path).unwrap_err();

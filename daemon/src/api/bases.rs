@@ -11,6 +11,7 @@ use cloudlet_api::{AddBase, Base, CreateBase, DeleteBaseQuery, ImportBaseQuery, 
 use super::extract::{body_reader, ApiJson, ApiPath, ApiQuery};
 use super::respond::respond;
 use super::ApiResult;
+use crate::service::Caller;
 use crate::AppState;
 
 /// Ready bases (`list-base`).
@@ -27,11 +28,12 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<Base>>> {
     security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateBase>,
 ) -> Response {
     respond(&headers, StatusCode::CREATED, async move {
-        Ok(s.create_base(req).await?)
+        Ok(s.create_base(&caller, req).await?)
     })
     .await
 }

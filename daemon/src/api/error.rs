@@ -16,7 +16,7 @@ use crate::service::{chain, ServiceError};
 pub enum ApiError {
     /// A use case failed.
     Service(ServiceError),
-    /// Missing or wrong bearer token.
+    /// Missing, unknown or revoked bearer token.
     Unauthorized,
     /// No route has this path.
     RouteNotFound,
@@ -86,7 +86,9 @@ impl ApiError {
             ApiError::Service(e) => detail.message = e.public_message(),
             ApiError::Unauthorized => {
                 detail.message =
-                    "missing or invalid bearer token (see the daemon's token_file)".into();
+                    "missing, unknown or revoked bearer token (on the cloudlet: the daemon's \
+                     token_file; a device: its own token from `cloudlet token create`)"
+                        .into();
             }
             ApiError::RouteNotFound => detail.message = "route not found".into(),
             ApiError::MethodNotAllowed => {

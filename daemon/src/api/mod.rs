@@ -11,7 +11,9 @@ mod extract;
 mod files;
 mod overlays;
 mod respond;
+pub mod roles;
 mod sessions;
+mod tokens;
 
 mod openapi;
 
@@ -40,7 +42,8 @@ pub fn openapi_json() -> String {
     doc.to_pretty_json().unwrap_or_default() + "\n"
 }
 
-/// Every route, with authentication, the request deadline and response metrics.
+/// Every route, with authentication (a live token whose role the route allows:
+/// [`roles::ROUTES`]), the request deadline and response metrics.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/bases", get(bases::list).post(bases::create))
@@ -63,11 +66,14 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/finish", post(sessions::finish))
         .route("/sessions/{id}/stop", post(sessions::stop))
         .route("/sessions/{id}/run", post(sessions::run))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{selector}", axum::routing::delete(tokens::revoke))
         .route("/openapi.json", get(openapi))
         .method_not_allowed_fallback(method_not_allowed);
     let protected = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn(auth::require_role))
         // Inside the token check: only an authenticated client's unread body is drained.
         .route_layer(middleware::from_fn(drain::drain_unread_bodies))
         .route_layer(middleware::from_fn_with_state(

@@ -8,7 +8,7 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{bases, files, overlays, sessions};
+use super::{bases, files, overlays, roles, sessions, tokens};
 
 /// The OpenAPI document of every route.
 #[derive(OpenApi)]
@@ -22,15 +22,17 @@ use super::{bases, files, overlays, sessions};
         sessions::synthesize, sessions::synthesize_upload, sessions::list, sessions::clear,
         sessions::get, sessions::host, sessions::finish, sessions::stop, sessions::run,
         files::upload,
+        tokens::create, tokens::list, tokens::revoke,
     ),
     components(schemas(ErrorBody, ErrorCode, ProgressLine)),
-    modifiers(&BearerAuth, &ErrorResponses, &ProgressStreams),
+    modifiers(&BearerAuth, &RouteRoles, &ErrorResponses, &ProgressStreams),
     tags(
         (name = "bases", description = "Base VMs"),
         (name = "overlays", description = "VM overlays"),
         (name = "synthesis", description = "Rebuilding and resuming a customized VM"),
         (name = "sessions", description = "Running and past VM sessions"),
         (name = "files", description = "Uploads"),
+        (name = "tokens", description = "API tokens and their roles (admin only)"),
         (name = "daemon", description = "Health, metrics, this document"),
     )
 )]
@@ -50,6 +52,45 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Each operation's role, from the table the token check enforces ([`roles::ROUTES`]): the
+/// `bearer` requirement's scope and a sentence of its description.
+struct RouteRoles;
+
+impl Modify for RouteRoles {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::SecurityRequirement;
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, op) in [
+                ("GET", item.get.as_mut()),
+                ("POST", item.post.as_mut()),
+                ("DELETE", item.delete.as_mut()),
+            ] {
+                let Some(op) = op else { continue };
+                if op.security.as_ref().is_none_or(|s| s.is_empty()) {
+                    continue;
+                }
+                let role = roles::required(method, path);
+                op.security = Some(vec![SecurityRequirement::new("bearer", [role.as_str()])]);
+                let owned = ["/sessions", "/overlays", "/synthesis"]
+                    .iter()
+                    .any(|p| path.contains(p));
+                let sentence = match role {
+                    cloudlet_api::TokenRole::Device if owned => {
+                        "Role: `device` or `admin`. A device token sees and drives only the \
+                         sessions and overlays it started or made (another's: 403 `forbidden`)."
+                    }
+                    cloudlet_api::TokenRole::Device => "Role: `device` or `admin`.",
+                    _ => "Role: `admin` (a device token gets 403 `forbidden`).",
+                };
+                op.description = Some(match op.description.take() {
+                    Some(d) if !d.is_empty() => format!("{d}\n\n{sentence}"),
+                    _ => sentence.to_string(),
+                });
+            }
+        }
+    }
+}
+
 /// Operations that run long and can answer as a progress stream.
 const LONG_OPERATIONS: [&str; 5] = [
     "create_base",
@@ -59,13 +100,16 @@ const LONG_OPERATIONS: [&str; 5] = [
     "finish_session",
 ];
 
-/// The error statuses an operation can answer, besides 401 (every route with a token),
-/// 500 and 504 (every route).
+/// The error statuses an operation can answer, besides 401 and 403 (every route with a
+/// token: a revoked or unknown token, a role or owner that does not allow it), 500 and
+/// 504 (every route).
 fn error_statuses(operation_id: &str) -> &'static [u16] {
     match operation_id {
         "health" => &[503],
         "metrics" | "openapi" | "list_bases" | "list_overlays" | "list_sessions"
-        | "clear_sessions" => &[],
+        | "clear_sessions" | "list_tokens" => &[],
+        "create_token" => &[400, 409],
+        "revoke_token" => &[400, 404, 409],
         "get_base" => &[400, 404, 409],
         "export_base" => &[400, 404, 409, 416, 507],
         "delete_base" => &[400, 404, 409],
@@ -108,7 +152,7 @@ impl Modify for ErrorResponses {
             let id = op.operation_id.clone().unwrap_or_default();
             let mut statuses = error_statuses(&id).to_vec();
             if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                statuses.push(401);
+                statuses.extend([401, 403]);
             }
             statuses.extend([500, 504]);
             for status in statuses {

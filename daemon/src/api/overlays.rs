@@ -9,13 +9,14 @@ use cloudlet_api::{CreateOverlay, Overlay, Session};
 use super::extract::{ApiJson, ApiPath};
 use super::respond::respond;
 use super::ApiResult;
+use crate::service::Caller;
 use crate::AppState;
 
-/// Ready overlays stored here (`list-overlay`).
+/// Ready overlays stored here (`list-overlay`); a device token sees only its own.
 #[utoipa::path(get, path = "/api/v1/overlays", tag = "overlays", operation_id = "list_overlays",
     responses((status = 200, body = Vec<Overlay>)), security(("bearer" = [])))]
-pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<Overlay>>> {
-    Ok(Json(s.list_overlays().await?))
+pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Overlay>>> {
+    Ok(Json(s.list_overlays(&caller).await?))
 }
 
 /// Starts an overlay session (`cloudlet overlay BASE`): resumes the base on a
@@ -26,11 +27,12 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<Overlay>>> {
     security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateOverlay>,
 ) -> Response {
     respond(&headers, StatusCode::CREATED, async move {
-        Ok(s.create_overlay(req).await?)
+        Ok(s.create_overlay(&caller, req).await?)
     })
     .await
 }
@@ -41,9 +43,10 @@ pub async fn create(
     responses((status = 200, body = Overlay)), security(("bearer" = [])))]
 pub async fn get(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Overlay>> {
-    Ok(Json(s.overlay(&id).await?))
+    Ok(Json(s.overlay(&caller, &id).await?))
 }
 
 /// Deletes an overlay and its file.
@@ -67,9 +70,10 @@ pub async fn delete(
     security(("bearer" = [])))]
 pub async fn download(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     request: Request,
 ) -> ApiResult<Response> {
-    let (name, path) = s.overlay_file(&id).await?;
+    let (name, path) = s.overlay_file(&caller, &id).await?;
     super::files::serve_file(&s, &path, &name, request).await
 }

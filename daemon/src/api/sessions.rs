@@ -14,6 +14,7 @@ use super::extract::{body_reader, ApiJson, ApiPath, ApiQuery};
 use super::respond::respond;
 use super::ApiResult;
 use crate::service::idempotency::IdempotencyKey;
+use crate::service::Caller;
 use crate::AppState;
 
 /// The request header naming a synthesis attempt (IETF draft `Idempotency-Key`).
@@ -23,6 +24,8 @@ const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Synthesizes from a stored overlay (`overlay_id`), a local or uploaded file
 /// (`overlay_path`) or a URL the daemon fetches (`overlay_url`). Answers when the VM runs.
+/// A device token gives `overlay_id` (an overlay it made) or `overlay_url`; its
+/// `overlay_path` is refused (403 `forbidden`: local files and uploads are the operator's).
 #[utoipa::path(post, path = "/api/v1/synthesis", tag = "synthesis", operation_id = "synthesize",
     request_body = Synthesize, params(IdempotencyHeader),
     responses((status = 201, body = Session),
@@ -31,6 +34,7 @@ const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
     security(("bearer" = [])))]
 pub async fn synthesize(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(req): ApiJson<Synthesize>,
 ) -> Response {
@@ -40,7 +44,7 @@ pub async fn synthesize(
         Err(e) => return e.into_response(),
     };
     respond(&headers, StatusCode::CREATED, async move {
-        Ok(s.synthesize(req, key).await?)
+        Ok(s.synthesize(&caller, req, key).await?)
     })
     .await
 }
@@ -57,6 +61,7 @@ pub async fn synthesize(
     security(("bearer" = [])))]
 pub async fn synthesize_upload(
     State(s): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<SynthesizeUploadQuery>,
     headers: HeaderMap,
     body: Body,
@@ -67,7 +72,7 @@ pub async fn synthesize_upload(
         Err(e) => return e.into_response(),
     };
     let admitted = async {
-        let ticket = s.admit_synthesis(&q.base, key).await?;
+        let ticket = s.admit_synthesis(&caller, &q.base, key).await?;
         let (reader, watch) = body_reader(&s, &headers, body)?;
         Ok::<_, super::ApiError>((ticket, reader, watch))
     }
@@ -127,11 +132,11 @@ async fn replay_or_key(s: &AppState, headers: &HeaderMap) -> ApiResult<Admission
     })
 }
 
-/// Every session (`list-session`).
+/// Every session (`list-session`); a device token sees only its own.
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", operation_id = "list_sessions",
     responses((status = 200, body = Vec<Session>)), security(("bearer" = [])))]
-pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<Session>>> {
-    Ok(Json(s.list_sessions().await?))
+pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Session>>> {
+    Ok(Json(s.list_sessions(&caller).await?))
 }
 
 /// Removes ended sessions from the history (`clear-session`).
@@ -148,9 +153,10 @@ pub async fn clear(State(s): State<AppState>) -> ApiResult<Json<Cleared>> {
     responses((status = 200, body = Session)), security(("bearer" = [])))]
 pub async fn get(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Session>> {
-    Ok(Json(s.session(&id).await?))
+    Ok(Json(s.session(&caller, &id).await?))
 }
 
 /// Operator details of a session on the cloudlet's host: its console socket and work
@@ -161,9 +167,10 @@ pub async fn get(
     responses((status = 200, body = SessionHost)), security(("bearer" = [])))]
 pub async fn host(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<SessionHost>> {
-    Ok(Json(s.session_host(&id).await?))
+    Ok(Json(s.session_host(&caller, &id).await?))
 }
 
 /// Saves a base or overlay session's VM and builds the base or overlay.
@@ -174,11 +181,12 @@ pub async fn host(
     responses((status = 200, body = Session)), security(("bearer" = [])))]
 pub async fn finish(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Response {
     respond(&headers, StatusCode::OK, async move {
-        Ok(s.finish_session(&id).await?)
+        Ok(s.finish_session(&caller, &id).await?)
     })
     .await
 }
@@ -190,9 +198,10 @@ pub async fn finish(
     responses((status = 200, body = Session)), security(("bearer" = [])))]
 pub async fn stop(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Session>> {
-    Ok(Json(s.stop_session(&id).await?))
+    Ok(Json(s.stop_session(&caller, &id).await?))
 }
 
 /// Runs one shell line in the guest over its serial console.
@@ -202,8 +211,9 @@ pub async fn stop(
     responses((status = 200, body = RunResponse)), security(("bearer" = [])))]
 pub async fn run(
     State(s): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> ApiResult<Json<RunResponse>> {
-    Ok(Json(s.run_in_session(&id, req).await?))
+    Ok(Json(s.run_in_session(&caller, &id, req).await?))
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
 use super::session::session_params;
-use super::{blocking, validate_name, ServiceError, StepTimer};
+use super::{blocking, validate_name, Caller, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
 use crate::virt::{domain_xml, Console, VmSpec, MAX_MEMORY_MIB, MAX_VCPUS};
@@ -51,7 +51,11 @@ pub(crate) struct BaseParams {
 impl AppState {
     /// Starts a base session: copies the disk into a new base directory, boots it, runs the
     /// script; with `finish`, saves the base too.
-    pub async fn create_base(&self, req: CreateBase) -> Result<Session, ServiceError> {
+    pub async fn create_base(
+        &self,
+        caller: &Caller,
+        req: CreateBase,
+    ) -> Result<Session, ServiceError> {
         validate_name(&req.name)?;
         if !self
             .store
@@ -85,6 +89,7 @@ impl AppState {
         check_ports(&req.guest_ports)?;
 
         let mut session = SessionRecord::new(SessionKind::Base, None);
+        session.owner_token = caller.owner();
         let vm_name = session.vm_name.clone().unwrap_or_default();
         // The base directory is named after the session: the VM runs on its final files (a
         // direct-boot kernel path in the saved XML stays valid); a daemon restart removes it.
@@ -162,7 +167,9 @@ impl AppState {
         .await;
         self.settle_start(&mut session, &timer, result).await?;
         if req.finish {
-            return self.finish_session(&session.id).await;
+            return Ok(Session::from(
+                &self.finish_session_record(&session.id).await?,
+            ));
         }
         Ok(Session::from(&session))
     }
@@ -273,7 +280,7 @@ impl AppState {
             )));
         }
         for s in sessions {
-            self.stop_session(&s.id).await?;
+            self.stop_session_record(s).await?;
         }
         for o in &overlays {
             self.remove_overlay(o).await?;

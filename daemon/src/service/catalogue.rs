@@ -9,7 +9,7 @@ use cloudlet_api::{
 };
 
 use super::views::host_view;
-use super::{validate_id, ServiceError};
+use super::{validate_id, Caller, ServiceError};
 use crate::store::overlays::OverlayRecord;
 use crate::AppState;
 
@@ -31,14 +31,14 @@ impl AppState {
         Ok(Base::from(&self.resolve_base(selector).await?))
     }
 
-    /// Ready overlays (`list-overlay`).
-    pub async fn list_overlays(&self) -> Result<Vec<Overlay>, ServiceError> {
+    /// Ready overlays (`list-overlay`) `caller` may reach.
+    pub async fn list_overlays(&self, caller: &Caller) -> Result<Vec<Overlay>, ServiceError> {
         Ok(self
             .store
             .overlays(None)
             .await?
             .iter()
-            .filter(|o| o.state == ResourceState::Ready)
+            .filter(|o| o.state == ResourceState::Ready && caller.owns(o.owner_token.as_deref()))
             .map(Overlay::from)
             .collect())
     }
@@ -53,36 +53,54 @@ impl AppState {
         Ok(overlay)
     }
 
+    /// A ready overlay's row, if `caller` may reach it.
+    pub(crate) async fn overlay_for(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<OverlayRecord, ServiceError> {
+        caller.overlay(self.ready_overlay(id).await?)
+    }
+
     /// One ready overlay.
-    pub async fn overlay(&self, id: &str) -> Result<Overlay, ServiceError> {
-        Ok(Overlay::from(&self.ready_overlay(id).await?))
+    pub async fn overlay(&self, caller: &Caller, id: &str) -> Result<Overlay, ServiceError> {
+        Ok(Overlay::from(&self.overlay_for(caller, id).await?))
     }
 
     /// A ready overlay's file, for download: (file name, path).
-    pub async fn overlay_file(&self, id: &str) -> Result<(String, PathBuf), ServiceError> {
-        let overlay = self.ready_overlay(id).await?;
+    pub async fn overlay_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(String, PathBuf), ServiceError> {
+        let overlay = self.overlay_for(caller, id).await?;
         Ok((format!("{id}.overlay"), PathBuf::from(overlay.file_path)))
     }
 
-    /// Every session (`list-session`), oldest first.
-    pub async fn list_sessions(&self) -> Result<Vec<Session>, ServiceError> {
+    /// Every session `caller` may reach (`list-session`), oldest first.
+    pub async fn list_sessions(&self, caller: &Caller) -> Result<Vec<Session>, ServiceError> {
         Ok(self
             .store
             .sessions()
             .await?
             .iter()
+            .filter(|s| caller.owns(s.owner_token.as_deref()))
             .map(Session::from)
             .collect())
     }
 
     /// One session.
-    pub async fn session(&self, id: &str) -> Result<Session, ServiceError> {
-        Ok(Session::from(&self.session_record(id).await?))
+    pub async fn session(&self, caller: &Caller, id: &str) -> Result<Session, ServiceError> {
+        Ok(Session::from(&self.session_for(caller, id).await?))
     }
 
     /// Where a session's files are on this host (operators only).
-    pub async fn session_host(&self, id: &str) -> Result<SessionHost, ServiceError> {
-        Ok(host_view(&self.session_record(id).await?))
+    pub async fn session_host(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<SessionHost, ServiceError> {
+        Ok(host_view(&self.session_for(caller, id).await?))
     }
 
     /// Removes ended sessions from the history (`clear-session`).

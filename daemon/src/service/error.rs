@@ -42,6 +42,9 @@ pub enum ServiceError {
         #[source]
         source: BoxError,
     },
+    /// The caller's token may not do this (its role, or another token owns the item).
+    #[error("{0}")]
+    Forbidden(String),
     /// A path outside the configured import directories.
     #[error("{0} is not inside an import directory of this daemon (setting import_dirs)")]
     PathNotAllowed(String),
@@ -151,6 +154,7 @@ impl ServiceError {
                 ErrorCode::InvalidRequest
             }
             ServiceError::PathNotAllowed(_) => ErrorCode::PathNotAllowed,
+            ServiceError::Forbidden(_) => ErrorCode::Forbidden,
             ServiceError::OverlayCorrupt(_) => ErrorCode::OverlayCorrupt,
             ServiceError::OverlayBaseMismatch(_) => ErrorCode::OverlayBaseMismatch,
             ServiceError::ScriptFailed { .. } => ErrorCode::ScriptFailed,

@@ -2,6 +2,7 @@
 //! session control. Handlers call exactly one of these; they take and return plain types,
 //! never HTTP ones. Engine work runs on the blocking pool; libvirt goes through `virt`.
 
+pub mod access;
 pub mod base;
 mod catalogue;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod overlay;
 pub mod progress;
 pub mod session;
 pub mod synthesis;
+pub mod tokens;
 pub mod transfer;
 mod views;
 
@@ -20,6 +22,7 @@ use std::time::Instant;
 
 use cloudlet_api::{ProgressEvent, ResourceState};
 
+pub use access::Caller;
 pub use error::{chain, BoxError, ServiceError};
 
 use crate::store::bases::BaseRecord;
@@ -148,6 +151,15 @@ impl AppState {
     pub(crate) async fn session_record(&self, id: &str) -> Result<SessionRecord, ServiceError> {
         validate_id(id)?;
         Ok(self.store.session(id).await?)
+    }
+
+    /// Loads a session's record if `caller` may reach it (else `forbidden`).
+    pub(crate) async fn session_for(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<SessionRecord, ServiceError> {
+        caller.session(self.session_record(id).await?)
     }
 }
 

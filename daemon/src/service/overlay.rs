@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
 use super::base::{check_ports, run_script};
-use super::{blocking, ServiceError, StepTimer};
+use super::{blocking, Caller, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::overlays::OverlayRecord;
 use crate::store::sessions::SessionRecord;
@@ -85,7 +85,11 @@ pub(crate) fn merge_ports(base: &BaseRecord, extra: &[u16]) -> Vec<u16> {
 
 impl AppState {
     /// Starts an overlay session.
-    pub async fn create_overlay(&self, req: CreateOverlay) -> Result<Session, ServiceError> {
+    pub async fn create_overlay(
+        &self,
+        caller: &Caller,
+        req: CreateOverlay,
+    ) -> Result<Session, ServiceError> {
         check_ports(&req.guest_ports)?;
         if req.fstrim && req.no_trim {
             return Err(ServiceError::InvalidRequest(
@@ -99,7 +103,8 @@ impl AppState {
                 base.name
             )));
         }
-        let (mut session, dir) = self.new_session_with_dir(SessionKind::Overlay, &base.id)?;
+        let (mut session, dir) =
+            self.new_session_with_dir(SessionKind::Overlay, &base.id, caller)?;
         let vm = session.vm_name.clone().unwrap_or_default();
         let ports = merge_ports(&base, &req.guest_ports);
         session.params = Json(
@@ -176,7 +181,9 @@ impl AppState {
         .await;
         self.settle_start(&mut session, &timer, result).await?;
         if req.finish {
-            return self.finish_session(&session.id).await;
+            return Ok(Session::from(
+                &self.finish_session_record(&session.id).await?,
+            ));
         }
         Ok(Session::from(&session))
     }
@@ -261,6 +268,8 @@ impl AppState {
             guest_ports: Json(params.guest_ports.clone()),
             session_id: Some(session.id.clone()),
             created_at: crate::store::now_rfc3339(),
+            // The overlay is its session's owner's: a device downloads what it made.
+            owner_token: session.owner_token.clone(),
         };
         if let Err(e) = self.store.insert_overlay(&record).await {
             let _ = std::fs::remove_file(&out);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cloudlet_api::{RunRequest, RunResponse, Session, SessionKind, SessionState};
 
-use super::{ServiceError, StepTimer};
+use super::{Caller, ServiceError, StepTimer};
 use crate::store::sessions::SessionRecord;
 use crate::virt::{CommandOutput, Console};
 use crate::AppState;
@@ -36,14 +36,16 @@ pub(crate) fn session_params<T: serde::de::DeserializeOwned>(
 }
 
 impl AppState {
-    /// A new session of `kind` on `base_id` with its own work directory (created; recorded
+    /// A new session of `kind` on `base_id`, owned by `owner`, with its own work directory (created; recorded
     /// as `run_dir`). Not yet stored: callers fill in their parameters first.
     pub(crate) fn new_session_with_dir(
         &self,
         kind: SessionKind,
         base_id: &str,
+        owner: &Caller,
     ) -> Result<(SessionRecord, std::path::PathBuf), ServiceError> {
         let mut session = SessionRecord::new(kind, Some(base_id.to_string()));
+        session.owner_token = owner.owner();
         let dir = self.data.session_dir(&session.id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| ServiceError::failed("creating the session directory", e))?;
@@ -123,7 +125,8 @@ impl AppState {
     }
 
     /// Finishes a base or overlay session: save the VM, build the base or overlay.
-    pub async fn finish_session(&self, id: &str) -> Result<Session, ServiceError> {
+    pub async fn finish_session(&self, caller: &Caller, id: &str) -> Result<Session, ServiceError> {
+        self.session_for(caller, id).await?;
         Ok(Session::from(&self.finish_session_record(id).await?))
     }
 
@@ -166,10 +169,18 @@ impl AppState {
         }
     }
 
+    /// Stops a session `caller` may reach (see [`Self::stop_session_record`]).
+    pub async fn stop_session(&self, caller: &Caller, id: &str) -> Result<Session, ServiceError> {
+        self.stop_session_record(self.session_for(caller, id).await?)
+            .await
+    }
+
     /// Stops a session: destroys its VM and removes its files (a base being created is
     /// abandoned). Stopping a session that is over is a no-op.
-    pub async fn stop_session(&self, id: &str) -> Result<Session, ServiceError> {
-        let mut session = self.session_record(id).await?;
+    pub(crate) async fn stop_session_record(
+        &self,
+        mut session: SessionRecord,
+    ) -> Result<Session, ServiceError> {
         if session.state().is_final() {
             return Ok(Session::from(&session));
         }
@@ -185,11 +196,12 @@ impl AppState {
     /// over its serial console.
     pub async fn run_in_session(
         &self,
+        caller: &Caller,
         id: &str,
         req: RunRequest,
     ) -> Result<RunResponse, ServiceError> {
         let timeout = Duration::from_secs(req.timeout_s.unwrap_or(60).clamp(1, 3600));
-        let session = self.session_record(id).await?;
+        let session = self.session_for(caller, id).await?;
         if session.state() != SessionState::Running {
             return Err(ServiceError::Conflict(format!(
                 "session {id} is {}, not running",

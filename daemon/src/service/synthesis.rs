@@ -9,7 +9,7 @@ use cloudlet_api::{Session, SessionKind, SessionState, Synthesize};
 use super::idempotency::IdempotencyKey;
 use super::intake::{BodyOrigin, IntakeWatch};
 use super::overlay::{merge_ports, open_base};
-use super::{blocking, chain, ServiceError, StepTimer};
+use super::{blocking, chain, Caller, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
 use crate::virt::{boot_xml, forward_port, resume_xml};
@@ -38,6 +38,7 @@ pub type SynthesisSlot = tokio::sync::OwnedSemaphorePermit;
 pub struct SynthesisTicket {
     base: BaseRecord,
     slot: SynthesisSlot,
+    owner: Caller,
     key: Option<IdempotencyKey>,
 }
 
@@ -61,12 +62,18 @@ impl AppState {
     /// and the base, both checked before the first byte is read.
     pub async fn admit_synthesis(
         &self,
+        caller: &Caller,
         base: &str,
         key: Option<IdempotencyKey>,
     ) -> Result<SynthesisTicket, ServiceError> {
         let slot = self.synthesis_slot()?;
         let base = self.resolve_base(base).await?;
-        Ok(SynthesisTicket { base, slot, key })
+        Ok(SynthesisTicket {
+            base,
+            slot,
+            owner: caller.clone(),
+            key,
+        })
     }
 
     /// Synthesizes from overlay bytes streaming in (decoding starts with the first
@@ -84,7 +91,7 @@ impl AppState {
                 ticket.base,
                 reader,
                 None,
-                ticket.slot,
+                (ticket.slot, &ticket.owner),
                 Some(watch),
                 ticket.key,
             )
@@ -93,30 +100,42 @@ impl AppState {
     }
 
     /// Synthesizes from an overlay stored here, in an import directory, uploaded, or at an
-    /// allowed URL.
+    /// allowed URL. A device token synthesizes from its own stored overlays or an allowed URL (or the
+    /// upload route); local paths and uploads name the operator's files.
     pub async fn synthesize(
         &self,
+        caller: &Caller,
         req: Synthesize,
         key: Option<IdempotencyKey>,
     ) -> Result<Session, ServiceError> {
-        let session = self.synthesize_request(req, key).await?;
+        let session = self.synthesize_request(caller, req, key).await?;
         Ok(Session::from(&session))
     }
 
     async fn synthesize_request(
         &self,
+        caller: &Caller,
         req: Synthesize,
         key: Option<IdempotencyKey>,
     ) -> Result<SessionRecord, ServiceError> {
+        if req.overlay_path.is_some() && !caller.is_admin() {
+            return Err(ServiceError::Forbidden(
+                "overlay_path names the cloudlet's own files: a device token gives overlay_id \
+                 (an overlay it made), overlay_url, or sends the overlay to /synthesis/upload"
+                    .into(),
+            ));
+        }
         // First, so that a `busy` answer leaves an uploaded overlay in place for the retry.
         let slot = self.synthesis_slot()?;
         let path = match (&req.overlay_id, &req.overlay_path, &req.overlay_url) {
             (Some(id), None, None) => super::LocalInput::owned_by_daemon(PathBuf::from(
-                self.ready_overlay(id).await?.file_path,
+                self.overlay_for(caller, id).await?.file_path,
             )),
             (None, Some(p), None) => self.import_path(std::path::Path::new(p))?,
             (None, None, Some(url)) => {
-                return self.synthesize_from_url(&req.base, url, slot, key).await
+                return self
+                    .synthesize_from_url(&req.base, url, (slot, caller), key)
+                    .await
             }
             _ => {
                 return Err(ServiceError::InvalidRequest(
@@ -130,7 +149,7 @@ impl AppState {
             base,
             BufReader::with_capacity(1 << 20, file),
             req.overlay_id,
-            slot,
+            (slot, caller),
             None,
             key,
         )
@@ -143,7 +162,7 @@ impl AppState {
         &self,
         base: &str,
         url: &str,
-        slot: SynthesisSlot,
+        admitted: (SynthesisSlot, &Caller),
         key: Option<IdempotencyKey>,
     ) -> Result<SessionRecord, ServiceError> {
         let parsed = reqwest::Url::parse(url)
@@ -190,7 +209,7 @@ impl AppState {
         if declared.is_some_and(|n| n > self.config.max_upload_bytes) {
             return Err(watch.too_large());
         }
-        self.synthesize_from(base, reader, None, slot, Some(&watch), key)
+        self.synthesize_from(base, reader, None, admitted, Some(&watch), key)
             .await
     }
 
@@ -201,12 +220,13 @@ impl AppState {
         base: BaseRecord,
         reader: R,
         overlay_id: Option<String>,
-        _slot: SynthesisSlot,
+        (_slot, owner): (SynthesisSlot, &Caller),
         watch: Option<&IntakeWatch>,
         key: Option<IdempotencyKey>,
     ) -> Result<SessionRecord, ServiceError> {
         let clock = std::time::Instant::now();
-        let (mut session, dir) = self.new_session_with_dir(SessionKind::Synthesis, &base.id)?;
+        let (mut session, dir) =
+            self.new_session_with_dir(SessionKind::Synthesis, &base.id, owner)?;
         session.overlay_id = overlay_id;
         let vm = session.vm_name.clone().unwrap_or_default();
         // Known now, so that an operator can find it while the overlay is still decoding.

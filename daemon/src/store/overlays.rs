@@ -35,16 +35,19 @@ pub struct OverlayRecord {
     pub session_id: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
+    /// The token whose overlay session made it (`None`: from before tokens existed).
+    pub owner_token: Option<String>,
 }
 
 const COLUMNS: &str = "id, base_id, name, state, file_path, file_size, disk_only, \
-    modified_memory_pages, modified_disk_chunks, stats, guest_ports, session_id, created_at";
+    modified_memory_pages, modified_disk_chunks, stats, guest_ports, session_id, created_at, \
+    owner_token";
 
 impl Store {
     /// Inserts an overlay.
     pub async fn insert_overlay(&self, o: &OverlayRecord) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO overlays ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO overlays ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&o.id)
         .bind(&o.base_id)
@@ -59,6 +62,7 @@ impl Store {
         .bind(&o.guest_ports)
         .bind(&o.session_id)
         .bind(&o.created_at)
+        .bind(&o.owner_token)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -135,6 +139,7 @@ mod tests {
             guest_ports: Json(vec![]),
             session_id: None,
             created_at: crate::store::now_rfc3339(),
+            owner_token: None,
         }
     }
 

@@ -47,6 +47,8 @@ pub struct SessionRecord {
     pub params: Json<serde_json::Value>,
     /// Results of customization scripts: command, output, status.
     pub script_results: Json<Vec<ScriptLineResult>>,
+    /// The token that started it (`None`: from before tokens existed, admins' only).
+    pub owner_token: Option<String>,
 }
 
 /// A state change the session state machine does not allow.
@@ -62,7 +64,8 @@ pub struct IllegalTransition {
 }
 
 const COLUMNS: &str = "id, kind, state, base_id, overlay_id, vm_name, run_dir, console_path, \
-    vnc_port, host_ports, timings, error, created_at, updated_at, ended_at, params, script_results";
+    vnc_port, host_ports, timings, error, created_at, updated_at, ended_at, params, script_results, \
+    owner_token";
 
 impl SessionRecord {
     /// A new session in state `starting`.
@@ -87,6 +90,7 @@ impl SessionRecord {
             ended_at: None,
             params: Json(serde_json::Value::Object(Default::default())),
             script_results: Json(Vec::new()),
+            owner_token: None,
         }
     }
 
@@ -123,7 +127,7 @@ impl Store {
     /// Inserts a session.
     pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&s.id)
         .bind(s.kind.as_str())
@@ -142,6 +146,7 @@ impl Store {
         .bind(&s.ended_at)
         .bind(&s.params)
         .bind(&s.script_results)
+        .bind(&s.owner_token)
         .execute(self.pool())
         .await?;
         Ok(())
