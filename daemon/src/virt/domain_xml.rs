@@ -109,8 +109,11 @@ pub fn render(spec: &VmSpec) -> String {
         "    <controller type='usb' model='none'/>\n",
         "    <memballoon model='virtio' freePageReporting='on'/>\n",
         "  </devices>\n",
-        "</domain>\n",
     ));
+    if let Some(identity) = spec.identity {
+        x.push_str(&identity.seclabel());
+    }
+    x.push_str("</domain>\n");
     x
 }
 
@@ -226,6 +229,7 @@ mod tests {
             disk_format: "raw".into(),
             console_socket: PathBuf::from("/var/lib/cloudlet/sessions/0192/console.sock"),
             vnc: true,
+            identity: None,
         }
     }
 
