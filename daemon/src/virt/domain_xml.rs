@@ -299,6 +299,28 @@ mod tests {
     }
 
     #[test]
+    fn a_confined_vm_names_its_user_in_a_static_dac_seclabel() {
+        let s = VmSpec {
+            identity: Some(crate::virt::VmIdentity {
+                uid: 64002,
+                gid: 64000,
+            }),
+            ..spec()
+        };
+        let xml = render(&s);
+        assert!(
+            xml.ends_with(
+                "  </devices>\n  <seclabel type='static' model='dac' relabel='no'>\n    \
+                 <label>+64002:+64000</label>\n  </seclabel>\n</domain>\n"
+            ),
+            "{xml}"
+        );
+        let tree = super::super::xml_tree::parse(&xml).unwrap();
+        assert_eq!(tree.required("seclabel").unwrap().children.len(), 1);
+        assert!(!render(&spec()).contains("seclabel"));
+    }
+
+    #[test]
     fn escape_leaves_plain_text_borrowed() {
         assert!(matches!(escape("/plain/path"), Cow::Borrowed(_)));
         assert_eq!(escape("<&>"), "&lt;&amp;&gt;");
