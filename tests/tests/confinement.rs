@@ -80,12 +80,21 @@ fn check_read(uid: u32, path: &Path, allowed: bool) {
     }
 }
 
+/// POSTs to `path` and checks the answer's status.
+fn post(d: &Daemon, path: &str, body: Option<&Value>, want: u16) -> Value {
+    let (status, answer) = d.json("POST", path, body).unwrap();
+    assert_eq!(status, want, "POST {path}: {answer}\n{}", d.log_text());
+    answer
+}
+
+/// POSTs an action (`finish`, `stop`, `run`) to a session.
+fn act(d: &Daemon, session: &Value, action: &str, body: Option<&Value>) -> Value {
+    let id = session["id"].as_str().unwrap();
+    post(d, &format!("/api/v1/sessions/{id}/{action}"), body, 200)
+}
+
 fn start_overlay(d: &Daemon) -> Value {
-    let (status, ov) = d
-        .json("POST", "/api/v1/overlays", Some(&json!({ "base": "tiny" })))
-        .unwrap();
-    assert_eq!(status, 201, "{ov}\n{}", d.log_text());
-    ov
+    post(d, "/api/v1/overlays", Some(&json!({ "base": "tiny" })), 201)
 }
 
 fn session_dir(d: &Daemon, session: &Value) -> PathBuf {
@@ -119,27 +128,14 @@ fn every_vm_runs_as_its_own_uid_and_cannot_read_other_sessions() {
     let f = |name: &str| guest.dir.join(name).display().to_string();
 
     // The base builder: confined while it runs; its base is then root's, group-readable.
-    let (status, base) = d
-        .json(
-            "POST",
-            "/api/v1/bases",
-            Some(&json!({
-                "name": "tiny", "disk": f("disk.img"), "kernel": f("vmlinuz"),
-                "initrd": f("initrd.img"), "cmdline": "console=ttyS0 quiet init_on_free=1",
-                "memory_mib": 96, "vcpus": 1, "ready_marker": "CLOUDLET-GUEST-READY"
-            })),
-        )
-        .unwrap();
-    assert_eq!(status, 201, "{base}\n{}", d.log_text());
+    let spec = json!({
+        "name": "tiny", "disk": f("disk.img"), "kernel": f("vmlinuz"),
+        "initrd": f("initrd.img"), "cmdline": "console=ttyS0 quiet init_on_free=1",
+        "memory_mib": 96, "vcpus": 1, "ready_marker": "CLOUDLET-GUEST-READY"
+    });
+    let base = post(&d, "/api/v1/bases", Some(&spec), 201);
     let builder = vm_uid(&d, base["vm_name"].as_str().unwrap());
-    let (status, done) = d
-        .json(
-            "POST",
-            &format!("/api/v1/sessions/{}/finish", base["id"].as_str().unwrap()),
-            None,
-        )
-        .unwrap();
-    assert_eq!(status, 200, "{done}\n{}", d.log_text());
+    act(&d, &base, "finish", None);
     let base_dir = d.data_dir.join("bases").join(base["id"].as_str().unwrap());
     let mode = std::fs::metadata(&base_dir).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o750, "base directory mode");
@@ -182,47 +178,23 @@ fn every_vm_runs_as_its_own_uid_and_cannot_read_other_sessions() {
     );
 
     // The synthesized VM: confined too, and it works (its disk is its own).
-    let (status, done) = d
-        .json(
-            "POST",
-            &format!("/api/v1/sessions/{}/finish", a["id"].as_str().unwrap()),
-            None,
-        )
-        .unwrap();
-    assert_eq!(status, 200, "{done}\n{}", d.log_text());
-    let (status, syn) = d
-        .json(
-            "POST",
-            "/api/v1/synthesis",
-            Some(&json!({ "base": "tiny", "overlay_id": done["overlay_id"] })),
-        )
-        .unwrap();
-    assert_eq!(status, 201, "{syn}\n{}", d.log_text());
+    let done = act(&d, &a, "finish", None);
+    let from = json!({ "base": "tiny", "overlay_id": done["overlay_id"] });
+    let syn = post(&d, "/api/v1/synthesis", Some(&from), 201);
     let uid_s = vm_uid(&d, syn["vm_name"].as_str().unwrap());
     assert_ne!(uid_s, uid_b, "the synthesized VM shares a running VM's uid");
     check_read(uid_s, &session_dir(&d, &syn).join("disk.qcow2"), true);
     check_read(uid_s, &dir_b.join("disk.qcow2"), false);
-    let (status, out) = d
-        .json(
-            "POST",
-            &format!("/api/v1/sessions/{}/run", syn["id"].as_str().unwrap()),
-            Some(&json!({ "command": "echo written > /mnt/data/confined && sync && cat /mnt/data/confined" })),
-        )
-        .unwrap();
+    let write =
+        json!({ "command": "echo written > /mnt/data/confined && sync && cat /mnt/data/confined" });
+    let out = act(&d, &syn, "run", Some(&write));
     assert_eq!(
-        (status, out["output"].as_str().map(str::trim)),
-        (200, Some("written")),
+        out["output"].as_str().map(str::trim),
+        Some("written"),
         "{out}"
     );
     for s in [&b, &syn] {
-        let (status, _) = d
-            .json(
-                "POST",
-                &format!("/api/v1/sessions/{}/stop", s["id"].as_str().unwrap()),
-                None,
-            )
-            .unwrap();
-        assert_eq!(status, 200);
+        act(&d, s, "stop", None);
     }
     d.stop().unwrap();
 }
