@@ -120,15 +120,19 @@ impl Confinement {
         }
         match check_host(ids, data) {
             Ok(()) => {}
-            Err(reason) if config.confinement == ConfinementMode::Required => {
-                return Err(ConfineError::Unavailable(reason));
+            Err(why) if config.confinement == ConfinementMode::Required => {
+                return Err(ConfineError::Unavailable(why.to_string()));
             }
-            Err(reason) => {
-                let warning = format!(
-                    "the VMs are not confined (they run as libvirt's qemu.conf user): {reason}"
+            Err(why) => {
+                tracing::warn!(
+                    "the VMs are not confined (they run as libvirt's qemu.conf user): {why}"
                 );
-                tracing::warn!("{warning}");
-                return Ok(unconfined(warning));
+                // /health needs no token: it says what is wrong, the log says where.
+                return Ok(unconfined(format!(
+                    "the VMs are not confined (they run as libvirt's qemu.conf user): {}; \
+                     the daemon's log says more",
+                    why.what
+                )));
             }
         }
         for dir in [data.root().to_path_buf(), data.bases(), data.sessions()] {
@@ -247,28 +251,52 @@ impl Confinement {
     }
 }
 
+/// Why a host cannot confine: `what` names no path or account (it reaches `/health`),
+/// `detail` does (the log, the start error).
+#[derive(Debug)]
+struct Refusal {
+    what: &'static str,
+    detail: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.detail)
+    }
+}
+
+const CLOSED_PARENT: &str = "a parent of the data directory keeps other users out";
+const NO_CHOWN: &str = "the daemon cannot give files to other users";
+
 /// Why this host cannot confine the VMs, if it cannot.
-fn check_host(ids: IdRange, data: &DataDir) -> Result<(), String> {
-    if let Some(account) = accounts_in_range(ids) {
-        return Err(account);
+fn check_host(ids: IdRange, data: &DataDir) -> Result<(), Refusal> {
+    if let Some(detail) = accounts_in_range(ids) {
+        return Err(Refusal {
+            what: "a local account uses the VM uid range or group",
+            detail,
+        });
     }
     // Every parent of the data directory must let other users pass.
+    let closed = |detail: String| Refusal {
+        what: CLOSED_PARENT,
+        detail,
+    };
     let root = data
         .root()
         .canonicalize()
-        .map_err(|e| format!("cannot resolve {}: {e}", data.root().display()))?;
+        .map_err(|e| closed(format!("cannot resolve {}: {e}", data.root().display())))?;
     for parent in root.ancestors().skip(1) {
         let mode = std::fs::metadata(parent)
-            .map_err(|e| format!("cannot read {}: {e}", parent.display()))?
+            .map_err(|e| closed(format!("cannot read {}: {e}", parent.display())))?
             .permissions()
             .mode();
         if mode & 0o001 == 0 {
-            return Err(format!(
+            return Err(closed(format!(
                 "{} (mode {:o}) keeps the VM users from reaching the data directory \
                  (chmod o+x, or another data_dir)",
                 parent.display(),
                 mode & 0o7777
-            ));
+            )));
         }
     }
     // The daemon must be able to give files away (root, and a file system with owners).
@@ -276,13 +304,14 @@ fn check_host(ids: IdRange, data: &DataDir) -> Result<(), String> {
     let result = std::fs::write(&probe, b"")
         .and_then(|()| std::os::unix::fs::chown(&probe, Some(ids.first), Some(ids.gid)));
     let _ = std::fs::remove_file(&probe);
-    result.map_err(|e| {
-        format!(
+    result.map_err(|e| Refusal {
+        what: NO_CHOWN,
+        detail: format!(
             "cannot give a file to uid {} in {} ({e}): the daemon must run as root on a \
              file system that keeps owners",
             ids.first,
             data.root().display()
-        )
+        ),
     })
 }
 
@@ -407,10 +436,14 @@ mod tests {
         let status = c.status();
         assert!(!status.isolated_sessions);
         let warning = status.warning.unwrap_or_default();
-        assert!(warning.contains("mode 700"), "{warning}");
+        assert!(warning.contains(CLOSED_PARENT), "{warning}");
+        assert!(!warning.contains("/tmp"), "no path on /health: {warning}");
         assert_eq!(c.create_vm_dir(&data.session_dir("a")).unwrap(), None);
         let err = Confinement::set_up(&config(ConfinementMode::Required), &data).unwrap_err();
-        assert!(err.to_string().contains("keeps the VM users"), "{err}");
+        assert!(
+            err.to_string().contains("(mode 700) keeps the VM users"),
+            "{err}"
+        );
         let off = Confinement::set_up(&config(ConfinementMode::Off), &data).unwrap();
         assert!(off.status().warning.unwrap_or_default().contains("off"));
     }

@@ -213,8 +213,17 @@ fn a_host_that_cannot_confine_says_so() {
     assert_eq!(c["isolated_sessions"], false, "{health}");
     assert_eq!(c["qemu_user"], "libvirt qemu.conf user", "{health}");
     let warning = c["warning"].as_str().unwrap_or_default();
-    assert!(warning.contains("mode 700"), "{warning}");
-    assert!(d.log_text().contains("not confined"), "{}", d.log_text());
+    assert!(warning.contains("keeps other users out"), "{warning}");
+    assert!(
+        !warning.contains(&*tmp.0.to_string_lossy()),
+        "a path on /health: {warning}"
+    );
+    // The log names the directory.
+    let log = d.log_text();
+    assert!(
+        log.contains("not confined") && log.contains("(mode 700)"),
+        "{log}"
+    );
     d.stop().unwrap();
 
     let err = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_CONFINEMENT", "required")])
