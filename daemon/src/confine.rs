@@ -68,7 +68,7 @@ impl From<ConfineError> for ServiceError {
                 what: e.to_string(),
                 retry_after_s: 5,
             },
-            other => ServiceError::failed("giving the VM its files", other),
+            other => ServiceError::failed("preparing the VM's directory", other),
         }
     }
 }
