@@ -66,16 +66,35 @@ getent passwd libvirt-qemu >/dev/null ||
   useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
 getent group kvm >/dev/null || groupadd -r kvm
 
+# QEMU's user is the daemon's business, not the host's: each VM's domain XML names an
+# unprivileged uid of its own (a static DAC seclabel, see docs/architecture.md,
+# "Confined QEMU"), so libvirt's global qemu.conf stays as the distribution ships it.
+# Older versions of this script appended a block that ran every guest of the host as root
+# without a security driver; remove exactly that block (marker line + its 5 lines), once.
 conf=/etc/libvirt/qemu.conf
-if ! grep -q '^# cloudlet settings' "$conf" 2>/dev/null; then
-  cat >>"$conf" <<'CONF'
-# cloudlet settings: run QEMU as root without a security driver, so guests can open the
-# daemon's files wherever its data directory is.
-user = "root"
-group = "root"
-security_driver = "none"
-remember_owner = 0
-CONF
+if grep -qx '# cloudlet settings: run QEMU as root without a security driver, so guests can open the' "$conf" 2>/dev/null; then
+  awk '
+    BEGIN {
+      n = split("# daemon\047s files wherever its data directory is.|user = \"root\"|group = \"root\"|security_driver = \"none\"|remember_owner = 0", want, "|")
+    }
+    skip > 0 { held[++h] = $0; if ($0 != want[n - skip + 1]) { for (i = 1; i <= h; i++) print held[i]; skip = 0; h = 0; next } if (--skip == 0) h = 0; next }
+    $0 == "# cloudlet settings: run QEMU as root without a security driver, so guests can open the" { held[1] = $0; h = 1; skip = n; next }
+    { print }
+    END { for (i = 1; i <= h; i++) print held[i] }
+  ' "$conf" >"$conf.cloudlet-new"
+  if ! cmp -s "$conf" "$conf.cloudlet-new"; then
+    cat "$conf.cloudlet-new" >"$conf" # keeps the file's owner and mode
+    echo "setup-host: removed the old cloudlet block (root QEMU, no security driver) from $conf"
+    restart_libvirtd=1
+  fi
+  rm -f "$conf.cloudlet-new"
+fi
+
+# A running libvirtd reads qemu.conf at start only: after the block above is removed it
+# must restart to drop the root default (the daemon's own VMs run confined either way).
+if [ "${restart_libvirtd:-0}" = 1 ] && pgrep -x libvirtd >/dev/null; then
+  echo "setup-host: restart libvirtd to apply the change (running guests keep running):" \
+    "systemctl restart libvirtd, or kill it and run this script again" >&2
 fi
 
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then

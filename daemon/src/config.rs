@@ -95,6 +95,33 @@ impl std::fmt::Display for DomainType {
     }
 }
 
+/// Whether the VMs' QEMU runs as the daemon's unprivileged VM users (see `crate::confine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfinementMode {
+    /// Confined when the host allows it; otherwise a warning (log and `/health`) and
+    /// the VMs run as libvirt's global `qemu.conf` user.
+    #[default]
+    Auto,
+    /// Confined, or the daemon refuses to start.
+    Required,
+    /// Not confined: libvirt's global `qemu.conf` user (`/health` says so).
+    Off,
+}
+
+impl std::str::FromStr for ConfinementMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "required" => Ok(Self::Required),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("`{s}` is not auto, required or off")),
+        }
+    }
+}
+
 /// Everything the daemon can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -159,6 +186,17 @@ pub struct Config {
     /// Unset: the API's own address (`listen`), so that whoever can reach the API can
     /// reach the apps it starts; 127.0.0.1 when that is IPv6 other than `[::]`.
     pub ports_address: Option<Ipv4Addr>,
+    /// Whether each VM's QEMU runs as an unprivileged uid of its own
+    /// (`CLOUDLET_CONFINEMENT`: `auto`, `required` or `off`).
+    pub confinement: ConfinementMode,
+    /// Group every confined VM runs with; it may read the base files
+    /// (`CLOUDLET_VM_GID`). Not 0; no account should use it.
+    pub vm_gid: u32,
+    /// First uid of the range the daemon gives its VMs, one per VM
+    /// (`CLOUDLET_VM_UID_FIRST`). The daemon owns the range: no account may use it.
+    pub vm_uid_first: u32,
+    /// Size of that range: the most VMs that run at once (`CLOUDLET_VM_UID_COUNT`).
+    pub vm_uid_count: u32,
 }
 
 impl Default for Config {
@@ -184,6 +222,10 @@ impl Default for Config {
             libvirt_timeout_s: 30,
             overlay_url_allow: Vec::new(),
             ports_address: None,
+            confinement: ConfinementMode::Auto,
+            vm_gid: 64000,
+            vm_uid_first: 64001,
+            vm_uid_count: 999,
         }
     }
 }
@@ -315,6 +357,18 @@ impl Config {
         if let Some(v) = get("CLOUDLET_LIBVIRT_TIMEOUT_S") {
             self.libvirt_timeout_s = parse("libvirt_timeout_s", &v)?;
         }
+        if let Some(v) = get("CLOUDLET_CONFINEMENT") {
+            self.confinement = parse("confinement", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_VM_GID") {
+            self.vm_gid = parse("vm_gid", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_VM_UID_FIRST") {
+            self.vm_uid_first = parse("vm_uid_first", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_VM_UID_COUNT") {
+            self.vm_uid_count = parse("vm_uid_count", &v)?;
+        }
         if let Some(v) = get("CLOUDLET_OVERLAY_URL_ALLOW") {
             self.overlay_url_allow = v
                 .split(',')
@@ -386,6 +440,24 @@ impl Config {
                 reason: format!("`{o}` is not an http(s)://host[:port] origin"),
             });
         }
+        if self.vm_gid == 0 || self.vm_gid == u32::MAX {
+            return Err(ConfigError::Invalid {
+                key: "vm_gid",
+                reason: "must not be root's group (0) or -1".into(),
+            });
+        }
+        // u32::MAX is "no id" to chown(2); the range must stop below it.
+        let end = u64::from(self.vm_uid_first) + u64::from(self.vm_uid_count);
+        if self.vm_uid_first == 0 || self.vm_uid_count == 0 || end > u64::from(u32::MAX) {
+            return Err(ConfigError::Invalid {
+                key: "vm_uid_first",
+                reason: format!(
+                    "the VM uid range {}+{} must be non-empty, exclude root (0) and end \
+                     below 4294967295",
+                    self.vm_uid_first, self.vm_uid_count
+                ),
+            });
+        }
         if self.libvirt_uri.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "libvirt_uri",
@@ -435,6 +507,13 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   ports_address             CLOUDLET_PORTS_ADDRESS             (listen's address)
       IPv4 address the VMs' forwarded guest ports listen on, e.g. 0.0.0.0 for devices
       on the network to reach the apps.
+  confinement               CLOUDLET_CONFINEMENT               auto  (auto | required | off)
+      Each VM's QEMU runs as a uid of its own (libvirt DAC seclabel); auto warns and
+      runs VMs as libvirt's qemu.conf user where the host cannot, required refuses to start.
+  vm_gid                    CLOUDLET_VM_GID                    64000 (may read base files)
+  vm_uid_first              CLOUDLET_VM_UID_FIRST              64001
+  vm_uid_count              CLOUDLET_VM_UID_COUNT              999   (VMs at once)
+      The daemon owns these uids: no account may use them.
 Log filter: CLOUDLET_LOG (default \"info\", e.g. \"cloudletd=debug\").
 `cloudletd print-config` shows the effective settings as TOML.";
 
@@ -557,6 +636,49 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("overlay_url_allow"));
+        let err = Config::default()
+            .apply_env(|k| (k == "CLOUDLET_CONFINEMENT").then(|| "maybe".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("confinement"), "{err}");
+        for (bad, key) in [
+            (
+                Config {
+                    vm_gid: 0,
+                    ..Config::default()
+                },
+                "vm_gid",
+            ),
+            (
+                Config {
+                    vm_uid_first: 0,
+                    ..Config::default()
+                },
+                "vm_uid_first",
+            ),
+            (
+                Config {
+                    vm_uid_count: 0,
+                    ..Config::default()
+                },
+                "vm_uid_first",
+            ),
+            (
+                Config {
+                    vm_uid_first: u32::MAX - 10,
+                    vm_uid_count: 11,
+                    ..Config::default()
+                },
+                "vm_uid_first",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "CLOUDLET_CONFINEMENT").then(|| "required".into()))
+            .unwrap();
+        assert_eq!(c.confinement, ConfinementMode::Required);
+        c.validate().unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod confine;
 pub mod conn;
 pub mod fault;
 pub mod metrics;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub metrics: std::sync::Arc<metrics::Metrics>,
     /// Held while a base archive is built for download.
     pub export_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The VMs' unprivileged users (or why there are none).
+    pub confine: std::sync::Arc<confine::Confinement>,
     /// Set once the previous run's VMs are reconciled with libvirt ([`adopt_vms`]); until
     /// then `/health` says `starting` and other routes answer 503.
     pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -48,6 +51,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     let data = store::DataDir::create(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     service::error::set_data_dir(data.root());
+    let confine = confine::Confinement::set_up(&config, &data).context("confining the VMs")?;
     let store = store::Store::open(&data.database())
         .await
         .with_context(|| format!("opening catalogue {}", data.database().display()))?;
@@ -67,6 +71,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         hv,
         metrics: std::sync::Arc::default(),
         export_lock: std::sync::Arc::default(),
+        confine: std::sync::Arc::new(confine),
         ready: std::sync::Arc::default(),
     };
     // The token file's secret is the first admin token (existing deployments keep working).

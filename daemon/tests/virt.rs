@@ -150,6 +150,7 @@ async fn virt_boot_run_forward_save_rebuild_restore() {
         disk_format: "raw".into(),
         console_socket: tmp.path().join("console.sock"),
         vnc: true,
+        identity: None,
     };
     domains.push(DomainGuard(name.clone()));
     let started = Instant::now();
@@ -263,6 +264,7 @@ async fn virt_boot_run_forward_save_rebuild_restore() {
         console_socket: console2.clone(),
         kernel: spec.kernel.clone(),
         initrd: spec.initrd.clone(),
+        identity: None,
     };
     let xml2 = resume_xml(&xml, cookie.as_deref(), &own).unwrap();
     assert!(xml2.contains(&format!("<uuid>{uuid2}</uuid>")));

@@ -23,8 +23,9 @@ pub mod tokens;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use progress::{ProgressEvent, ProgressLine};
 pub use requests::{
-    AddBase, Cleared, CreateBase, CreateOverlay, DeleteBaseQuery, Health, HealthStatus,
-    ImportBaseQuery, RunRequest, RunResponse, Synthesize, SynthesizeUploadQuery, Upload,
+    AddBase, Cleared, Confinement, CreateBase, CreateOverlay, DeleteBaseQuery, Health,
+    HealthStatus, ImportBaseQuery, RunRequest, RunResponse, Synthesize, SynthesizeUploadQuery,
+    Upload,
 };
 pub use resources::{Base, Overlay, ScriptLineResult, Session, SessionHost};
 pub use state::{ResourceState, SessionKind, SessionState};

@@ -207,6 +207,26 @@ pub struct Health {
     /// a client refused `busy` polls this before it sends its overlay again.
     #[serde(default)]
     pub synthesis_slots_free: u64,
+    /// Whom the VMs' QEMU runs as, and whether sessions are kept apart.
+    #[serde(default)]
+    pub confinement: Confinement,
+}
+
+/// How the daemon confines the QEMU of the VMs it starts (`GET /health`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct Confinement {
+    /// Whom QEMU runs as: `uids 64001-64999, gid 64000` (one uid per VM), or
+    /// `libvirt qemu.conf user` when not confined (root on hosts set up for it).
+    pub qemu_user: String,
+    /// Whether one VM's QEMU cannot read another session's files (each VM has its own
+    /// uid and its session directory is 0700 and owned by it).
+    pub isolated_sessions: bool,
+    /// Why the VMs are not confined (setting `confinement`, a host that does not allow it);
+    /// absent when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Query of `DELETE /api/v1/bases/{selector}`.

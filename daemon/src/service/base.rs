@@ -94,8 +94,8 @@ impl AppState {
         // The base directory is named after the session: the VM runs on its final files (a
         // direct-boot kernel path in the saved XML stays valid); a daemon restart removes it.
         let dir = self.data.bases().join(&session.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ServiceError::failed("creating the base directory", e))?;
+        // The base VM's own while it runs (see crate::confine); shared once it is a base.
+        let identity = self.confine.create_vm_dir(&dir)?;
         session.run_dir = Some(dir.display().to_string());
         self.store.insert_session(&session).await?;
 
@@ -120,7 +120,9 @@ impl AppState {
                 disk_format: "raw".into(),
                 console_socket: dir.join("console.sock"),
                 vnc: true,
+                identity,
             };
+            self.confine.hand_over(&dir)?;
             let mut console = timer
                 .time("boot", async {
                     self.hv.start(&domain_xml::render(&spec)).await?;
@@ -196,7 +198,14 @@ impl AppState {
         };
         let _ = std::fs::remove_file(&save); // the canonical form (page image + meta) replaces it
         timer.record("hash", started);
-        let record = base_record(&params, &paths, &summary, domain_xml::render(&params.spec));
+        // Every VM may now read the base, none may write it; its builder's uid is free.
+        self.confine.share_base(&params.dir)?;
+        // The base's template names no VM user: each VM built from it gets its own.
+        let template = VmSpec {
+            identity: None,
+            ..params.spec.clone()
+        };
+        let record = base_record(&params, &paths, &summary, domain_xml::render(&template));
         self.store.insert_base(&record).await?;
         session.base_id = Some(record.id.clone());
         timer.merge_into(session);
@@ -406,6 +415,7 @@ fn spec_placeholder(paths: &BasePaths) -> VmSpec {
         disk_format: "raw".into(),
         console_socket: PathBuf::new(),
         vnc: false,
+        identity: None,
     }
 }
 

@@ -129,6 +129,7 @@ impl AppState {
             bases: u64::try_from(bases.len()).unwrap_or(u64::MAX),
             synthesis_slots_free: u64::try_from(self.synthesis_slots.available_permits())
                 .unwrap_or(u64::MAX),
+            confinement: self.confine.status(),
         })
     }
 

@@ -150,6 +150,7 @@ impl AppState {
                 .await?;
             }
             timer.record("prepare", started);
+            self.give_vm_its_files(&base, &dir)?;
             timer.time("resume", self.hv.restore(&resume)).await?;
             let _ = std::fs::remove_file(&resume); // QEMU has loaded it
             session.console_path = Some(console_path.display().to_string());
@@ -362,6 +363,8 @@ impl AppState {
         discard: Option<Discard>,
     ) -> SessionSpec {
         let (kernel, initrd) = base_boot_files(Path::new(&base.dir));
+        // The session directory's owner is the VM's uid (see crate::confine).
+        let identity = disk.parent().and_then(|dir| self.confine.identity_of(dir));
         SessionSpec {
             name: vm.to_string(),
             uuid: new_uuid(),
@@ -372,7 +375,20 @@ impl AppState {
             console_socket: console_socket.to_path_buf(),
             kernel,
             initrd,
+            identity,
         }
+    }
+
+    /// Right before a session VM on `base` starts: every VM may read the base (made or
+    /// imported before confinement, it is root's only), and this one gets its files.
+    pub(crate) fn give_vm_its_files(
+        &self,
+        base: &BaseRecord,
+        dir: &Path,
+    ) -> Result<(), ServiceError> {
+        self.confine.share_base(Path::new(&base.dir))?;
+        self.confine.hand_over(dir)?;
+        Ok(())
     }
 }
 

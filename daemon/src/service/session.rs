@@ -47,8 +47,8 @@ impl AppState {
         let mut session = SessionRecord::new(kind, Some(base_id.to_string()));
         session.owner_token = owner.owner();
         let dir = self.data.session_dir(&session.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ServiceError::failed("creating the session directory", e))?;
+        // Owned by the VM's own uid when confined (see crate::confine).
+        self.confine.create_vm_dir(&dir)?;
         session.run_dir = Some(dir.display().to_string());
         Ok((session, dir))
     }

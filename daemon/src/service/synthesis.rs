@@ -311,6 +311,7 @@ impl AppState {
 
             session.advance(SessionState::Restoring)?;
             self.store.update_session(&session).await?;
+            self.give_vm_its_files(&base, &dir)?;
             if has_memory {
                 timer.time("restore", self.hv.restore(&memory)).await?;
                 let _ = std::fs::remove_file(&memory); // QEMU has loaded it

@@ -109,8 +109,11 @@ pub fn render(spec: &VmSpec) -> String {
         "    <controller type='usb' model='none'/>\n",
         "    <memballoon model='virtio' freePageReporting='on'/>\n",
         "  </devices>\n",
-        "</domain>\n",
     ));
+    if let Some(identity) = spec.identity {
+        x.push_str(&identity.seclabel());
+    }
+    x.push_str("</domain>\n");
     x
 }
 
@@ -226,6 +229,7 @@ mod tests {
             disk_format: "raw".into(),
             console_socket: PathBuf::from("/var/lib/cloudlet/sessions/0192/console.sock"),
             vnc: true,
+            identity: None,
         }
     }
 
@@ -292,6 +296,28 @@ mod tests {
         let tree = super::super::xml_tree::parse(&xml).unwrap();
         assert_eq!(tree.required("uuid").unwrap().text, evil);
         assert_eq!(vnc_port(&xml).unwrap(), None);
+    }
+
+    #[test]
+    fn a_confined_vm_names_its_user_in_a_static_dac_seclabel() {
+        let s = VmSpec {
+            identity: Some(crate::virt::VmIdentity {
+                uid: 64002,
+                gid: 64000,
+            }),
+            ..spec()
+        };
+        let xml = render(&s);
+        assert!(
+            xml.ends_with(
+                "  </devices>\n  <seclabel type='static' model='dac' relabel='no'>\n    \
+                 <label>+64002:+64000</label>\n  </seclabel>\n</domain>\n"
+            ),
+            "{xml}"
+        );
+        let tree = super::super::xml_tree::parse(&xml).unwrap();
+        assert_eq!(tree.required("seclabel").unwrap().children.len(), 1);
+        assert!(!render(&spec()).contains("seclabel"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::saved_values::{
     refuse, vcpus, video, Balloon, Controller, Cpu, Feature, Input, PciAddress, Video,
 };
 use super::xml_tree::{self, Element};
-use super::{DomainType, VirtError, VmSpec, MAX_MEMORY_MIB};
+use super::{DomainType, VirtError, VmIdentity, VmSpec, MAX_MEMORY_MIB};
 
 /// QEMU binaries a saved domain may name (libvirt's default for x86_64 on Debian/Ubuntu,
 /// Fedora and RHEL). The value is checked, not used: this host's libvirt picks its own.
@@ -62,6 +62,8 @@ pub struct SessionSpec {
     pub kernel: Option<PathBuf>,
     /// The base's initramfs, when it has one.
     pub initrd: Option<PathBuf>,
+    /// The user the VM's QEMU runs as; `None`: libvirt's global one.
+    pub identity: Option<VmIdentity>,
 }
 
 /// A disk's discard mode: whether guest TRIM reaches the image.
@@ -166,6 +168,10 @@ fn check_cookie(cookie: Option<&[u8]>) -> Result<(), VirtError> {
 /// elements (checked by [`SavedDomain::read`]) so that the comparison skips them.
 fn accept(domain: &mut Element) {
     domain.attrs.remove("type");
+    // The daemon's own seclabel (a VM confined to an unprivileged uid, see
+    // `VmIdentity`): its ids name this host's VM users, and the daemon writes its own
+    // (or none). A seclabel of any other form, or naming root, stays and is refused.
+    domain.children.retain(|c| !is_daemon_seclabel(c));
     for child in &mut domain.children {
         match child.name.as_str() {
             "name" | "uuid" => child.text.clear(),
@@ -204,6 +210,39 @@ fn accept(domain: &mut Element) {
             _ => {}
         }
     }
+}
+
+/// Whether `element` is `<seclabel type='static' model='dac' relabel='no'>` with only a
+/// `<label>+UID:+GID</label>` naming ids other than root's: the form
+/// [`VmIdentity::seclabel`] writes.
+fn is_daemon_seclabel(element: &Element) -> bool {
+    let attrs_ok = element.name == "seclabel"
+        && element.attrs.len() == 3
+        && element.attr("type") == Some("static")
+        && element.attr("model") == Some("dac")
+        && element.attr("relabel") == Some("no")
+        && element.text.trim().is_empty();
+    let [label] = element.children.as_slice() else {
+        return false;
+    };
+    let ids = label
+        .text
+        .split_once(':')
+        .and_then(|(u, g)| Some((id(u)?, id(g)?)));
+    attrs_ok
+        && label.name == "label"
+        && label.attrs.is_empty()
+        && label.children.is_empty()
+        && matches!(ids, Some((u, g)) if u != 0 && g != 0)
+}
+
+/// A `+N` DAC id (libvirt's numeric form; a name would be looked up on this host).
+fn id(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix('+')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 impl SavedDomain {
@@ -433,7 +472,11 @@ impl SavedDomain {
             v.render(&mut x);
         }
         Balloon::render(self.balloon.as_ref(), &mut x);
-        x.push_str("  </devices>\n</domain>\n");
+        x.push_str("  </devices>\n");
+        if let Some(identity) = spec.identity {
+            x.push_str(&identity.seclabel());
+        }
+        x.push_str("</domain>\n");
         Ok(x)
     }
 }
@@ -486,6 +529,7 @@ pub fn boot_xml(xml: &str, spec: &SessionSpec) -> Result<String, VirtError> {
         disk_format: spec.disk_format.clone(),
         console_socket: spec.console_socket.clone(),
         vnc: values.vnc,
+        identity: spec.identity,
     }))
 }
 
@@ -550,6 +594,7 @@ mod tests {
             console_socket: format!("{SESSION_DIR}/console.sock").into(),
             kernel: Some(format!("{BASE_DIR}/vmlinuz").into()),
             initrd: Some(format!("{BASE_DIR}/initrd.img").into()),
+            identity: None,
         }
     }
 
@@ -643,6 +688,47 @@ mod tests {
         };
         let err = resume_xml(BASE, None, &none).unwrap_err();
         assert!(err.to_string().contains("no kernel"), "{err}");
+    }
+
+    #[test]
+    fn the_daemons_own_seclabel_is_replaced_and_no_other_is_taken() {
+        let confined = SessionSpec {
+            identity: Some(VmIdentity {
+                uid: 64007,
+                gid: 64000,
+            }),
+            ..spec()
+        };
+        let label = |uid: u32| VmIdentity { uid, gid: 64000 }.seclabel();
+        // A save made before confinement (no seclabel) resumes confined.
+        let xml = resume_xml(BASE, None, &confined).unwrap();
+        assert!(xml.ends_with(&format!("  </devices>\n{}</domain>\n", label(64007))));
+        // A save of a confined VM (libvirt keeps the seclabel) resumes with this VM's ids,
+        // confined or not.
+        let saved = BASE.replacen("</devices>\n", &format!("</devices>\n{}", label(64003)), 1);
+        let xml = resume_xml(&saved, None, &confined).unwrap();
+        assert!(
+            xml.contains("+64007:+64000") && !xml.contains("+64003"),
+            "{xml}"
+        );
+        let xml = resume_xml(&saved, None, &spec()).unwrap();
+        assert!(!xml.contains("seclabel"), "{xml}");
+        // Any other seclabel is refused.
+        for other in [
+            label(64003).replace("relabel='no'", "relabel='yes'"),
+            label(64003).replace("type='static'", "type='dynamic'"),
+            label(64003).replace("model='dac'", "model='selinux'"),
+            label(64003).replace("+64003:+64000", "+0:+64000"),
+            label(64003).replace("+64003:+64000", "+64003:+0"),
+            label(64003).replace("+64003:+64000", "qemu:qemu"),
+            label(64003).replace("+64003:+64000", "+:+64000"),
+            label(64003).replace("</label>", "</label><imagelabel>+0:+0</imagelabel>"),
+            label(64003).replace("relabel='no'", "relabel='no' extra='1'"),
+        ] {
+            let hostile = BASE.replacen("</devices>\n", &format!("</devices>\n{other}"), 1);
+            let err = resume_xml(&hostile, None, &confined).unwrap_err();
+            assert!(err.to_string().contains("seclabel"), "{other}: {err}");
+        }
     }
 
     /// The cookie of the same save (libvirt writes the CPU QEMU ran with).
@@ -952,6 +1038,7 @@ mod tests {
             disk_format: "raw".into(),
             console_socket: format!("{BASE_DIR}/console.sock").into(),
             vnc: true,
+            identity: None,
         });
         let own = spec();
         let want = domain_xml::render(&VmSpec {
@@ -967,6 +1054,7 @@ mod tests {
             disk_format: "qcow2".into(),
             console_socket: own.console_socket.clone(),
             vnc: true,
+            identity: None,
         });
         assert_eq!(boot_xml(&base, &own).unwrap(), want);
         // A saved domain lends the same values (memory in KiB); nothing else of it is used.

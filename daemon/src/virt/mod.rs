@@ -148,4 +148,32 @@ pub struct VmSpec {
     pub console_socket: PathBuf,
     /// A VNC display on 127.0.0.1 with a port libvirt picks.
     pub vnc: bool,
+    /// The unprivileged user QEMU runs as (a static DAC seclabel); `None`: libvirt's
+    /// global `qemu.conf` user (confinement off or unavailable, see `crate::confine`).
+    #[serde(default)]
+    pub identity: Option<VmIdentity>,
+}
+
+/// The uid and gid one VM's QEMU runs as, rendered as a static DAC seclabel with
+/// `relabel='no'`: libvirt starts QEMU under these ids and changes no file's owner (the
+/// daemon gives the VM its files itself, see `crate::confine`), whatever `user`,
+/// `dynamic_ownership` and `remember_owner` the host's `qemu.conf` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmIdentity {
+    /// The VM's own uid (one per running VM).
+    pub uid: u32,
+    /// The group every VM shares (it may read the base files, nothing else).
+    pub gid: u32,
+}
+
+impl VmIdentity {
+    /// The `<seclabel>` element, indented as a child of `<domain>`, in libvirt's form (a
+    /// saved domain XML carries it back exactly so, see [`foreign`]).
+    pub fn seclabel(self) -> String {
+        format!(
+            "  <seclabel type='static' model='dac' relabel='no'>\n    \
+             <label>+{}:+{}</label>\n  </seclabel>\n",
+            self.uid, self.gid
+        )
+    }
 }
