@@ -13,6 +13,7 @@ mod output;
 mod progress;
 mod report;
 mod resolve;
+mod tls;
 mod transfer;
 
 use std::process::ExitCode;

@@ -25,6 +25,9 @@ enum Command {
     PrintConfig,
     /// Print the OpenAPI document of the REST API (docs/openapi.json).
     Openapi,
+    /// Print the SHA-256 fingerprint of the API's TLS certificate, for devices to check
+    /// or pin (`cloudlet --pin-sha256`).
+    TlsFingerprint,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +62,18 @@ fn main() -> anyhow::Result<()> {
             #[allow(clippy::print_stdout)]
             {
                 print!("{}", config.to_toml());
+            }
+            Ok(())
+        }
+        Command::TlsFingerprint => {
+            let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            let fingerprint = cloudletd::tls::configured_fingerprint(&config).context(
+                "the daemon makes its certificate on its first start with TLS \
+                 (a non-loopback listen, tls = \"on\", or tls_cert / tls_key)",
+            )?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{fingerprint}");
             }
             Ok(())
         }

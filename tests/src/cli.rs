@@ -8,22 +8,32 @@ use serde_json::Value;
 use crate::daemon::binary;
 use crate::Daemon;
 
-/// `cloudlet` with the daemon's URL and token file.
+/// `cloudlet` with the daemon's URL and token file; over https pinning the daemon's
+/// certificate (`CLOUDLET_PIN_SHA256`) when the daemon serves TLS.
 pub struct Cli<'a> {
     /// The daemon it talks to.
     pub d: &'a Daemon,
 }
 
 impl Cli<'_> {
-    /// `cloudlet ARGS`, whatever its outcome.
-    pub fn output(&self, args: &[&str]) -> Output {
-        Command::new(binary("cloudlet").unwrap())
-            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
+    /// `cloudlet` set up for the daemon, without arguments yet.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(binary("cloudlet").unwrap());
+        c.env("CLOUDLET_URL", self.d.url())
             .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
             .env_remove("CLOUDLET_TOKEN")
-            .args(args)
-            .output()
-            .unwrap()
+            .env_remove("CLOUDLET_CA_CERT")
+            .env_remove("CLOUDLET_ALLOW_INSECURE")
+            .env_remove("CLOUDLET_PIN_SHA256");
+        if let Some(fp) = self.d.fingerprint() {
+            c.env("CLOUDLET_PIN_SHA256", fp);
+        }
+        c
+    }
+
+    /// `cloudlet ARGS`, whatever its outcome.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
     }
 
     /// `cloudlet ARGS`; asserts success (with the daemon's log), returns stdout.
@@ -50,10 +60,8 @@ impl Cli<'_> {
     /// `cloudlet ARGS` with `input` on stdin; asserts success, returns stdout.
     pub fn with_stdin(&self, args: &[&str], input: &str) -> String {
         use std::io::Write;
-        let mut child = Command::new(binary("cloudlet").unwrap())
-            .env("CLOUDLET_URL", format!("http://{}", self.d.addr))
-            .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
-            .env_remove("CLOUDLET_TOKEN")
+        let mut child = self
+            .command()
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

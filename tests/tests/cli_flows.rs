@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use cloudlet_e2e::cli::Cli;
-use cloudlet_e2e::daemon::TempDir;
+use cloudlet_e2e::daemon::{Launch, TempDir};
 use cloudlet_e2e::{fixture_guest, greeting, require_host, Daemon, DomainGuard};
 use serde_json::Value;
 
@@ -41,7 +41,17 @@ fn base_overlay_synthesis_through_the_cli() {
     let guest = fixture_guest().unwrap();
     let tmp = TempDir::new("cliflows").unwrap();
     let import = guest.dir.display().to_string();
-    let d = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
+    // Over https, the CLI pinning the daemon's certificate (the helper's default with TLS).
+    let how = Launch {
+        tls: true,
+        ip: None,
+    };
+    let d = Daemon::launch(
+        &tmp.0.join("data"),
+        &[("CLOUDLET_IMPORT_DIRS", &import)],
+        how,
+    )
+    .unwrap();
     let cli = Cli { d: &d };
     let f = |name: &str| guest.dir.join(name).display().to_string();
     let mut guards = Vec::new();

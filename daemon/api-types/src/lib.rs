@@ -22,7 +22,7 @@ pub mod state;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use progress::{ProgressEvent, ProgressLine};
 pub use requests::{
-    AddBase, Cleared, CreateBase, CreateOverlay, DeleteBaseQuery, Health, HealthStatus,
+    AddBase, Cleared, CreateBase, CreateOverlay, DeleteBaseQuery, Health, HealthStatus, TlsState,
     ImportBaseQuery, RunRequest, RunResponse, Synthesize, SynthesizeUploadQuery, Upload,
 };
 pub use resources::{Base, Overlay, ScriptLineResult, Session, SessionHost};

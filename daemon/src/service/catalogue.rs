@@ -109,6 +109,7 @@ impl AppState {
             },
             version: env!("CARGO_PKG_VERSION").to_string(),
             bases: u64::try_from(bases.len()).unwrap_or(u64::MAX),
+            tls: self.transport.state(),
         })
     }
 
