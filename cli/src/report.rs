@@ -44,14 +44,16 @@ fn code(e: &anyhow::Error) -> String {
 /// The chain as in the one-line form, without the ` (code)` the code field now carries.
 fn message(e: &anyhow::Error) -> String {
     e.chain()
-        .map(|c| match (c.downcast_ref::<ApiError>(), c.downcast_ref::<TrustError>()) {
-            (Some(a), _) => match &a.hint {
-                Some(hint) => format!("{}; {hint}", a.message),
-                None => a.message.clone(),
+        .map(
+            |c| match (c.downcast_ref::<ApiError>(), c.downcast_ref::<TrustError>()) {
+                (Some(a), _) => match &a.hint {
+                    Some(hint) => format!("{}; {hint}", a.message),
+                    None => a.message.clone(),
+                },
+                (None, Some(t)) => t.message.clone(),
+                (None, None) => c.to_string(),
             },
-            (None, Some(t)) => t.message.clone(),
-            (None, None) => c.to_string(),
-        })
+        )
         .collect::<Vec<_>>()
         .join(": ")
         .replace('\n', " ")

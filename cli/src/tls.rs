@@ -302,7 +302,10 @@ mod tests {
         let fp = fingerprint(b"any certificate");
         let want = parse_pin(&fp).unwrap();
         assert_eq!(want.len(), 32);
-        assert_eq!(parse_pin(&fp.replace(':', "").to_lowercase()).unwrap(), want);
+        assert_eq!(
+            parse_pin(&fp.replace(':', "").to_lowercase()).unwrap(),
+            want
+        );
         assert_eq!(fingerprint_of_digest(&want), fp);
         for bad in ["", "AB:CD", &fp[3..], &fp.replace('A', "G")] {
             assert_eq!(parse_pin(bad).unwrap_err().code, "bad-pin", "{bad}");
@@ -320,7 +323,11 @@ mod tests {
         ] {
             assert!(check_url(ok, false).is_ok(), "{ok}");
         }
-        for refused in ["http://192.0.2.7:8021", "HTTP://cloudlet.local", "http://[fd00::2]"] {
+        for refused in [
+            "http://192.0.2.7:8021",
+            "HTTP://cloudlet.local",
+            "http://[fd00::2]",
+        ] {
             assert_eq!(check_url(refused, false).unwrap_err().code, "insecure-url");
             assert!(check_url(refused, true).is_ok(), "{refused}");
         }

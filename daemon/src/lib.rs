@@ -142,6 +142,8 @@ pub async fn adopt_vms(state: AppState) {
 /// each request's headers within `header_timeout_s` (which also closes idle ones), and at
 /// most `max_connections` are open at once: a slow or silent client cannot starve the
 /// others of file descriptors or tasks.
+/// With TLS (`state.transport`) each connection's handshake runs in its own task after
+/// it took a slot, bounded by `header_timeout_s` too.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,

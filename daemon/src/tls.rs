@@ -41,7 +41,7 @@ pub enum TlsError {
         reason: String,
     },
     /// rustls refuses the pair (a key it cannot use, or not the certificate's key).
-    #[error("TLS certificate {} with key {}: {source}", cert.display(), key.display())]
+    #[error("TLS certificate {} with key {}: not a usable pair", cert.display(), key.display())]
     Pair {
         /// The certificate file.
         cert: PathBuf,
@@ -52,10 +52,10 @@ pub enum TlsError {
         source: rustls::Error,
     },
     /// rcgen could not make the self-signed certificate.
-    #[error("generating a self-signed TLS certificate: {0}")]
+    #[error("generating a self-signed TLS certificate")]
     Generate(#[from] rcgen::Error),
     /// The self-signed certificate or key could not be written.
-    #[error("writing {}: {source}", path.display())]
+    #[error("writing {}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
@@ -94,7 +94,12 @@ impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Transport::Plain { insecure } => write!(f, "Plain {{ insecure: {insecure} }}"),
-            Transport::Tls(t) => write!(f, "Tls {{ cert: {}, sha256: {} }}", t.cert.display(), t.fingerprint),
+            Transport::Tls(t) => write!(
+                f,
+                "Tls {{ cert: {}, sha256: {} }}",
+                t.cert.display(),
+                t.fingerprint
+            ),
         }
     }
 }
@@ -330,7 +335,10 @@ mod tests {
             tls: TlsMode::Off,
             ..network
         };
-        assert!(matches!(setup(&off).unwrap(), Transport::Plain { insecure: true }));
+        assert!(matches!(
+            setup(&off).unwrap(),
+            Transport::Plain { insecure: true }
+        ));
         assert!(setup(&off).unwrap().state().insecure);
     }
 
@@ -347,11 +355,17 @@ mod tests {
             ..config_in(dir.path(), "127.0.0.1:8021")
         };
         let err = setup(&config).unwrap_err().to_string();
-        assert!(err.contains("c.pem") && err.contains("no PEM CERTIFICATE"), "{err}");
+        assert!(
+            err.contains("c.pem") && err.contains("no PEM CERTIFICATE"),
+            "{err}"
+        );
         let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         std::fs::write(&cert, made.cert.pem()).unwrap();
         let err = setup(&config).unwrap_err().to_string();
-        assert!(err.contains("k.pem") && err.contains("PRIVATE KEY"), "{err}");
+        assert!(
+            err.contains("k.pem") && err.contains("PRIVATE KEY"),
+            "{err}"
+        );
         let other = rcgen::KeyPair::generate().unwrap();
         std::fs::write(&key, other.serialize_pem()).unwrap();
         let err = setup(&config).unwrap_err().to_string();
@@ -360,7 +374,10 @@ mod tests {
         assert!(!setup(&config).unwrap().state().self_signed);
         std::fs::remove_file(&cert).unwrap();
         let err = setup(&config).unwrap_err().to_string();
-        assert!(err.contains("c.pem") && err.contains("No such file"), "{err}");
+        assert!(
+            err.contains("c.pem") && err.contains("No such file"),
+            "{err}"
+        );
     }
 
     #[test]

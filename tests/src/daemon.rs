@@ -181,11 +181,9 @@ impl Daemon {
                 self.tls.as_ref()?;
             }
             match send_over(self.addr, self.tls.as_ref(), "GET", "/health", &[], &[]) {
-                Ok(Reply { status: 200, body, .. })
-                    if String::from_utf8_lossy(&body).contains(r#""status":"ok""#) =>
-                {
-                    Some(Ok(()))
-                }
+                Ok(Reply {
+                    status: 200, body, ..
+                }) if String::from_utf8_lossy(&body).contains(r#""status":"ok""#) => Some(Ok(())),
                 _ => None,
             }
         });

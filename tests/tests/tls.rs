@@ -24,7 +24,10 @@ fn json_error(out: &Output) -> (String, String) {
     let v: Value = serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{e}: {err}"));
     (
         v["error"]["code"].as_str().unwrap_or_default().to_string(),
-        v["error"]["message"].as_str().unwrap_or_default().to_string(),
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     )
 }
 
@@ -38,11 +41,7 @@ fn printed_fingerprint(d: &Daemon, tls_env: &str) -> String {
         .env("CLOUDLET_TLS", tls_env)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -60,7 +59,10 @@ fn the_cli_pins_or_trusts_the_daemons_certificate() {
     assert_eq!(health["tls"]["insecure"], false, "{health}");
     assert_eq!(health["tls"]["fingerprint_sha256"], fp.as_str(), "{health}");
     assert_eq!(d.get("/api/v1/bases").unwrap().0, 200);
-    assert!(d.log_text().contains(&fp), "the fingerprint is logged at start");
+    assert!(
+        d.log_text().contains(&fp),
+        "the fingerprint is logged at start"
+    );
     assert_eq!(printed_fingerprint(&d, "on"), fp);
     // Plain HTTP to the TLS port gets no answer.
     assert!(send_over(d.addr, None, "GET", "/health", &[], &[]).is_err());
@@ -70,37 +72,16 @@ fn the_cli_pins_or_trusts_the_daemons_certificate() {
     assert_eq!(cli.json(&["list-base"]), serde_json::json!([]));
     // The pin in lowercase without colons, as a flag.
     let lower = fp.replace(':', "").to_lowercase();
-    let out = cli
-        .command()
-        .env_remove("CLOUDLET_PIN_SHA256")
-        .args(["--pin-sha256", &lower, "list-session"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&run(&cli, None, &["--pin-sha256", &lower, "list-session"]));
 
     // No pin, no CA: refused, with the fingerprint and what to compare it with.
-    let out = cli
-        .command()
-        .env_remove("CLOUDLET_PIN_SHA256")
-        .args(["--json", "list-base"])
-        .output()
-        .unwrap();
-    let (code, message) = json_error(&out);
+    let (code, message) = json_error(&run(&cli, None, &["--json", "list-base"]));
     assert_eq!(code, "tls-unknown-certificate", "{message}");
     assert!(message.contains(&fp), "{message}");
     assert!(message.contains("cloudletd tls-fingerprint"), "{message}");
     assert!(message.contains(&format!("--pin-sha256 {fp}")), "{message}");
     // The human form: one `error:` line.
-    let out = cli
-        .command()
-        .env_remove("CLOUDLET_PIN_SHA256")
-        .arg("list-base")
-        .output()
-        .unwrap();
+    let out = run(&cli, None, &["list-base"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with("error: ") && err.contains("(tls-unknown-certificate)"),
@@ -109,53 +90,46 @@ fn the_cli_pins_or_trusts_the_daemons_certificate() {
 
     // A wrong pin: the distinct, alarming error.
     let wrong = vec!["00"; 32].join(":");
-    let out = cli
-        .command()
-        .args(["--json", "--pin-sha256", &wrong, "list-base"])
-        .output()
-        .unwrap();
-    let (code, message) = json_error(&out);
+    let (code, message) = json_error(&run(&cli, Some(&wrong), &["--json", "list-base"]));
     assert_eq!(code, "tls-pin-mismatch", "{message}");
     assert!(
         message.contains("MISMATCH") && message.contains(&fp) && message.contains(&wrong),
         "{message}"
     );
     // A pin that is not one.
-    let out = cli
-        .command()
-        .args(["--json", "--pin-sha256", "abc", "list-base"])
-        .output()
-        .unwrap();
+    let out = run(&cli, Some("abc"), &["--json", "list-base"]);
     assert_eq!(json_error(&out).0, "bad-pin");
 
     // --ca-cert with the daemon's certificate: trusted by chain, no pin.
-    let out = cli
-        .command()
-        .env_remove("CLOUDLET_PIN_SHA256")
-        .args(["--json", "--ca-cert"])
-        .arg(d.cert_file())
-        .arg("list-base")
-        .output()
-        .unwrap();
+    let cert = d.cert_file().display().to_string();
+    assert_ok(&run(
+        &cli,
+        None,
+        &["--json", "--ca-cert", &cert, "list-base"],
+    ));
+    // A CA file that holds no certificate is named.
+    let not_pem = d.token_file.display().to_string();
+    let out = run(&cli, None, &["--json", "--ca-cert", &not_pem, "list-base"]);
+    let (code, message) = json_error(&out);
+    assert_eq!(code, "bad-ca-cert", "{message}");
+    assert!(message.contains(&not_pem), "{message}");
+}
+
+/// `cloudlet ARGS` for the helper's daemon, pinning `pin` (none: no pin at all).
+fn run(cli: &Cli, pin: Option<&str>, args: &[&str]) -> Output {
+    let mut c = cli.command();
+    c.env_remove("CLOUDLET_PIN_SHA256");
+    if let Some(pin) = pin {
+        c.env("CLOUDLET_PIN_SHA256", pin);
+    }
+    c.args(args).output().unwrap()
+}
+
+fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
-    );
-    // A CA file that holds no certificate is named.
-    let out = cli
-        .command()
-        .env_remove("CLOUDLET_PIN_SHA256")
-        .args(["--json", "--ca-cert"])
-        .arg(&d.token_file)
-        .arg("list-base")
-        .output()
-        .unwrap();
-    let (code, message) = json_error(&out);
-    assert_eq!(code, "bad-ca-cert", "{message}");
-    assert!(
-        message.contains(&d.token_file.display().to_string()),
-        "{message}"
     );
 }
 
@@ -209,16 +183,18 @@ fn the_token_never_crosses_the_wire_in_clear() {
         .args(["--json", "list-base"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     let bytes = seen.lock().unwrap().clone();
     assert!(bytes.len() > 1000, "the relay carried the exchange");
-    assert!(!contains(&bytes, &d.token), "the token crossed in clear text");
-    assert!(!contains(&bytes, "Bearer"), "a request head crossed in clear text");
+    assert!(
+        !contains(&bytes, &d.token),
+        "the token crossed in clear text"
+    );
+    assert!(
+        !contains(&bytes, "Bearer"),
+        "a request head crossed in clear text"
+    );
 
     // Control: the same relay in front of a plain daemon sees the token, so the check
     // above can fail (loopback: plain http is allowed).
@@ -295,11 +271,7 @@ fn plain_http_off_loopback_is_refused_before_connecting() {
     });
     let out = cli(&["--allow-insecure"]);
     server.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(contains(&seen.lock().unwrap(), token));
 }
 
@@ -327,19 +299,12 @@ fn a_network_listen_makes_a_certificate_once_and_keeps_it() {
     assert_eq!(health["tls"]["fingerprint_sha256"], fp.as_str(), "{health}");
 
     // The certificate names the listen address: --ca-cert verifies it by name.
-    let out = Cli { d: &d }
-        .command()
-        .env_remove("CLOUDLET_PIN_SHA256")
-        .arg("--ca-cert")
-        .arg(d.cert_file())
-        .arg("list-base")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cert = d.cert_file().display().to_string();
+    assert_ok(&run(
+        &Cli { d: &d },
+        None,
+        &["--ca-cert", &cert, "list-base"],
+    ));
 
     // Restarted: the same certificate.
     d.stop().unwrap();
@@ -354,7 +319,11 @@ fn a_network_listen_makes_a_certificate_once_and_keeps_it() {
     let health: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["tls"]["enabled"], false, "{health}");
     assert_eq!(health["tls"]["insecure"], true, "{health}");
-    assert!(insecure.log_text().contains("INSECURE"), "{}", insecure.log_text());
+    assert!(
+        insecure.log_text().contains("INSECURE"),
+        "{}",
+        insecure.log_text()
+    );
 }
 
 /// Starts cloudletd with `env`; expects it to exit on its own within 30 s: its stderr.
@@ -409,7 +378,10 @@ fn bad_certificate_files_stop_the_daemon_with_their_name() {
 #[test]
 fn a_silent_tls_client_gives_its_slot_back() {
     let tmp = TempDir::new("tls-silent").unwrap();
-    let how = Launch { tls: true, ip: None };
+    let how = Launch {
+        tls: true,
+        ip: None,
+    };
     let d = Daemon::launch(
         &tmp.0.join("data"),
         &[
@@ -432,7 +404,11 @@ fn a_silent_tls_client_gives_its_slot_back() {
         .unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 16];
-    assert_eq!(silent.read(&mut buf).unwrap_or(0), 0, "closed by the daemon");
+    assert_eq!(
+        silent.read(&mut buf).unwrap_or(0),
+        0,
+        "closed by the daemon"
+    );
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
     let ok = wait_until(Duration::from_secs(5), || {

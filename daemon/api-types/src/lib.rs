@@ -22,8 +22,8 @@ pub mod state;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use progress::{ProgressEvent, ProgressLine};
 pub use requests::{
-    AddBase, Cleared, CreateBase, CreateOverlay, DeleteBaseQuery, Health, HealthStatus, TlsState,
-    ImportBaseQuery, RunRequest, RunResponse, Synthesize, SynthesizeUploadQuery, Upload,
+    AddBase, Cleared, CreateBase, CreateOverlay, DeleteBaseQuery, Health, HealthStatus,
+    ImportBaseQuery, RunRequest, RunResponse, Synthesize, SynthesizeUploadQuery, TlsState, Upload,
 };
 pub use resources::{Base, Overlay, ScriptLineResult, Session, SessionHost};
 pub use state::{ResourceState, SessionKind, SessionState};
