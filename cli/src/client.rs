@@ -111,20 +111,26 @@ pub struct Client {
     base: String,
     token: TokenSource,
     http: reqwest::blocking::Client,
+    /// What the TLS verifier refused, to explain a failed handshake.
+    refused: crate::tls::Refused,
 }
 
 impl Client {
-    /// A client of the daemon at `url` (e.g. `http://127.0.0.1:8021`).
-    pub fn new(url: &str, token: TokenSource) -> anyhow::Result<Self> {
+    /// A client of the daemon at `url` (e.g. `http://127.0.0.1:8021`), trusting the
+    /// server certificates `tls` does.
+    pub fn new(url: &str, token: TokenSource, tls: crate::tls::ClientTls) -> anyhow::Result<Self> {
+        let refused = tls.refused();
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(None)
             .user_agent(concat!("cloudlet/", env!("CARGO_PKG_VERSION")))
+            .use_preconfigured_tls(tls.config)
             .build()?;
         Ok(Self {
             base: url.trim_end_matches('/').to_string(),
             token,
             http,
+            refused,
         })
     }
 
@@ -224,6 +230,10 @@ impl Client {
 
     /// Connection-level failures: one line naming the URL and what to do.
     pub fn transport_error(&self, e: &reqwest::Error) -> anyhow::Error {
+        // A refused certificate: say which one and what to compare it with.
+        if let Some(trust) = self.refused.explain(&self.base) {
+            return trust.into();
+        }
         let cause = root_cause(e);
         let message = if e.is_connect() {
             format!(

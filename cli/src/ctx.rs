@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use crate::client::{Client, TokenSource};
 use crate::progress::Progress;
+use crate::tls;
 
 /// Options valid on every command (listed under their own heading in every `--help`).
 #[derive(Debug, Clone, clap::Args)]
@@ -30,6 +31,18 @@ pub struct GlobalArgs {
         global = true
     )]
     pub token_file: PathBuf,
+    /// Trust this CA or self-signed certificate (PEM) for an https URL, besides the
+    /// public CAs.
+    #[arg(long, env = "CLOUDLET_CA_CERT", global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Accept exactly the daemon certificate with this SHA-256 fingerprint (hex, colons
+    /// optional, any case), as `cloudletd tls-fingerprint` prints it on the cloudlet.
+    #[arg(long, env = "CLOUDLET_PIN_SHA256", global = true, value_name = "FP")]
+    pub pin_sha256: Option<String>,
+    /// Allow plain http:// to a non-loopback address: the token crosses the network in
+    /// clear text.
+    #[arg(long, env = "CLOUDLET_ALLOW_INSECURE", global = true)]
+    pub allow_insecure: bool,
     /// Print JSON instead of human-readable output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -38,11 +51,25 @@ pub struct GlobalArgs {
     pub quiet: bool,
 }
 
+/// Why the client could not be made (kept to answer every later call alike).
+enum SetupError {
+    /// A trust setting refuses (typed: its code reaches `--json`).
+    Trust(tls::TrustError),
+    /// Anything else.
+    Other(String),
+}
+
+impl From<tls::TrustError> for SetupError {
+    fn from(e: tls::TrustError) -> Self {
+        SetupError::Trust(e)
+    }
+}
+
 /// What a command runs with.
 pub struct Ctx {
     /// The global options.
     pub global: GlobalArgs,
-    client: OnceLock<anyhow::Result<Client, String>>,
+    client: OnceLock<Result<Client, SetupError>>,
 }
 
 impl Ctx {
@@ -74,14 +101,21 @@ impl Ctx {
             .unwrap_or_else(|| "127.0.0.1".into())
     }
 
-    /// The daemon client.
+    /// The daemon client. Plain HTTP off loopback is refused here, before any connection.
     pub fn client(&self) -> anyhow::Result<&Client> {
         self.client
             .get_or_init(|| {
-                Client::new(&self.global.url, self.token_source()).map_err(|e| format!("{e:#}"))
+                let g = &self.global;
+                tls::check_url(&g.url, g.allow_insecure)?;
+                let tls = tls::ClientTls::new(g.ca_cert.as_deref(), g.pin_sha256.as_deref())?;
+                Client::new(&g.url, self.token_source(), tls)
+                    .map_err(|e| SetupError::Other(format!("{e:#}")))
             })
             .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            .map_err(|e| match e {
+                SetupError::Trust(t) => t.clone().into(),
+                SetupError::Other(e) => anyhow::anyhow!("{e}"),
+            })
     }
 
     fn token_source(&self) -> TokenSource {

@@ -14,6 +14,7 @@ mod progress;
 mod report;
 mod resolve;
 mod retry;
+mod tls;
 mod transfer;
 
 use std::process::ExitCode;

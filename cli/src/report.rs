@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::client::{ApiError, TransportError};
+use crate::tls::TrustError;
 
 /// Prints `e` on stderr.
 #[allow(clippy::print_stderr)]
@@ -26,6 +27,8 @@ pub fn as_json(e: &anyhow::Error) -> Value {
 fn code(e: &anyhow::Error) -> String {
     if let Some(a) = e.downcast_ref::<ApiError>() {
         a.code.clone()
+    } else if let Some(t) = e.downcast_ref::<TrustError>() {
+        t.code.to_string()
     } else if let Some(t) = e.downcast_ref::<TransportError>() {
         if t.unreachable {
             "unreachable"
@@ -41,13 +44,16 @@ fn code(e: &anyhow::Error) -> String {
 /// The chain as in the one-line form, without the ` (code)` the code field now carries.
 fn message(e: &anyhow::Error) -> String {
     e.chain()
-        .map(|c| match c.downcast_ref::<ApiError>() {
-            Some(a) => match &a.hint {
-                Some(hint) => format!("{}; {hint}", a.message),
-                None => a.message.clone(),
+        .map(
+            |c| match (c.downcast_ref::<ApiError>(), c.downcast_ref::<TrustError>()) {
+                (Some(a), _) => match &a.hint {
+                    Some(hint) => format!("{}; {hint}", a.message),
+                    None => a.message.clone(),
+                },
+                (None, Some(t)) => t.message.clone(),
+                (None, None) => c.to_string(),
             },
-            None => c.to_string(),
-        })
+        )
         .collect::<Vec<_>>()
         .join(": ")
         .replace('\n', " ")

@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 /// max_connections = 512
 /// libvirt_timeout_s = 30
 /// overlay_url_allow = ["https://overlays.example.org", "http://10.0.0.5:8000"]
+/// tls = "auto"               # or "on", or "off" (plain HTTP even off loopback: loud)
+/// tls_cert = "/etc/cloudlet/cert.pem"
+/// tls_key = "/etc/cloudlet/key.pem"
 /// ```
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cloudlet/cloudletd.toml";
 
@@ -91,6 +94,32 @@ impl std::fmt::Display for DomainType {
         f.write_str(match self {
             DomainType::Kvm => "kvm",
             DomainType::Qemu => "qemu",
+        })
+    }
+}
+
+/// When the API is served over TLS (docs/api.md, "Transport security").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS when `tls_cert` is set or `listen` is not a loopback address (then with a
+    /// self-signed certificate if none is configured); plain HTTP on loopback.
+    #[default]
+    Auto,
+    /// TLS always, loopback included.
+    On,
+    /// Plain HTTP always: on a non-loopback address the token crosses the network in
+    /// clear text, so the daemon warns at start and `/health` says `insecure`.
+    Off,
+}
+
+impl std::fmt::Display for TlsMode {
+    /// `auto`, `on` or `off`, as in the config file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsMode::Auto => "auto",
+            TlsMode::On => "on",
+            TlsMode::Off => "off",
         })
     }
 }
@@ -186,6 +215,13 @@ pub struct Config {
     /// Unset: the API's own address (`listen`), so that whoever can reach the API can
     /// reach the apps it starts; 127.0.0.1 when that is IPv6 other than `[::]`.
     pub ports_address: Option<Ipv4Addr>,
+    /// When to serve TLS: `auto`, `on` or `off` (`CLOUDLET_TLS`).
+    pub tls: TlsMode,
+    /// PEM certificate chain of the API, leaf first (`CLOUDLET_TLS_CERT`). Unset: with
+    /// TLS, a self-signed certificate made on first start next to `token_file`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (`CLOUDLET_TLS_KEY`); set both or neither.
+    pub tls_key: Option<PathBuf>,
     /// Whether each VM's QEMU runs as an unprivileged uid of its own
     /// (`CLOUDLET_CONFINEMENT`: `auto`, `required` or `off`).
     pub confinement: ConfinementMode,
@@ -222,6 +258,9 @@ impl Default for Config {
             libvirt_timeout_s: 30,
             overlay_url_allow: Vec::new(),
             ports_address: None,
+            tls: TlsMode::Auto,
+            tls_cert: None,
+            tls_key: None,
             confinement: ConfinementMode::Auto,
             vm_gid: 64000,
             vm_uid_first: 64001,
@@ -357,6 +396,25 @@ impl Config {
         if let Some(v) = get("CLOUDLET_LIBVIRT_TIMEOUT_S") {
             self.libvirt_timeout_s = parse("libvirt_timeout_s", &v)?;
         }
+        if let Some(v) = get("CLOUDLET_TLS") {
+            self.tls = match v.as_str() {
+                "auto" => TlsMode::Auto,
+                "on" => TlsMode::On,
+                "off" => TlsMode::Off,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "tls",
+                        reason: format!("`{v}` is not `auto`, `on` or `off`"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("CLOUDLET_TLS_CERT") {
+            self.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("CLOUDLET_TLS_KEY") {
+            self.tls_key = Some(PathBuf::from(v));
+        }
         if let Some(v) = get("CLOUDLET_CONFINEMENT") {
             self.confinement = parse("confinement", &v)?;
         }
@@ -440,6 +498,7 @@ impl Config {
                 reason: format!("`{o}` is not an http(s)://host[:port] origin"),
             });
         }
+        self.validate_tls()?;
         if self.vm_gid == 0 || self.vm_gid == u32::MAX {
             return Err(ConfigError::Invalid {
                 key: "vm_gid",
@@ -467,6 +526,33 @@ impl Config {
         Ok(())
     }
 
+    /// `tls_cert` and `tls_key` come together, as absolute paths, and not with `tls = "off"`.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        for (key, path) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be an absolute path".into(),
+                });
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err(ConfigError::Invalid {
+                key: "tls_key",
+                reason: "tls_cert is set: set tls_key to its private key too".into(),
+            }),
+            (None, Some(_)) => Err(ConfigError::Invalid {
+                key: "tls_cert",
+                reason: "tls_key is set: set tls_cert to its certificate too".into(),
+            }),
+            (Some(_), Some(_)) if self.tls == TlsMode::Off => Err(ConfigError::Invalid {
+                key: "tls",
+                reason: "`off` contradicts tls_cert / tls_key: remove one or the other".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The effective configuration as TOML (for `cloudletd print-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
@@ -477,7 +563,7 @@ impl Config {
 pub const SETTINGS_HELP: &str = "\
 Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   listen                    CLOUDLET_LISTEN                    127.0.0.1:8021
-      HTTP API address; keep it on loopback unless a firewall protects it.
+      API address. Off loopback the API is served over TLS (see tls).
   data_dir                  CLOUDLET_DATA_DIR                  /var/lib/cloudlet
       Catalogue (SQLite) and image files; the daemon owns everything in it.
   libvirt_uri               CLOUDLET_LIBVIRT_URI               qemu:///system
@@ -507,6 +593,15 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   ports_address             CLOUDLET_PORTS_ADDRESS             (listen's address)
       IPv4 address the VMs' forwarded guest ports listen on, e.g. 0.0.0.0 for devices
       on the network to reach the apps.
+  tls                       CLOUDLET_TLS                       auto  (auto, on, off)
+      auto: TLS unless listen is loopback and no tls_cert is set; on: always;
+      off: plain HTTP even off loopback (the token crosses the network in clear:
+      warned at start, /health says insecure).
+  tls_cert                  CLOUDLET_TLS_CERT                  (none)
+  tls_key                   CLOUDLET_TLS_KEY                   (none)
+      PEM certificate chain and its key. Unset with TLS on: a self-signed
+      certificate is made on first start next to token_file (tls-cert.pem,
+      tls-key.pem 0600) and reused; `cloudletd tls-fingerprint` prints its SHA-256.
   confinement               CLOUDLET_CONFINEMENT               auto  (auto | required | off)
       Each VM's QEMU runs as a uid of its own (libvirt DAC seclabel); auto warns and
       runs VMs as libvirt's qemu.conf user where the host cannot, required refuses to start.
@@ -679,6 +774,34 @@ mod tests {
             .unwrap();
         assert_eq!(c.confinement, ConfinementMode::Required);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_settings_come_in_pairs() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "CLOUDLET_TLS_CERT").then(|| "/etc/c.pem".into()))
+            .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("tls_key"), "{err}");
+        c.apply_env(|k| (k == "CLOUDLET_TLS_KEY").then(|| "/etc/k.pem".into()))
+            .unwrap();
+        assert!(c.validate().is_ok());
+        c.apply_env(|k| (k == "CLOUDLET_TLS").then(|| "off".into()))
+            .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`tls`"), "{err}");
+        let err = c
+            .apply_env(|k| (k == "CLOUDLET_TLS").then(|| "yes".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("`tls`"), "{err}");
+        let c = Config {
+            tls_cert: Some("rel.pem".into()),
+            tls_key: Some("/k.pem".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("tls_cert"));
+        let round: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(round, c);
     }
 
     #[test]

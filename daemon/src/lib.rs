@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod notify;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod virt;
 
 use std::future::Future;
@@ -44,6 +45,8 @@ pub struct AppState {
     /// Set once the previous run's VMs are reconciled with libvirt ([`adopt_vms`]); until
     /// then `/health` says `starting` and other routes answer 503.
     pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Plain HTTP or TLS (and with which certificate).
+    pub transport: tls::Transport,
 }
 
 /// Opens the data directory and catalogue, repairs what a crash interrupted.
@@ -60,6 +63,8 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         .context("repairing the data directory")?;
     let bootstrap = api::auth::load_or_create(&config.token_file)
         .with_context(|| format!("API token file {}", config.token_file.display()))?;
+    let transport = tls::setup(&config)?;
+    log_transport(&transport, config.listen);
     let hv = virt::Hypervisor::new(&config.libvirt_uri);
     let state = AppState {
         store,
@@ -73,6 +78,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         export_lock: std::sync::Arc::default(),
         confine: std::sync::Arc::new(confine),
         ready: std::sync::Arc::default(),
+        transport,
     };
     // The token file's secret is the first admin token (existing deployments keep working).
     state
@@ -80,6 +86,26 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         .await
         .context("importing the token file's token")?;
     Ok(state)
+}
+
+/// Says at start how the API is carried: the fingerprint devices pin, or a loud warning
+/// for plain HTTP off loopback.
+fn log_transport(transport: &tls::Transport, listen: std::net::SocketAddr) {
+    match transport {
+        tls::Transport::Tls(t) => tracing::info!(
+            cert = %t.cert.display(),
+            sha256 = %t.fingerprint,
+            self_signed = t.self_signed,
+            "API served over TLS; devices check or pin this SHA-256 fingerprint \
+             (`cloudletd tls-fingerprint` prints it)"
+        ),
+        tls::Transport::Plain { insecure: true } => tracing::warn!(
+            %listen,
+            "INSECURE: tls = \"off\" on a non-loopback address: the API token and every \
+             request cross the network in clear text, readable by anyone on it"
+        ),
+        tls::Transport::Plain { insecure: false } => {}
+    }
 }
 
 /// Reconciles the previous run's VMs with libvirt (re-adopts running ones, destroys
@@ -125,13 +151,17 @@ pub async fn adopt_vms(state: AppState) {
 /// each request's headers within `header_timeout_s` (which also closes idle ones), and at
 /// most `max_connections` are open at once: a slow or silent client cannot starve the
 /// others of file descriptors or tasks.
+/// With TLS (`state.transport`) each connection's handshake runs in its own task after
+/// it took a slot, bounded by `header_timeout_s` too.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("listener address")?;
-    tracing::info!(%addr, data_dir = %state.data.root().display(), "cloudletd listening");
+    let tls = state.transport.acceptor();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, data_dir = %state.data.root().display(), "cloudletd listening");
     let store = state.store.clone();
     let config = state.config.clone();
     let app = api::router(state);
@@ -157,17 +187,29 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refuse_connection(&stream, config.max_connections);
+            // A TLS client cannot read a plain answer: it is only closed.
+            if tls.is_none() {
+                refuse_connection(&stream, config.max_connections);
+            }
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        // hyper's own answers to heads it cannot parse get the JSON error body.
-        let io = hyper_util::rt::TokioIo::new(conn::JsonHeadErrors::new(stream));
-        let conn = http.serve_connection(io, service);
-        let conn = graceful.watch(conn);
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
+        let handshake_limit = std::time::Duration::from_secs(config.header_timeout_s);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(&http, stream, service, watcher, peer).await,
+                // The handshake is bounded like a request head: a client that connects
+                // and stays silent gives its slot back after `header_timeout_s`.
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&http, stream, service, watcher, peer).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(slot);
         });
@@ -184,6 +226,23 @@ pub async fn serve(
     store.close().await;
     tracing::info!("cloudletd stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one accepted connection (plain TCP or TLS) until it ends.
+async fn serve_connection<S>(
+    http: &hyper::server::conn::http1::Builder,
+    stream: S,
+    service: hyper_util::service::TowerToHyperService<axum::Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: std::net::SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // hyper's own answers to heads it cannot parse get the JSON error body.
+    let io = hyper_util::rt::TokioIo::new(conn::JsonHeadErrors::new(stream));
+    if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 /// Answers a connection over `max_connections` with 503 (best effort, never waiting:

@@ -26,6 +26,9 @@ enum Command {
     PrintConfig,
     /// Print the OpenAPI document of the REST API (docs/openapi.json).
     Openapi,
+    /// Print the SHA-256 fingerprint of the API's TLS certificate, for devices to check
+    /// or pin (`cloudlet --pin-sha256`).
+    TlsFingerprint,
 }
 
 /// Log lines on stderr, as text or JSON, at the levels of `CLOUDLET_LOG` (default info).
@@ -48,7 +51,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     let config = match command {
-        Command::Serve | Command::PrintConfig => Some(Config::load(cli.config.as_deref())),
+        Command::Serve | Command::PrintConfig | Command::TlsFingerprint => {
+            Some(Config::load(cli.config.as_deref()))
+        }
         Command::Openapi => None,
     };
     let format = match &config {
@@ -82,6 +87,20 @@ fn main() -> anyhow::Result<()> {
             #[allow(clippy::print_stdout)]
             {
                 print!("{}", config.to_toml());
+            }
+            Ok(())
+        }
+        Command::TlsFingerprint => {
+            let config = config
+                .unwrap_or_else(|| Ok(Config::default()))
+                .context("loading configuration")?;
+            let fingerprint = cloudletd::tls::configured_fingerprint(&config).context(
+                "the daemon makes its certificate on its first start with TLS \
+                 (a non-loopback listen, tls = \"on\", or tls_cert / tls_key)",
+            )?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{fingerprint}");
             }
             Ok(())
         }

@@ -8,26 +8,43 @@ use serde_json::Value;
 use crate::daemon::binary;
 use crate::Daemon;
 
-/// `cloudlet` with the daemon's URL and token file.
+/// `cloudlet` with the daemon's URL and token file; over https pinning the daemon's
+/// certificate (`CLOUDLET_PIN_SHA256`) when the daemon serves TLS.
 pub struct Cli<'a> {
     /// The daemon it talks to.
     pub d: &'a Daemon,
 }
 
 impl Cli<'_> {
-    /// `cloudlet ARGS` talking to the daemon at `addr` (the daemon's own, or a relay's).
-    pub fn command_via(&self, addr: std::net::SocketAddr, args: &[&str]) -> Command {
+    /// `cloudlet` set up for the daemon, without arguments yet.
+    pub fn command(&self) -> Command {
         let mut c = Command::new(binary("cloudlet").unwrap());
-        c.env("CLOUDLET_URL", format!("http://{addr}"))
+        c.env("CLOUDLET_URL", self.d.url())
             .env("CLOUDLET_TOKEN_FILE", &self.d.token_file)
             .env_remove("CLOUDLET_TOKEN")
+            .env_remove("CLOUDLET_CA_CERT")
+            .env_remove("CLOUDLET_ALLOW_INSECURE")
+            .env_remove("CLOUDLET_PIN_SHA256");
+        if let Some(fp) = self.d.fingerprint() {
+            c.env("CLOUDLET_PIN_SHA256", fp);
+        }
+        c
+    }
+
+    /// `cloudlet ARGS` talking to the daemon through `addr` (a relay in front of it): the
+    /// daemon's scheme and trust settings, another address.
+    pub fn command_via(&self, addr: std::net::SocketAddr, args: &[&str]) -> Command {
+        let url = self.d.url();
+        let scheme = url.split("://").next().unwrap_or("http");
+        let mut c = self.command();
+        c.env("CLOUDLET_URL", format!("{scheme}://{addr}"))
             .args(args);
         c
     }
 
     /// `cloudlet ARGS`, whatever its outcome.
     pub fn output(&self, args: &[&str]) -> Output {
-        self.command_via(self.d.addr, args).output().unwrap()
+        self.command().args(args).output().unwrap()
     }
 
     /// `cloudlet ARGS`; asserts success (with the daemon's log), returns stdout.
@@ -55,7 +72,8 @@ impl Cli<'_> {
     pub fn with_stdin(&self, args: &[&str], input: &str) -> String {
         use std::io::Write;
         let mut child = self
-            .command_via(self.d.addr, args)
+            .command()
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

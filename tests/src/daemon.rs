@@ -1,8 +1,10 @@
 //! The real `cloudletd` binary, started on a free loopback port with a temporary data
-//! directory; stopped (SIGTERM) and cleaned up on drop.
+//! directory; stopped (SIGTERM) and cleaned up on drop. Started with TLS
+//! ([`Daemon::start_tls`], [`Launch`]), its raw HTTP helpers speak TLS too, trusting the
+//! certificate the daemon made.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -62,8 +64,21 @@ pub struct Daemon {
     pub token: String,
     /// Its token file (`CLOUDLET_TOKEN_FILE`).
     pub token_file: PathBuf,
+    /// With TLS: the client side trusting the daemon's certificate (known once the
+    /// daemon made it).
+    pub tls: Option<TlsClient>,
     _tmp: Option<TempDir>,
     log: PathBuf,
+}
+
+/// How to start a daemon, beyond its environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Launch {
+    /// Serve TLS (`CLOUDLET_TLS=on`) even on loopback.
+    pub tls: bool,
+    /// Listen on this address (a free port on it) instead of 127.0.0.1; the daemon
+    /// serves TLS on any other than loopback.
+    pub ip: Option<IpAddr>,
 }
 
 /// A directory removed on drop.
@@ -94,9 +109,30 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Starts a daemon serving TLS on loopback with a fresh data directory.
+    pub fn start_tls(tag: &str) -> anyhow::Result<Self> {
+        let tmp = TempDir::new(tag)?;
+        let data_dir = tmp.0.join("data");
+        let how = Launch {
+            tls: true,
+            ip: None,
+        };
+        let mut d = Self::launch(&data_dir, &[], how)?;
+        d._tmp = Some(tmp);
+        Ok(d)
+    }
+
     /// Starts a daemon on `data_dir` with extra environment variables.
     pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let addr = free_port()?;
+        Self::launch(data_dir, env, Launch::default())
+    }
+
+    /// Starts a daemon on `data_dir` with extra environment variables, as `how` says.
+    pub fn launch(data_dir: &Path, env: &[(&str, &str)], how: Launch) -> anyhow::Result<Self> {
+        let ip = how.ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let addr = free_port_on(ip)?;
+        let off = env.contains(&("CLOUDLET_TLS", "off"));
+        let tls = (how.tls || !ip.is_loopback()) && !off;
         let log = data_dir.with_extension("log");
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent)?;
@@ -107,6 +143,7 @@ impl Daemon {
             .env("CLOUDLET_TOKEN_FILE", &token_file)
             .env("CLOUDLET_DATA_DIR", data_dir)
             .env("CLOUDLET_DOMAIN_TYPE", "qemu")
+            .env("CLOUDLET_TLS", if how.tls { "on" } else { "auto" })
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -118,10 +155,11 @@ impl Daemon {
             addr,
             token: String::new(),
             token_file,
+            tls: None,
             _tmp: None,
             log,
         };
-        daemon.wait_healthy(Duration::from_secs(30))?;
+        daemon.wait_healthy(Duration::from_secs(30), tls)?;
         daemon.token = std::fs::read_to_string(&daemon.token_file)
             .context("reading the daemon's token file")?
             .trim()
@@ -129,16 +167,23 @@ impl Daemon {
         Ok(daemon)
     }
 
-    fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits for `/health` to say `ok`; with `tls`, over TLS once the certificate exists.
+    fn wait_healthy(&mut self, timeout: Duration, tls: bool) -> anyhow::Result<()> {
+        let cert = self.cert_file();
         let ok = crate::wait_until(timeout, || {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Some(Err(status));
                 }
             }
-            match get(self.addr, "/health") {
-                // 200 `starting` while it reconciles the previous run's VMs: wait for `ok`.
-                Ok((200, body)) if body.contains(r#""status":"ok""#) => Some(Ok(())),
+            if tls && self.tls.is_none() {
+                self.tls = TlsClient::trusting(&cert).ok();
+                self.tls.as_ref()?;
+            }
+            match send_over(self.addr, self.tls.as_ref(), "GET", "/health", &[], &[]) {
+                Ok(Reply {
+                    status: 200, body, ..
+                }) if String::from_utf8_lossy(&body).contains(r#""status":"ok""#) => Some(Ok(())),
                 _ => None,
             }
         });
@@ -153,6 +198,22 @@ impl Daemon {
                 self.log_text()
             ),
         }
+    }
+
+    /// The self-signed certificate a daemon with TLS makes next to its token file.
+    pub fn cert_file(&self) -> PathBuf {
+        self.token_file.with_file_name("tls-cert.pem")
+    }
+
+    /// Its base URL: `https://ADDR` with TLS, else `http://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The SHA-256 fingerprint of its certificate (with TLS).
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.fingerprint.as_str())
     }
 
     /// Its process id.
@@ -199,31 +260,47 @@ impl Daemon {
         let (key, value) = self.auth();
         let mut all: Vec<(&str, &str)> = vec![(key, &value)];
         all.extend_from_slice(headers);
-        send(self.addr, method, path, &all, body)
+        send_over(self.addr, self.tls.as_ref(), method, path, &all, body)
     }
 
     /// Starts a chunked upload of `first` to `path` and leaves the connection open (the
-    /// request stays in progress until the stream is dropped or written to).
+    /// request stays in progress until the stream is dropped or written to). Plain TCP:
+    /// for a daemon without TLS (see [`Self::held_upload`] for either).
     pub fn stalled_upload(&self, path: &str, first: &[u8]) -> TcpStream {
         let mut s = TcpStream::connect(self.addr).expect("connecting to the daemon");
+        self.start_upload(&mut s, path, first)
+            .and_then(|()| s.set_read_timeout(Some(Duration::from_secs(30))))
+            .expect("starting the upload");
+        s
+    }
+
+    /// As [`Self::stalled_upload`], over TLS when the daemon serves it.
+    pub fn held_upload(&self, path: &str, first: &[u8]) -> Box<dyn ReadWrite> {
+        let mut s: Box<dyn ReadWrite> = match &self.tls {
+            Some(tls) => tls.connect(self.addr).expect("connecting to the daemon"),
+            None => Box::new(TcpStream::connect(self.addr).expect("connecting to the daemon")),
+        };
+        self.start_upload(&mut s, path, first)
+            .and_then(|()| s.flush())
+            .expect("starting the upload");
+        s
+    }
+
+    fn start_upload(&self, s: &mut impl Write, path: &str, first: &[u8]) -> std::io::Result<()> {
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
              Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n\
              Transfer-Encoding: chunked\r\n\r\n",
             self.token
         );
-        let mut send = || -> std::io::Result<()> {
-            s.write_all(head.as_bytes())?;
-            if !first.is_empty() {
-                // (an empty chunk would end the body)
-                s.write_all(format!("{:x}\r\n", first.len()).as_bytes())?;
-                s.write_all(first)?;
-                s.write_all(b"\r\n")?;
-            }
-            s.set_read_timeout(Some(Duration::from_secs(30)))
-        };
-        send().expect("starting the upload");
-        s
+        s.write_all(head.as_bytes())?;
+        if !first.is_empty() {
+            // (an empty chunk would end the body)
+            s.write_all(format!("{:x}\r\n", first.len()).as_bytes())?;
+            s.write_all(first)?;
+            s.write_all(b"\r\n")?;
+        }
+        Ok(())
     }
 
     /// Waits up to `timeout` for the daemon to exit by itself: its exit status.
@@ -267,13 +344,73 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_file(&self.token_file);
+        if self.tls.is_some() {
+            let _ = std::fs::remove_file(self.cert_file());
+            let _ = std::fs::remove_file(self.token_file.with_file_name("tls-key.pem"));
+        }
     }
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
+fn free_port_on(ip: IpAddr) -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind((ip, 0))?;
     Ok(l.local_addr()?)
 }
+
+/// An IPv4 address of this machine other than loopback, if it has one.
+pub fn non_loopback_ipv4() -> Option<IpAddr> {
+    if_addrs::get_if_addrs()
+        .ok()?
+        .into_iter()
+        .map(|i| i.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+}
+
+/// The client side of a daemon's TLS: trusts exactly its certificate (as a root).
+#[derive(Clone)]
+pub struct TlsClient {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    /// SHA-256 of the certificate, `AB:CD:...` (as the daemon prints it).
+    pub fingerprint: String,
+}
+
+impl TlsClient {
+    /// Trusts the PEM certificate in `cert`.
+    pub fn trusting(cert: &Path) -> anyhow::Result<Self> {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_file(cert)
+            .with_context(|| format!("reading {}", cert.display()))?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der)?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            config: std::sync::Arc::new(config),
+            fingerprint: digest,
+        })
+    }
+
+    /// A TLS stream to `addr` (handshake done on first use).
+    pub fn connect(&self, addr: SocketAddr) -> anyhow::Result<Box<dyn ReadWrite>> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(600)))?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let conn = rustls::ClientConnection::new(self.config.clone(), name)?;
+        Ok(Box::new(rustls::StreamOwned::new(conn, tcp)))
+    }
+}
+
+/// A byte stream to the daemon: plain TCP or TLS.
+pub trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
 
 /// A minimal HTTP/1.1 GET without a token.
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
@@ -319,9 +456,27 @@ pub fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<Reply> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    // VM flows answer when the VM is ready: allow minutes under TCG.
-    s.set_read_timeout(Some(Duration::from_secs(600)))?;
+    send_over(addr, None, method, path, headers, body)
+}
+
+/// As [`send`], over TLS when `tls` is given.
+pub fn send_over(
+    addr: SocketAddr,
+    tls: Option<&TlsClient>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Reply> {
+    let mut s: Box<dyn ReadWrite> = match tls {
+        Some(tls) => tls.connect(addr)?,
+        None => {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            // VM flows answer when the VM is ready: allow minutes under TCG.
+            s.set_read_timeout(Some(Duration::from_secs(600)))?;
+            Box::new(s)
+        }
+    };
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -330,8 +485,15 @@ pub fn send(
     s.write_all(head.as_bytes())?;
     // The daemon may answer (an error) before reading the whole body: keep the answer.
     let _ = s.write_all(body);
+    let _ = s.flush();
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    match s.read_to_end(&mut raw) {
+        // A TLS peer that closes without close_notify: what came is the answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        other => {
+            other?;
+        }
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

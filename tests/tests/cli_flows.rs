@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cloudlet_e2e::cli::Background;
 use cloudlet_e2e::cli::Cli;
-use cloudlet_e2e::daemon::TempDir;
+use cloudlet_e2e::daemon::{Launch, TempDir};
 use cloudlet_e2e::relay::Relay;
 use cloudlet_e2e::{fixture_guest, greeting, require_host, wait_until, Daemon, DomainGuard};
 use serde_json::Value;
@@ -43,7 +43,17 @@ fn base_overlay_synthesis_through_the_cli() {
     let guest = fixture_guest().unwrap();
     let tmp = TempDir::new("cliflows").unwrap();
     let import = guest.dir.display().to_string();
-    let d = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
+    // Over https, the CLI pinning the daemon's certificate (the helper's default with TLS).
+    let how = Launch {
+        tls: true,
+        ip: None,
+    };
+    let d = Daemon::launch(
+        &tmp.0.join("data"),
+        &[("CLOUDLET_IMPORT_DIRS", &import)],
+        how,
+    )
+    .unwrap();
     let cli = Cli { d: &d };
     let f = |name: &str| guest.dir.join(name).display().to_string();
     let mut guards = Vec::new();
@@ -246,7 +256,7 @@ fn base_overlay_synthesis_through_the_cli() {
     // CLI says it waits, then synthesizes once they are free.
     let overlay_bytes = std::fs::read(&file).unwrap();
     let held: Vec<_> = (0..2)
-        .map(|_| d.stalled_upload("/api/v1/synthesis/upload?base=tiny", &overlay_bytes[..4096]))
+        .map(|_| d.held_upload("/api/v1/synthesis/upload?base=tiny", &overlay_bytes[..4096]))
         .collect();
     let decoding = |n: usize| {
         wait_until(Duration::from_secs(30), || {

@@ -25,7 +25,7 @@ pub use progress::{ProgressEvent, ProgressLine};
 pub use requests::{
     AddBase, Cleared, Confinement, CreateBase, CreateOverlay, DeleteBaseQuery, Health,
     HealthStatus, ImportBaseQuery, RunRequest, RunResponse, Synthesize, SynthesizeUploadQuery,
-    Upload,
+    TlsState, Upload,
 };
 pub use resources::{Base, Overlay, ScriptLineResult, Session, SessionHost};
 pub use state::{ResourceState, SessionKind, SessionState};

@@ -130,6 +130,7 @@ impl AppState {
             synthesis_slots_free: u64::try_from(self.synthesis_slots.available_permits())
                 .unwrap_or(u64::MAX),
             confinement: self.confine.status(),
+            tls: self.transport.state(),
         })
     }
 
