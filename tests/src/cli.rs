@@ -8,14 +8,30 @@ use serde_json::Value;
 use crate::daemon::binary;
 use crate::Daemon;
 
-/// `cloudlet` with the daemon's URL and token file; over https pinning the daemon's
-/// certificate (`CLOUDLET_PIN_SHA256`) when the daemon serves TLS.
+/// `cloudlet` with the daemon's URL and token file (or a token of its own: a device's);
+/// over https pinning the daemon's certificate (`CLOUDLET_PIN_SHA256`) when the daemon
+/// serves TLS.
 pub struct Cli<'a> {
     /// The daemon it talks to.
     pub d: &'a Daemon,
+    /// `CLOUDLET_TOKEN`, instead of the daemon's token file.
+    pub token: Option<String>,
 }
 
-impl Cli<'_> {
+impl<'a> Cli<'a> {
+    /// `cloudlet` as the cloudlet's operator (the daemon's token file: admin).
+    pub fn new(d: &'a Daemon) -> Self {
+        Self { d, token: None }
+    }
+
+    /// `cloudlet` as a device: its own token, nothing read from the cloudlet's files.
+    pub fn with_token(d: &'a Daemon, token: &str) -> Self {
+        Self {
+            d,
+            token: Some(token.to_string()),
+        }
+    }
+
     /// `cloudlet` set up for the daemon, without arguments yet.
     pub fn command(&self) -> Command {
         let mut c = Command::new(binary("cloudlet").unwrap());
@@ -27,6 +43,10 @@ impl Cli<'_> {
             .env_remove("CLOUDLET_PIN_SHA256");
         if let Some(fp) = self.d.fingerprint() {
             c.env("CLOUDLET_PIN_SHA256", fp);
+        }
+        if let Some(token) = &self.token {
+            c.env("CLOUDLET_TOKEN", token)
+                .env("CLOUDLET_TOKEN_FILE", "/nonexistent/token");
         }
         c
     }

@@ -54,7 +54,7 @@ fn base_overlay_synthesis_through_the_cli() {
         how,
     )
     .unwrap();
-    let cli = Cli { d: &d };
+    let cli = Cli::new(&d);
     let f = |name: &str| guest.dir.join(name).display().to_string();
     let mut guards = Vec::new();
 
@@ -163,8 +163,15 @@ fn base_overlay_synthesis_through_the_cli() {
         "stopped"
     );
 
+    // The edge device gets a token of its own from the operator; it synthesizes and drives
+    // its sessions with it, over https, pinning the daemon's certificate.
+    let created = cli.json(&["token", "create", "--role", "device", "--name", "phone-7"]);
+    assert_eq!(created["role"], "device", "{created}");
+    let phone = Cli::with_token(&d, created["token"].as_str().unwrap());
+    assert!(d.url().starts_with("https://"), "{}", d.url());
+
     // 3. synthesis from the downloaded file: resumed, app answering, counter counting.
-    let syn = cli.json(&[
+    let syn = phone.json(&[
         "synthesis",
         "tiny",
         file.to_str().unwrap(),
@@ -183,42 +190,43 @@ fn base_overlay_synthesis_through_the_cli() {
     // A unique prefix (session ids are UUIDv7: their first digits are a timestamp).
     let prefix = &syn_id[..syn_id.len() - 4];
     assert_eq!(
-        cli.run(
+        phone.run(
             prefix,
             "cmp /mnt/data/random.bin /mnt/data/random-copy.bin && wc -l < /mnt/data/numbers.txt"
         ),
         "20000"
     );
-    assert_eq!(cli.run(prefix, "cat /base-marker"), "base");
+    assert_eq!(phone.run(prefix, "cat /base-marker"), "base");
     assert_eq!(
-        cli.run(
+        phone.run(
             prefix,
             "tail -1 /mnt/data/lines.txt; grep name /mnt/data/config.ini"
         ),
         "line 3\nname = demo"
     );
     // A multi-line script on stdin runs as one unit.
-    let piped = cli.with_stdin(
+    let piped = phone.with_stdin(
         &["run", prefix, "-"],
         "x=0\nfor i in 1 2 3; do\n  x=$((x+i))\ndone\necho sum=$x\n",
     );
     assert_eq!(piped.trim(), "sum=6");
     assert_eq!(
-        cli.run(prefix, "kill -0 $(cat /counter.pid) && echo alive"),
+        phone.run(prefix, "kill -0 $(cat /counter.pid) && echo alive"),
         "alive"
     );
-    let before: u64 = cli.run(prefix, "cat /counter").parse().unwrap();
+    let before: u64 = phone.run(prefix, "cat /counter").parse().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let after: u64 = cli.run(prefix, "cat /counter").parse().unwrap();
+    let after: u64 = phone.run(prefix, "cat /counter").parse().unwrap();
     assert!(after > before, "counter stopped: {before} → {after}");
     // `run` exits with the guest command's status.
     assert_eq!(
-        cli.output(&["run", prefix, "--", "sh", "-c", "'exit 3'"])
+        phone
+            .output(&["run", prefix, "--", "sh", "-c", "'exit 3'"])
             .status
             .code(),
         Some(3)
     );
-    let ran = cli.json(&["run", prefix, "--", "echo", "hi"]);
+    let ran = phone.json(&["run", prefix, "--", "echo", "hi"]);
     assert_eq!(
         (
             ran["output"].as_str().map(str::trim),
@@ -228,17 +236,17 @@ fn base_overlay_synthesis_through_the_cli() {
     );
 
     // The human views of the running session.
-    let shown = cli.ok(&["show-session", prefix]);
+    let shown = phone.ok(&["show-session", prefix]);
     assert!(
         shown.contains("running") && shown.contains("guest 8080"),
         "{shown}"
     );
-    let console = cli.ok(&["console", prefix]);
+    let console = phone.ok(&["console", prefix]);
     assert!(
         console.contains("socat") && console.contains("127.0.0.1:"),
         "{console}"
     );
-    let sessions = cli.json(&["list-session"]);
+    let sessions = phone.json(&["list-session"]);
     assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
 
     // 4. synthesis from the stored overlay, by id prefix.
@@ -273,7 +281,7 @@ fn base_overlay_synthesis_through_the_cli() {
         decoding(2).is_some(),
         "the stalled uploads never held both slots"
     );
-    let mut waiting = Background::spawn(cli.command_via(
+    let mut waiting = Background::spawn(phone.command_via(
         d.addr,
         &["--json", "synthesis", "tiny", file.to_str().unwrap()],
     ));
@@ -292,7 +300,7 @@ fn base_overlay_synthesis_through_the_cli() {
     // Idempotency-Key and gets the session the first attempt started; no second VM.
     let known: Vec<String> = session_ids(&cli.json(&["list-session", "--all"]));
     let relay = Relay::start(d.addr).unwrap();
-    let mut cut = Background::spawn(cli.command_via(
+    let mut cut = Background::spawn(phone.command_via(
         relay.addr,
         &["--json", "synthesis", "tiny", file.to_str().unwrap()],
     ));

@@ -45,7 +45,7 @@ fn stock_debian_guest_through_the_cli() {
     let tmp = TempDir::new("debian").unwrap();
     let import = guest.dir.display().to_string();
     let d = Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
-    let cli = Cli { d: &d };
+    let cli = Cli::new(&d);
     let mut guards = Vec::new();
 
     // 1. The base: the disk boots by itself (extlinux), the marker comes from a unit.

@@ -68,7 +68,7 @@ fn the_cli_pins_or_trusts_the_daemons_certificate() {
     assert!(send_over(d.addr, None, "GET", "/health", &[], &[]).is_err());
 
     // The helper pins by default (CLOUDLET_PIN_SHA256).
-    let cli = Cli { d: &d };
+    let cli = Cli::new(&d);
     assert_eq!(cli.json(&["list-base"]), serde_json::json!([]));
     // The pin in lowercase without colons, as a flag.
     let lower = fp.replace(':', "").to_lowercase();
@@ -176,7 +176,7 @@ fn the_token_never_crosses_the_wire_in_clear() {
     let relay_addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     relay(listener, d.addr, seen.clone());
-    let cli = Cli { d: &d };
+    let cli = Cli::new(&d);
     let out = cli
         .command()
         .env("CLOUDLET_URL", format!("https://{relay_addr}"))
@@ -203,7 +203,7 @@ fn the_token_never_crosses_the_wire_in_clear() {
     let relay_addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     relay(listener, plain.addr, seen.clone());
-    let out = Cli { d: &plain }
+    let out = Cli::new(&plain)
         .command()
         .env("CLOUDLET_URL", format!("http://{relay_addr}"))
         .arg("list-base")
@@ -301,7 +301,7 @@ fn a_network_listen_makes_a_certificate_once_and_keeps_it() {
     // The certificate names the listen address: --ca-cert verifies it by name.
     let cert = d.cert_file().display().to_string();
     assert_ok(&run(
-        &Cli { d: &d },
+        &Cli::new(&d),
         None,
         &["--ca-cert", &cert, "list-base"],
     ));

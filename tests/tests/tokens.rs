@@ -315,7 +315,7 @@ fn device_tokens_reach_device_routes_and_only_their_own_sessions() {
 #[test]
 fn token_commands_of_the_cli() {
     let (_tmp, d, _vm) = daemon_with_syn("token-cli");
-    let cli = Cli { d: &d };
+    let cli = Cli::new(&d);
     let human = cli.ok(&["token", "create", "--role", "device", "--name", "phone-7"]);
     let secret = human
         .lines()
