@@ -159,11 +159,14 @@ pub fn decode<R: Read + Send>(
     outputs: &DecodeOutputs<'_>,
     progress: &dyn Progress,
 ) -> Result<DecodeSummary, DecodeError> {
-    let pool = rayon::ThreadPoolBuilder::new()
+    pipeline::decode_with(overlay, base, outputs, None, progress, &pool(outputs)?)
+}
+
+fn pool(outputs: &DecodeOutputs<'_>) -> Result<rayon::ThreadPool, DecodeError> {
+    rayon::ThreadPoolBuilder::new()
         .num_threads(outputs.threads)
         .build()
-        .map_err(DecodeError::Threads)?;
-    pipeline::decode_with(overlay, base, outputs, None, progress, &pool)
+        .map_err(DecodeError::Threads)
 }
 
 /// Like [`decode`], but the save file is not written to `outputs.memory`: it goes to
@@ -182,11 +185,14 @@ pub fn decode_streamed<R: Read + Send>(
     stream: Box<dyn Write + Send>,
     progress: &dyn Progress,
 ) -> Result<DecodeSummary, DecodeError> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(outputs.threads)
-        .build()
-        .map_err(DecodeError::Threads)?;
-    pipeline::decode_with(overlay, base, outputs, Some(stream), progress, &pool)
+    pipeline::decode_with(
+        overlay,
+        base,
+        outputs,
+        Some(stream),
+        progress,
+        &pool(outputs)?,
+    )
 }
 
 /// Refuses an overlay made for another base or for another VM shape (decode checks it
