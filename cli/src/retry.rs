@@ -10,6 +10,9 @@ use crate::client::{ApiError, Client, TransportError};
 /// Retries after a broken connection (the key makes each one safe).
 const MAX_CUT_RETRIES: u32 = 3;
 
+/// Retries while our own earlier attempt (same key) is being admitted.
+const MAX_TWIN_RETRIES: u32 = 30;
+
 /// How a command waits for a free synthesis slot.
 #[derive(Debug, Clone, Copy)]
 pub struct SlotWait {
@@ -36,6 +39,7 @@ pub fn synthesis(
     let key = uuid::Uuid::new_v4().to_string();
     let started = Instant::now();
     let mut cuts = 0;
+    let mut twins = 0;
     let mut connected_once = false;
     loop {
         let err = match attempt.send(&key) {
@@ -62,7 +66,10 @@ pub fn synthesis(
                     }
                     continue;
                 }
-                "idempotency-in-progress" if !out_of_time => {
+                // Our own earlier attempt is being admitted: not a busy cloudlet, so
+                // `--no-wait` does not apply; its session comes back on a later try.
+                "idempotency-in-progress" if twins < MAX_TWIN_RETRIES => {
+                    twins += 1;
                     std::thread::sleep(pause);
                     continue;
                 }
