@@ -151,6 +151,33 @@ impl std::str::FromStr for ConfinementMode {
     }
 }
 
+/// How synthesis hands the rebuilt memory to QEMU (see `service::stream_restore`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreStream {
+    /// Streamed through a FIFO as it is decoded; a restore that cannot start that way
+    /// (libvirt refuses the FIFO before reading it) falls back to a save file.
+    #[default]
+    Auto,
+    /// Streamed, or the synthesis fails.
+    On,
+    /// A complete save file is written, then restored (the guest's RAM size on disk).
+    Off,
+}
+
+impl std::str::FromStr for RestoreStream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("`{s}` is not auto, on or off")),
+        }
+    }
+}
+
 /// Everything the daemon can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -233,6 +260,9 @@ pub struct Config {
     pub vm_uid_first: u32,
     /// Size of that range: the most VMs that run at once (`CLOUDLET_VM_UID_COUNT`).
     pub vm_uid_count: u32,
+    /// Whether synthesis streams the memory into the restore (`CLOUDLET_RESTORE_STREAM`:
+    /// `auto`, `on` or `off`).
+    pub restore_stream: RestoreStream,
 }
 
 impl Default for Config {
@@ -265,6 +295,7 @@ impl Default for Config {
             vm_gid: 64000,
             vm_uid_first: 64001,
             vm_uid_count: 999,
+            restore_stream: RestoreStream::Auto,
         }
     }
 }
@@ -417,6 +448,9 @@ impl Config {
         }
         if let Some(v) = get("CLOUDLET_CONFINEMENT") {
             self.confinement = parse("confinement", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_RESTORE_STREAM") {
+            self.restore_stream = parse("restore_stream", &v)?;
         }
         if let Some(v) = get("CLOUDLET_VM_GID") {
             self.vm_gid = parse("vm_gid", &v)?;
@@ -609,6 +643,10 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
   vm_uid_first              CLOUDLET_VM_UID_FIRST              64001
   vm_uid_count              CLOUDLET_VM_UID_COUNT              999   (VMs at once)
       The daemon owns these uids: no account may use them.
+  restore_stream            CLOUDLET_RESTORE_STREAM            auto  (auto | on | off)
+      Synthesis streams the rebuilt memory into QEMU's restore through a FIFO as it is
+      decoded (no RAM-sized save file); auto falls back to a save file when libvirt
+      refuses the FIFO, off always writes the file.
 Log filter: CLOUDLET_LOG (default \"info\", e.g. \"cloudletd=debug\").
 `cloudletd print-config` shows the effective settings as TOML.";
 

@@ -101,7 +101,7 @@ impl Metrics {
             .inc();
         if ok {
             self.synthesis_seconds.observe(elapsed.as_secs_f64());
-            for step in ["decode", "restore", "boot", "ports"] {
+            for step in ["decode", "restore", "restore_stream", "boot", "ports"] {
                 if let Some(ms) = steps.get(step) {
                     self.synthesis_step_seconds
                         .get_or_create(&vec![("step", step.to_string())])

@@ -31,7 +31,7 @@ const BASE_POINTS: &[&str] = &[
 /// Points of overlay creation (with `finish`): resume, then save and encode.
 const OVERLAY_POINTS: &[&str] = &[
     "after:prepare",
-    "after:resume",
+    "after:resume_stream",
     "after:ports",
     "after:save",
     "during:memory",
@@ -42,7 +42,7 @@ const OVERLAY_POINTS: &[&str] = &[
 const SYNTHESIS_POINTS: &[&str] = &[
     "during:apply",
     "after:decode",
-    "after:restore",
+    "after:restore_stream",
     "after:ports",
 ];
 

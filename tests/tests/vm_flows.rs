@@ -169,6 +169,18 @@ fn base_overlay_synthesis_through_the_daemon() {
     assert_eq!(syn["state"], "running");
     eprintln!("synthesis timings {}", syn["timings"]);
     let syn_id = syn["id"].as_str().unwrap().to_string();
+    // The memory was streamed into the restore: no save file was written, none is left.
+    assert!(
+        syn["timings"]["restore_stream"].is_u64() && syn["timings"].get("restore").is_none(),
+        "a streamed restore: {}",
+        syn["timings"]
+    );
+    let session_dir = d.data_dir.join("sessions").join(&syn_id);
+    assert_eq!(
+        file_names(&session_dir),
+        ["console.sock", "disk.qcow2"],
+        "only the VM's files stay"
+    );
     assert_eq!(
         greeting(syn["host_ports"]["8080"].as_u64().unwrap()).unwrap(),
         "hello-from-guest"
@@ -250,6 +262,66 @@ fn base_overlay_synthesis_through_the_daemon() {
         "a refused synthesis left a VM running"
     );
 
+    // 4b. a streamed restore whose stream breaks: the device goes away mid-upload, or
+    // QEMU dies mid-restore. Each fails with a clear error, leaves no VM, no files and no
+    // stuck libvirt job (the syntheses below still work).
+    let part = &bytes[..bytes.len() / 2];
+    let rest = &bytes[bytes.len() / 2..];
+    for cause in ["device gone", "qemu killed"] {
+        let mut held = d.stalled_upload("/api/v1/synthesis/upload?base=tiny", part);
+        let (id, qemu) = cloudlet_e2e::wait_until(Duration::from_secs(60), || {
+            let (_, sessions) = d.json("GET", "/api/v1/sessions", None).ok()?;
+            let s = sessions
+                .as_array()?
+                .iter()
+                .find(|s| s["state"] == "decoding")?
+                .clone();
+            // QEMU runs once libvirt has read the stream's header: the restore started.
+            let vm = s["vm_name"].as_str()?;
+            let pid = cloudlet_e2e::run("pgrep", &["-f", &format!("guest={vm},")]).ok()?;
+            Some((s["id"].as_str()?.to_string(), pid.trim().to_string()))
+        })
+        .unwrap_or_else(|| panic!("{cause}: no restore started\n{}", d.log_text()));
+        let (status, text) = if cause == "device gone" {
+            drop(held);
+            (None, String::new())
+        } else {
+            cloudlet_e2e::run("kill", &["-9", &qemu]).unwrap();
+            use std::io::{Read, Write};
+            let _ = held
+                .write_all(format!("{:x}\r\n", rest.len()).as_bytes())
+                .and_then(|()| held.write_all(rest))
+                .and_then(|()| held.write_all(b"\r\n0\r\n\r\n"));
+            let mut text = String::new();
+            let _ = held.read_to_string(&mut text);
+            let status = text.split_whitespace().nth(1).map(String::from);
+            (status, text)
+        };
+        let failed = cloudlet_e2e::wait_until(Duration::from_secs(60), || {
+            let (_, s) = d
+                .json("GET", &format!("/api/v1/sessions/{id}"), None)
+                .ok()?;
+            (s["state"] == "failed").then_some(s)
+        })
+        .unwrap_or_else(|| panic!("{cause}: session {id} did not fail\n{}", d.log_text()));
+        eprintln!("{cause}: {}", failed["error"]);
+        if let Some(status) = status {
+            assert_eq!(status, "502", "{cause}: {text}");
+            assert!(text.contains("hypervisor-error"), "{cause}: {text}");
+            assert!(text.contains("restore"), "{cause}: {text}");
+        }
+        assert!(
+            !d.data_dir.join("sessions").join(&id).exists(),
+            "{cause}: files left"
+        );
+        let gone = cloudlet_e2e::wait_until(Duration::from_secs(30), || {
+            let running = cloudlet_e2e::run("pgrep", &["-f", &format!("guest=cloudlet-{id},")]);
+            running.is_err().then_some(())
+        });
+        assert!(gone.is_some(), "{cause}: QEMU of session {id} still runs");
+        assert_eq!(session_vms(&d), vms_before, "{cause}: a VM was left");
+    }
+
     // 5. paths outside the import directories are refused.
     let (status, err) = d
         .json(
@@ -270,9 +342,13 @@ fn base_overlay_synthesis_through_the_daemon() {
         .unwrap();
     assert_eq!(status, 200);
     // This one forwards guest ports on every address, for devices on the network.
+    // Its syntheses write a save file and restore it (the path before streaming).
     let other_cloudlet = Daemon::start_in(
         &tmp.0.join("data2"),
-        &[("CLOUDLET_PORTS_ADDRESS", "0.0.0.0")],
+        &[
+            ("CLOUDLET_PORTS_ADDRESS", "0.0.0.0"),
+            ("CLOUDLET_RESTORE_STREAM", "off"),
+        ],
     )
     .unwrap();
     let (status, imported) = other_cloudlet
@@ -300,6 +376,11 @@ fn base_overlay_synthesis_through_the_daemon() {
         .unwrap();
     assert_eq!(status, 201, "{remote}\n{}", other_cloudlet.log_text());
     let remote_id = remote["id"].as_str().unwrap().to_string();
+    assert!(
+        remote["timings"]["restore"].is_u64() && remote["timings"].get("restore_stream").is_none(),
+        "restore_stream off restores a file: {}",
+        remote["timings"]
+    );
     assert_eq!(run(&other_cloudlet, &remote_id, SUMS), sums);
     let remote_port = remote["host_ports"]["8080"].as_u64().unwrap();
     assert_eq!(greeting(remote_port).unwrap(), "hello-from-guest");
@@ -505,6 +586,16 @@ fn disk_only_overlay_boots_and_survives_a_restart() {
         domains_with_prefix(&vm).is_empty(),
         "VM {vm} survived its stop"
     );
+}
+
+/// The names in `dir`, sorted.
+fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Whether a TCP socket listens on 0.0.0.0:`port` (from `/proc/net/tcp`; state 0A is LISTEN).

@@ -441,19 +441,41 @@ pub fn write_base_save_file(
     out: &Path,
     domain_xml: Option<&str>,
 ) -> Result<(), BaseError> {
+    let file = AtomicFile::create(out).map_err(BaseError::io(out))?;
+    let file = write_base_save(base, file, domain_xml, out)?;
+    file.commit().map_err(BaseError::io(out))?;
+    Ok(())
+}
+
+/// Like [`write_base_save_file`], into a stream (the FIFO a restore reads), which is
+/// closed when this returns: early, truncating the save file, on an error.
+pub fn stream_base_save_file<W: Write>(
+    base: &Base,
+    out: W,
+    domain_xml: Option<&str>,
+) -> Result<(), BaseError> {
+    write_base_save(base, out, domain_xml, Path::new("restore stream")).map(drop)
+}
+
+/// Writes the base's save file to `out` (named `name` in errors); returns `out`.
+fn write_base_save<W: Write>(
+    base: &Base,
+    out: W,
+    domain_xml: Option<&str>,
+    name: &Path,
+) -> Result<W, BaseError> {
     let Some(layout) = base.memory_layout() else {
         return Err(BaseError::Inconsistent(
             "base has no memory snapshot".into(),
         ));
     };
     let (_, device_state) = read_memory_meta(&base.paths.memory_meta)?;
-    let file = AtomicFile::create(out).map_err(BaseError::io(out))?;
     let mut writer = SaveFileWriter::new(
-        BufWriter::with_capacity(IO_BUFFER_BYTES, file),
+        BufWriter::with_capacity(IO_BUFFER_BYTES, out),
         layout,
         domain_xml,
     )
-    .map_err(BaseError::save(out))?;
+    .map_err(BaseError::save(name))?;
     let mut pages = base.memory_pages_reader()?;
     let mut page = [0u8; CHUNK_SIZE_BYTES];
     for index in 0..layout.page_count() {
@@ -462,14 +484,14 @@ pub fn write_base_save_file(
             .map_err(BaseError::io(&base.paths.memory_pages))?;
         writer
             .write_page(index, &page)
-            .map_err(BaseError::save(out))?;
+            .map_err(BaseError::save(name))?;
     }
-    let buffered = writer.finish(&device_state).map_err(BaseError::save(out))?;
-    let file = buffered
+    let buffered = writer
+        .finish(&device_state)
+        .map_err(BaseError::save(name))?;
+    buffered
         .into_inner()
-        .map_err(|e| BaseError::io(out)(e.into_error()))?;
-    file.commit().map_err(BaseError::io(out))?;
-    Ok(())
+        .map_err(|e| BaseError::io(name)(e.into_error()))
 }
 
 /// Reads a shared `File` from a position of its own (positional reads), so that several

@@ -365,7 +365,9 @@ mod property {
 
 /// Decodes `overlay` with the save file streamed through a socket pair (a bounded
 /// buffer, like the FIFO a restore reads), read by a thread; returns the decode's result
-/// and every byte the reader got.
+/// and every byte the reader got. Like a restore, the reader checks the disk when the
+/// stream is opened (it must be a valid image by then) and copies it to `{tag}.at-end`
+/// when the stream ends (it must be complete by then).
 fn decode_stream(
     s: &Setup,
     overlay: &[u8],
@@ -374,13 +376,17 @@ fn decode_stream(
     use std::io::Read;
     use std::os::unix::net::UnixStream;
     let (writer, mut reader) = UnixStream::pair().unwrap();
+    let disk = s.dir.join(format!("{tag}.disk"));
+    let memory = s.dir.join(format!("{tag}.save"));
+    let (disk_at_end, at_end) = (disk.clone(), s.dir.join(format!("{tag}.at-end")));
     let drain = std::thread::spawn(move || {
         let mut got = Vec::new();
         let _ = reader.read_to_end(&mut got);
+        if disk_at_end.exists() {
+            std::fs::copy(&disk_at_end, &at_end).unwrap();
+        }
         got
     });
-    let disk = s.dir.join(format!("{tag}.disk"));
-    let memory = s.dir.join(format!("{tag}.save"));
     let outputs = DecodeOutputs {
         disk: &disk,
         disk_format: DiskOutputFormat::Qcow2,
@@ -389,12 +395,20 @@ fn decode_stream(
         durable: false,
         threads: 2,
     };
+    let (disk_at_open, declined) = (disk.clone(), tag == "fallback");
+    let open: crate::decode::OpenStream = Box::new(move || {
+        crate::qcow2::Qcow2Image::open(&disk_at_open)
+            .map_err(|e| std::io::Error::other(format!("disk not valid when opened: {e}")))?;
+        Ok((!declined).then(|| Box::new(writer) as Box<dyn std::io::Write + Send>))
+    });
     let result = OverlayReader::open(std::io::Cursor::new(overlay.to_vec()))
         .map_err(DecodeError::from)
-        .and_then(|r| {
-            crate::decode::decode_streamed(r, &s.base, &outputs, Box::new(writer), &NoProgress)
-        });
-    assert!(!memory.exists(), "a streamed decode wrote the save file");
+        .and_then(|r| crate::decode::decode_streamed(r, &s.base, &outputs, open, &NoProgress));
+    assert_eq!(
+        memory.exists(),
+        tag == "fallback" && result.is_ok(),
+        "a save file only when the opener declined the stream"
+    );
     (result, drain.join().unwrap())
 }
 
@@ -425,6 +439,9 @@ fn a_streamed_save_file_has_the_base_pages_first_and_the_same_memory() {
     let (result, streamed) = decode_stream(&s, &bytes, "stream");
     result.unwrap();
     assert_same_disk(&s, &s.dir.join("stream.disk"), DiskOutputFormat::Qcow2);
+    // The disk was complete when the stream ended (the restore re-reads it then).
+    assert_same_disk(&s, &s.dir.join("stream.at-end"), DiskOutputFormat::Qcow2);
+    std::fs::remove_file(s.dir.join("stream.at-end")).unwrap();
     let (order, memory) = stream_order(&streamed);
     let custom = s.work.custom_save.as_deref().unwrap();
     assert!(
@@ -480,12 +497,26 @@ fn a_streamed_decode_of_a_damaged_overlay_ends_the_stream_short() {
     };
     assert!(!ended, "a failed decode streamed a complete save file");
     assert!(!s.dir.join("bad.disk").exists());
+    let _ = std::fs::remove_file(s.dir.join("bad.at-end"));
     let left: Vec<_> = std::fs::read_dir(&s.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".kept") || n.contains("bad"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_declined_stream_falls_back_to_the_save_file() {
+    let s = setup(&WorkloadSpec::small(14));
+    let disk = DiskSource::raw(&s.work.custom_disk).unwrap();
+    let (overlay, _) = encode_to(&s, "f.overlay", &disk, true);
+    let (result, streamed) = decode_stream(&s, &std::fs::read(&overlay).unwrap(), "fallback");
+    result.unwrap();
+    assert!(streamed.is_empty(), "{} bytes streamed", streamed.len());
+    assert_same_disk(&s, &s.dir.join("fallback.disk"), DiskOutputFormat::Qcow2);
+    let custom = s.work.custom_save.as_deref().unwrap();
+    assert!(pages_of(&s.dir.join("fallback.save")) == pages_of(custom));
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod intake;
 pub mod overlay;
 pub mod progress;
 pub mod session;
+mod stream_restore;
 pub mod synthesis;
 pub mod tokens;
 pub mod transfer;
@@ -63,7 +64,12 @@ impl StepTimer {
     }
 
     pub(crate) fn record(&mut self, step: &str, started: Instant) {
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.record_took(step, started.elapsed());
+    }
+
+    /// Records a step that took `took` (measured elsewhere).
+    pub(crate) fn record_took(&mut self, step: &str, took: std::time::Duration) {
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(step, ms, "session step done");
         progress::emit(ProgressEvent::StepDone {
             step: step.to_string(),

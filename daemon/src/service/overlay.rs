@@ -11,13 +11,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
 use super::base::{check_ports, run_script};
+use super::stream_restore::Outcome;
 use super::{blocking, Caller, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::overlays::OverlayRecord;
 use crate::store::sessions::SessionRecord;
 use crate::virt::{forward_port, resume_xml, Console, Discard, SessionSpec};
 use crate::AppState;
-use cloudlet_engine::base::{write_base_save_file, Base, BasePaths};
+use cloudlet_engine::base::{stream_base_save_file, write_base_save_file, Base, BasePaths};
 use cloudlet_engine::chunk::ImageKind;
 use cloudlet_engine::disk::DiskSource;
 use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
@@ -126,7 +127,10 @@ impl AppState {
             let console_path = dir.join("console.sock");
             create_cow_disk(&base_paths(&base).disk, &disk).await?;
             let resume = dir.join("resume.save");
-            {
+            // The base's memory goes straight into the restore through a FIFO when it can,
+            // else into a save file that is restored next.
+            let (stream, opener) = self.streamed_restore(&base, &dir)?.unzip();
+            let streamed = {
                 let discard = if req.no_trim {
                     Discard::Ignore
                 } else {
@@ -144,15 +148,56 @@ impl AppState {
                     // A base's XML may come from an imported archive or a user's save
                     // file: the daemon builds the definition, the saved XML lends values.
                     let xml = resume_xml(saved, layout.cookie(), &spec)?;
-                    write_base_save_file(&engine_base, &resume, Some(&xml))
-                        .map_err(|e| ServiceError::failed("writing the base snapshot", e))
+                    let writing = |e| ServiceError::failed("writing the base snapshot", e);
+                    let opened = match opener {
+                        Some(open) => open()
+                            .map_err(|e| ServiceError::failed("opening the restore stream", e))?,
+                        None => None,
+                    };
+                    match opened {
+                        Some(out) => {
+                            stream_base_save_file(&engine_base, out, Some(&xml)).map_err(writing)?;
+                            Ok(true)
+                        }
+                        None => {
+                            write_base_save_file(&engine_base, &resume, Some(&xml))
+                                .map_err(writing)?;
+                            Ok(false)
+                        }
+                    }
                 })
-                .await?;
+                .await
+            };
+            if matches!(streamed, Ok(true)) {
+                timer.record("prepare", started);
             }
-            timer.record("prepare", started);
-            self.give_vm_its_files(&base, &dir)?;
-            timer.time("resume", self.hv.restore(&resume)).await?;
-            let _ = std::fs::remove_file(&resume); // QEMU has loaded it
+            let restored = match stream {
+                Some(s) => {
+                    if matches!(streamed, Ok(true)) {
+                        StepTimer::begin("resume_stream");
+                    }
+                    s.outcome().await
+                }
+                None => Outcome::NotStreamed,
+            };
+            match (streamed, restored) {
+                // A stream that broke is explained by the restore's error, when it failed.
+                (Err(e), Outcome::Finished(Err(v), _)) => {
+                    tracing::warn!(error = %super::chain(&e), "base snapshot stopped: the restore failed");
+                    return Err(v.into());
+                }
+                (Err(e), _) => return Err(e),
+                (Ok(_), Outcome::Finished(result, took)) => {
+                    result?;
+                    timer.record_took("resume_stream", took);
+                }
+                (Ok(_), Outcome::NotStreamed) => {
+                    timer.record("prepare", started);
+                    self.give_vm_its_files(&base, &dir)?;
+                    timer.time("resume", self.hv.restore(&resume)).await?;
+                    let _ = std::fs::remove_file(&resume); // QEMU has loaded it
+                }
+            }
             session.console_path = Some(console_path.display().to_string());
             session.vnc_port = self.hv.vnc_port(&vm).await.ok().flatten().map(i64::from);
             let started = StepTimer::begin("ports");

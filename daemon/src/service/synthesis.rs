@@ -9,12 +9,13 @@ use cloudlet_api::{Session, SessionKind, SessionState, Synthesize};
 use super::idempotency::IdempotencyKey;
 use super::intake::{BodyOrigin, IntakeWatch};
 use super::overlay::{merge_ports, open_base};
+use super::stream_restore::Outcome;
 use super::{blocking, chain, Caller, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
 use crate::virt::{boot_xml, forward_port, resume_xml};
 use crate::AppState;
-use cloudlet_engine::decode::{check_fits, decode, DecodeError, DecodeOutputs};
+use cloudlet_engine::decode::{check_fits, decode, decode_streamed, DecodeError, DecodeOutputs};
 use cloudlet_engine::disk::DiskOutputFormat;
 use cloudlet_engine::format::OverlayReader;
 
@@ -244,7 +245,8 @@ impl AppState {
             let disk = dir.join("disk.qcow2");
             let memory = dir.join("memory.save");
             let console = dir.join("console.sock");
-            let (has_memory, guest_ports, decode_summary) = {
+            let (stream, opener) = self.streamed_restore(&base, &dir)?.unzip();
+            let decoded = {
                 let spec = self.session_spec(&base, &vm, &disk, &console, None);
                 let (memory, template, disk) =
                     (memory.clone(), base.domain_xml.clone(), disk.clone());
@@ -284,14 +286,49 @@ impl AppState {
                         durable: false,
                         threads: 0,
                     };
-                    let summary =
-                        decode(overlay, &engine_base, &outputs, &reporter).map_err(decode_error)?;
-                    Ok((has_memory, ports, (summary, xml)))
+                    // A disk-only overlay boots: nothing to stream (the opener is unused).
+                    let summary = match opener.filter(|_| has_memory) {
+                        Some(open) => {
+                            decode_streamed(overlay, &engine_base, &outputs, open, &reporter)
+                        }
+                        None => decode(overlay, &engine_base, &outputs, &reporter),
+                    };
+                    Ok((has_memory, ports, summary, xml))
                 })
-                .await?
+                .await
             };
-            let (summary, xml) = decode_summary;
-            timer.record("decode", started);
+            // Timed now: a streamed restore overlapped the decode, and finishes after it.
+            let decoded_ok = matches!(&decoded, Ok((_, _, Ok(_), _)));
+            if decoded_ok {
+                timer.record("decode", started);
+            }
+            let restored = match stream {
+                Some(s) => {
+                    if decoded_ok && s.streamed() {
+                        session.advance(SessionState::Restoring)?;
+                        self.store.update_session(&session).await?;
+                        StepTimer::begin("restore_stream");
+                    }
+                    s.outcome().await
+                }
+                None => Outcome::NotStreamed,
+            };
+            let (has_memory, guest_ports, summary, xml) = decoded?;
+            let summary = match summary {
+                Ok(summary) => summary,
+                // A bad overlay is the cause, whatever the restore made of its truncated
+                // stream; any other decode failure (the stream broke) is explained by the
+                // restore's error, when it failed.
+                Err(e) => {
+                    if let (false, Outcome::Finished(Err(v), _)) =
+                        (e.is_invalid_input(), restored)
+                    {
+                        tracing::warn!(error = %super::chain(&e), "decode stopped: the restore failed");
+                        return Err(v.into());
+                    }
+                    return Err(decode_error(e));
+                }
+            };
             session
                 .timings
                 .0
@@ -309,14 +346,26 @@ impl AppState {
                 .0
                 .insert("decode_base_pages".into(), ms(summary.base_pages_time));
 
-            session.advance(SessionState::Restoring)?;
-            self.store.update_session(&session).await?;
-            self.give_vm_its_files(&base, &dir)?;
-            if has_memory {
-                timer.time("restore", self.hv.restore(&memory)).await?;
-                let _ = std::fs::remove_file(&memory); // QEMU has loaded it
-            } else {
-                timer.time("boot", self.hv.start(&xml)).await?;
+            if session.state() != SessionState::Restoring {
+                session.advance(SessionState::Restoring)?;
+                self.store.update_session(&session).await?;
+            }
+            match restored {
+                Outcome::Finished(result, took) => {
+                    result?;
+                    // The restore's own wall time (it overlapped the decode), under a name
+                    // of its own: the session's timings say which path ran.
+                    timer.record_took("restore_stream", took);
+                }
+                _ if has_memory => {
+                    self.give_vm_its_files(&base, &dir)?;
+                    timer.time("restore", self.hv.restore(&memory)).await?;
+                    let _ = std::fs::remove_file(&memory); // QEMU has loaded it
+                }
+                _ => {
+                    self.give_vm_its_files(&base, &dir)?;
+                    timer.time("boot", self.hv.start(&xml)).await?;
+                }
             }
             session.vnc_port = self.hv.vnc_port(&vm).await.ok().flatten().map(i64::from);
             let started = StepTimer::begin("ports");

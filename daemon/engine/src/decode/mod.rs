@@ -8,7 +8,8 @@
 //! order, whose length the records fix in advance, and behind them the base's unchanged
 //! pages, written by a thread of their own while the overlay is applied. Nothing appears
 //! under the output names unless every chunk verified. [`decode_streamed`] writes the
-//! save file as one stream instead: the base's pages first, then the overlay's.
+//! save file as one stream instead (the base's pages first, then the overlay's) and the
+//! disk in place, for a restore that reads the stream as it is written.
 //!
 //! One job a file: `pipeline` runs the stages and their threads, `rebuild` reads and
 //! rebuilds segments, `apply` writes rebuilt chunks in record order, `memory` lays out the
@@ -169,27 +170,37 @@ fn pool(outputs: &DecodeOutputs<'_>) -> Result<rayon::ThreadPool, DecodeError> {
         .map_err(DecodeError::Threads)
 }
 
-/// Like [`decode`], but the save file is not written to `outputs.memory`: it goes to
-/// `stream` as one sequential stream (e.g. a FIFO a restore reads as it comes). First
-/// the prefix (libvirt's header, the domain XML, QEMU's preamble), then every page the
-/// overlay leaves to the base (they need no overlay byte, so they flow while the overlay
-/// is still arriving), then the overlay's pages as they are rebuilt, then the device
-/// state. Pages that later records copy are kept in an unnamed scratch file next to
-/// `outputs.disk` (a stream cannot be read back). The disk is written and committed as
-/// with [`decode`]. On an error the stream ends early: its reader sees it truncated.
-/// A disk-only overlay writes nothing to `stream`.
+/// Opens the stream a save file is written to (see [`decode_streamed`]); `None`: no
+/// stream after all, write the save file to `outputs.memory` (a fallback).
+pub type OpenStream = Box<dyn FnOnce() -> std::io::Result<Option<Box<dyn Write + Send>>> + Send>;
+
+/// Like [`decode`], but the save file is not written to `outputs.memory`: it goes to the
+/// stream `open` returns, as one sequential stream (e.g. a FIFO a restore reads as it
+/// comes). `open` is called once the disk exists at `outputs.disk`, a valid image
+/// already (a qcow2 is laid out in advance and its chunks fill in as they arrive), since
+/// a restore opens the VM's disk when it starts.
+///
+/// The stream gets the prefix (libvirt's header, the domain XML, QEMU's preamble), then
+/// every page the overlay leaves to the base (they need no overlay byte, so they flow
+/// while the overlay is still arriving), then the overlay's pages as they are rebuilt,
+/// and, once the whole overlay verified and the disk is complete, the device state that
+/// ends it. Pages that later records copy are kept in an unnamed scratch file next to
+/// `outputs.disk` (a stream cannot be read back). On an error the stream ends early (its
+/// reader sees it truncated) and the disk is removed. A disk-only overlay writes only
+/// the disk and never calls `open`. If `open` gives no stream, the save file is written
+/// to `outputs.memory` as by [`decode`] (the disk stays in place).
 pub fn decode_streamed<R: Read + Send>(
     overlay: OverlayReader<R>,
     base: &Base,
     outputs: &DecodeOutputs<'_>,
-    stream: Box<dyn Write + Send>,
+    open: OpenStream,
     progress: &dyn Progress,
 ) -> Result<DecodeSummary, DecodeError> {
     pipeline::decode_with(
         overlay,
         base,
         outputs,
-        Some(stream),
+        Some(open),
         progress,
         &pool(outputs)?,
     )

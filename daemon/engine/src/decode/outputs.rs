@@ -1,10 +1,11 @@
 //! The synthesized disk and the overlay's part of the save file while they are written,
-//! the disk under a temporary name until committed.
+//! the disk under a temporary name until committed (or, for a streamed restore, at its
+//! final path from the start).
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::memory::{MemoryTarget, RecordWriter};
 use super::{output_error, DecodeError, DecodeOutputs};
@@ -15,10 +16,9 @@ use crate::disk::{DiskOutputFormat, DiskSink};
 use crate::format::{Encoding, OverlayMeta, Record};
 use crate::qcow2::Qcow2Writer;
 
-/// The output files while they are being written (under temporary names).
+/// The output files while they are being written.
 pub(super) struct Outputs<'m> {
-    disk: DiskSink,
-    disk_tmp: AtomicPath,
+    disk: Disk,
     memory: Option<OverlayPages<'m>>,
 }
 
@@ -37,27 +37,78 @@ struct OverlayPages<'m> {
     device_state: Vec<u8>,
 }
 
-impl<'m> Outputs<'m> {
-    /// Starts the disk (a qcow2 backed by the base's disk, or a copy of it) and, for an
-    /// overlay with memory, the writer of the overlay's part of `memory`.
+/// The synthesized disk being written, and how it gets its final name.
+pub(super) struct Disk {
+    sink: DiskSink,
+    place: DiskPlace,
+}
+
+/// Where the disk is written.
+enum DiskPlace {
+    /// Under a temporary name, renamed once everything verified.
+    Renamed(AtomicPath),
+    /// At its final path from the start (a streamed restore opens it while it is being
+    /// written); removed again unless the decode succeeds.
+    InPlace(RemoveUnlessKept),
+}
+
+/// Removes a file when dropped, unless [`RemoveUnlessKept::keep`] was called.
+struct RemoveUnlessKept(Option<PathBuf>);
+
+impl RemoveUnlessKept {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveUnlessKept {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Disk {
+    /// Starts the disk: a qcow2 backed by the base's disk, or a copy of the base. With
+    /// `in_place`, it is written at `outputs.disk` itself, and a qcow2 is laid out for the
+    /// overlay's disk records in advance, so that it is a valid image before its first
+    /// chunk arrives.
     pub(super) fn create(
         meta: &OverlayMeta,
         base: &Base,
         outputs: &DecodeOutputs<'_>,
-        memory: Option<&'m MemoryTarget>,
+        in_place: bool,
     ) -> Result<Self, DecodeError> {
         let base_disk = &base.paths().disk;
-        let disk_tmp = AtomicPath::new(outputs.disk).map_err(output_error(outputs.disk))?;
-        let disk = match outputs.disk_format {
+        let tmp = match in_place {
+            true => None,
+            false => Some(AtomicPath::new(outputs.disk).map_err(output_error(outputs.disk))?),
+        };
+        let path = tmp
+            .as_ref()
+            .map_or(outputs.disk, AtomicPath::tmp_path)
+            .to_path_buf();
+        let sink = match outputs.disk_format {
             DiskOutputFormat::Qcow2 => {
                 let backing = std::fs::canonicalize(base_disk).map_err(output_error(base_disk))?;
                 let backing = backing.to_str().ok_or_else(|| {
                     DecodeError::Incompatible("base disk path is not valid UTF-8".into())
                 })?;
-                DiskSink::Qcow2(
-                    Qcow2Writer::create(disk_tmp.tmp_path(), meta.disk_size, backing, "raw")
-                        .map_err(DecodeError::Qcow2)?,
-                )
+                let size = meta.disk_size;
+                let writer = if in_place {
+                    let chunks = meta.records.iter().filter(|r| r.kind == ImageKind::Disk);
+                    Qcow2Writer::create_planned(
+                        &path,
+                        size,
+                        backing,
+                        "raw",
+                        chunks.map(|r| r.index),
+                    )
+                } else {
+                    Qcow2Writer::create(&path, size, backing, "raw")
+                };
+                DiskSink::Qcow2(writer.map_err(DecodeError::Qcow2)?)
             }
             DiskOutputFormat::Raw => {
                 let mut src = std::fs::File::open(base_disk).map_err(output_error(base_disk))?;
@@ -65,7 +116,7 @@ impl<'m> Outputs<'m> {
                     .read(true)
                     .write(true)
                     .create_new(true)
-                    .open(disk_tmp.tmp_path())
+                    .open(&path)
                     .map_err(output_error(outputs.disk))?;
                 std::io::copy(&mut src, &mut file).map_err(output_error(outputs.disk))?;
                 DiskSink::Raw {
@@ -74,6 +125,48 @@ impl<'m> Outputs<'m> {
                 }
             }
         };
+        // Only now that the file is ours: it was created with `create_new`.
+        let place = match tmp {
+            Some(tmp) => DiskPlace::Renamed(tmp),
+            None => DiskPlace::InPlace(RemoveUnlessKept(Some(path))),
+        };
+        Ok(Self { sink, place })
+    }
+
+    /// Writes out what is buffered and gives the disk its final name.
+    pub(super) fn commit(self, outputs: &DecodeOutputs<'_>) -> Result<(), DecodeError> {
+        self.sink
+            .finish(outputs.durable)
+            .map_err(output_error(outputs.disk))?;
+        match self.place {
+            DiskPlace::Renamed(tmp) => tmp
+                .commit_with(outputs.durable)
+                .map(drop)
+                .map_err(output_error(outputs.disk)),
+            DiskPlace::InPlace(guard) => {
+                guard.keep();
+                Ok(())
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match &self.place {
+            DiskPlace::Renamed(tmp) => tmp.tmp_path(),
+            DiskPlace::InPlace(guard) => guard.0.as_deref().unwrap_or(Path::new("disk")),
+        }
+    }
+}
+
+impl<'m> Outputs<'m> {
+    /// The disk and, for an overlay with memory, the writer of the overlay's part of the
+    /// save file.
+    pub(super) fn new(
+        meta: &OverlayMeta,
+        disk: Disk,
+        outputs: &DecodeOutputs<'_>,
+        memory: Option<&'m MemoryTarget>,
+    ) -> Result<Self, DecodeError> {
         let memory = match (memory, &meta.memory) {
             (Some(target), Some(m)) if target.is_stream() => Some(OverlayPages {
                 target,
@@ -97,11 +190,7 @@ impl<'m> Outputs<'m> {
             }),
             _ => None,
         };
-        Ok(Self {
-            disk,
-            disk_tmp,
-            memory,
-        })
+        Ok(Self { disk, memory })
     }
 
     /// Applies one chunk; for memory pages returns where the page's bytes can be read
@@ -142,9 +231,10 @@ impl<'m> Outputs<'m> {
                 }
             }
             ImageKind::Disk => {
-                self.disk
+                let disk = &mut self.disk;
+                disk.sink
                     .write_chunk(record.index, data)
-                    .map_err(output_error(self.disk_tmp.tmp_path()))?;
+                    .map_err(output_error(disk.path()))?;
                 Ok(Some(record.index))
             }
         }
@@ -192,54 +282,50 @@ impl<'m> Outputs<'m> {
                     .read_exact_at(buf, position)
                     .map_err(output_error(snapshot))
             }
-            ImageKind::Disk => self
-                .disk
-                .read_chunk(position, buf)
-                .map_err(output_error(self.disk_tmp.tmp_path())),
+            ImageKind::Disk => {
+                let disk = &mut self.disk;
+                disk.sink
+                    .read_chunk(position, buf)
+                    .map_err(output_error(disk.path()))
+            }
         }
     }
 
-    /// Writes out what is buffered and completes the disk; returns the disk's temporary
-    /// path, to be committed once the save file is.
-    pub(super) fn finish(self, outputs: &DecodeOutputs<'_>) -> Result<AtomicPath, DecodeError> {
-        if let Some(mut m) = self.memory {
-            if m.kept.is_some() {
-                // A stream: the overlay's pages are all in, then the end of the file.
-                if m.records_left != 0 {
-                    return Err(DecodeError::Incompatible(
-                        "the overlay's memory records did not all arrive".into(),
-                    ));
-                }
-                let device_state = std::mem::take(&mut m.device_state);
-                let writer = m.writer()?;
-                writer
-                    .get_mut()
-                    .flush()
-                    .map_err(output_error(outputs.memory))?;
-                let taken = m.writer.take();
-                if let Some(w) = taken {
-                    let mut end = w.finish(&device_state).map_err(DecodeError::SaveFile)?;
-                    end.flush().map_err(output_error(outputs.memory))?;
-                }
-            } else {
-                let end = m.end;
-                let writer = m.writer()?;
-                if writer.bytes_written() != end {
-                    return Err(DecodeError::Incompatible(
-                        "the overlay's memory records do not fill their part of the save file"
-                            .into(),
-                    ));
-                }
-                writer
-                    .get_mut()
-                    .flush()
-                    .map_err(output_error(outputs.memory))?;
+    /// Completes the disk (committed under its final name), then the overlay's part of
+    /// the save file. In that order: a stream's end (the device state) completes the
+    /// restore reading it, and QEMU must find the disk complete by then.
+    pub(super) fn finish(self, outputs: &DecodeOutputs<'_>) -> Result<(), DecodeError> {
+        self.disk.commit(outputs)?;
+        let Some(mut m) = self.memory else {
+            return Ok(());
+        };
+        if m.kept.is_some() {
+            // A stream: the overlay's pages are all in, then the end of the file.
+            if m.records_left != 0 {
+                return Err(DecodeError::Incompatible(
+                    "the overlay's memory records did not all arrive".into(),
+                ));
             }
+            let device_state = std::mem::take(&mut m.device_state);
+            m.writer()?;
+            if let Some(w) = m.writer.take() {
+                let mut end = w.finish(&device_state).map_err(DecodeError::SaveFile)?;
+                end.flush().map_err(output_error(outputs.memory))?;
+            }
+        } else {
+            let end = m.end;
+            let writer = m.writer()?;
+            if writer.bytes_written() != end {
+                return Err(DecodeError::Incompatible(
+                    "the overlay's memory records do not fill their part of the save file".into(),
+                ));
+            }
+            writer
+                .get_mut()
+                .flush()
+                .map_err(output_error(outputs.memory))?;
         }
-        self.disk
-            .finish(outputs.durable)
-            .map_err(output_error(outputs.disk))?;
-        Ok(self.disk_tmp)
+        Ok(())
     }
 }
 

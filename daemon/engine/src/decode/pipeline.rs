@@ -2,13 +2,13 @@
 //! thread applying them in record order (writes are sequential: the save file is a
 //! stream), and a writer of the base's unchanged pages.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::apply::{apply_windows, SelfRefs};
 use super::memory::MemoryTarget;
-use super::outputs::Outputs;
+use super::outputs::{Disk, Outputs};
 use super::rebuild::{read_and_rebuild, Window};
 use super::{check_fits, output_error, DecodeError, DecodeOutputs, DecodeSummary};
 use crate::base::Base;
@@ -24,7 +24,7 @@ pub(super) fn decode_with<R: Read + Send>(
     mut overlay: OverlayReader<R>,
     base: &Base,
     outputs: &DecodeOutputs<'_>,
-    stream: Option<Box<dyn Write + Send>>,
+    stream: Option<super::OpenStream>,
     progress: &dyn Progress,
     pool: &rayon::ThreadPool,
 ) -> Result<DecodeSummary, DecodeError> {
@@ -36,8 +36,15 @@ pub(super) fn decode_with<R: Read + Send>(
         has_memory: meta.memory.is_some(),
         ..Default::default()
     };
+    // A stream's reader (a restore) opens the disk when it starts: the disk comes first,
+    // valid from the start and at its final path.
+    let disk = Disk::create(&meta, base, outputs, stream.is_some())?;
+    let stream = match (stream, &meta.memory) {
+        (Some(open), Some(_)) => open().map_err(output_error(outputs.memory))?,
+        _ => None,
+    };
     let memory = MemoryTarget::create(&meta, outputs, stream)?;
-    let mut out = Outputs::create(&meta, base, outputs, memory.as_ref())?;
+    let mut out = Outputs::new(&meta, disk, outputs, memory.as_ref())?;
     let mut self_refs = SelfRefs::new(&meta)?;
 
     progress.stage("apply", Some(meta.records.len() as u64));
@@ -92,14 +99,13 @@ pub(super) fn decode_with<R: Read + Send>(
     summary.read_time = read_time;
     summary.rebuild_time = rebuild_time;
     let started = Instant::now();
+    // The overlay's end checked before anything is committed (for a stream: before its
+    // end, the device state, lets the restore complete).
     overlay.finish()?;
-    let disk_tmp = out.finish(outputs)?;
+    out.finish(outputs)?;
     if let Some(target) = memory {
         target.commit(outputs)?;
     }
-    disk_tmp
-        .commit_with(outputs.durable)
-        .map_err(output_error(outputs.disk))?;
     summary.finish_time += started.elapsed();
     Ok(summary)
 }

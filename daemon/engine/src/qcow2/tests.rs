@@ -171,8 +171,16 @@ fn write_image(
     base: &Path,
     order: &[(u64, Chunk)],
 ) -> BTreeMap<u64, Chunk> {
-    let mut writer =
-        Qcow2Writer::create(path, virtual_size, base.to_str().unwrap(), "raw").unwrap();
+    let writer = Qcow2Writer::create(path, virtual_size, base.to_str().unwrap(), "raw").unwrap();
+    write_chunks(writer, virtual_size, order)
+}
+
+/// Writes `order` with `writer`, checking `read_chunk` along the way, and finishes it.
+fn write_chunks(
+    mut writer: Qcow2Writer,
+    virtual_size: u64,
+    order: &[(u64, Chunk)],
+) -> BTreeMap<u64, Chunk> {
     let mut written = BTreeMap::new();
     let mut buf = [0u8; CHUNK_SIZE_BYTES];
     for (step, (index, data)) in order.iter().enumerate() {
@@ -292,22 +300,8 @@ fn writer_output_passes_qemu_check_and_compare() {
         let mut rng = Rng::new(seed);
         let base_path = dir.path().join("base.raw");
         let base = random_raw(&base_path, virtual_size, &mut rng);
-        let chunk_count = virtual_size.div_ceil(CHUNK_SIZE_U64);
-
-        let mut indexes: Vec<u64> = (0..chunk_count).filter(|_| rng.below(8) < 5).collect();
-        indexes.extend([0, chunk_count - 1, 511, 512, 1024]);
-        indexes.sort_unstable();
-        indexes.dedup();
-        for i in (1..indexes.len()).rev() {
-            let j = usize::try_from(rng.below(i as u64 + 1)).unwrap();
-            indexes.swap(i, j);
-        }
-        let mut order: Vec<(u64, Chunk)> = indexes.iter().map(|&i| (i, rng.chunk())).collect();
-        // A few overwrites: the later data must win.
-        for k in 0..5 {
-            let index = indexes[k * 3];
-            order.push((index, rng.chunk()));
-        }
+        // Overwrites included: the later data must win.
+        let order = random_order(&mut rng, virtual_size.div_ceil(CHUNK_SIZE_U64));
 
         let image = dir.path().join("out.qcow2");
         let written = write_image(&image, virtual_size, &base_path, &order);
@@ -318,6 +312,93 @@ fn writer_output_passes_qemu_check_and_compare() {
         );
         verify_writer_image(dir.path(), &image, &base_path, &base, &written);
     }
+}
+
+/// A random set of chunk indexes (with the edges of L2 regions and of the disk) in a
+/// random order, then a few overwrites.
+fn random_order(rng: &mut Rng, chunk_count: u64) -> Vec<(u64, Chunk)> {
+    let mut indexes: Vec<u64> = (0..chunk_count).filter(|_| rng.below(8) < 5).collect();
+    indexes.extend([0, chunk_count - 1, 511, 512, 1024]);
+    indexes.sort_unstable();
+    indexes.dedup();
+    for i in (1..indexes.len()).rev() {
+        let j = usize::try_from(rng.below(i as u64 + 1)).unwrap();
+        indexes.swap(i, j);
+    }
+    let mut order: Vec<(u64, Chunk)> = indexes.iter().map(|&i| (i, rng.chunk())).collect();
+    for k in 0..5 {
+        let index = indexes[k * 3];
+        order.push((index, rng.chunk()));
+    }
+    order
+}
+
+#[test]
+fn planned_writer_is_a_valid_image_before_and_after_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(21);
+    let virtual_size = 16 * MIB + 3 * 4096;
+    let base_path = dir.path().join("base.raw");
+    let base = random_raw(&base_path, virtual_size, &mut rng);
+    let order = random_order(&mut rng, virtual_size.div_ceil(CHUNK_SIZE_U64));
+    let image = dir.path().join("planned.qcow2");
+    let writer = Qcow2Writer::create_planned(
+        &image,
+        virtual_size,
+        base_path.to_str().unwrap(),
+        "raw",
+        order.iter().map(|(i, _)| *i),
+    )
+    .unwrap();
+    // What QEMU sees when it opens the disk of a streamed restore: a clean image whose
+    // planned chunks are still zero (holes), everything else the base's.
+    assert_qemu_check_clean(&image);
+    let zeros = [0u8; CHUNK_SIZE_BYTES];
+    let unwritten: BTreeMap<u64, Chunk> = order.iter().map(|(i, _)| (*i, zeros)).collect();
+    let expected = dir.path().join("before.raw");
+    expected_raw(&expected, &base, &unwritten);
+    assert_qemu_identical(&image, &expected);
+    let length = fs::metadata(&image).unwrap().len();
+
+    let written = write_chunks(writer, virtual_size, &order);
+    assert_eq!(
+        fs::metadata(&image).unwrap().len(),
+        length,
+        "chunks fill planned clusters, the file does not grow"
+    );
+    verify_writer_image(dir.path(), &image, &base_path, &base, &written);
+}
+
+#[test]
+fn planned_writer_refuses_unplanned_and_missing_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_path = dir.path().join("base.raw");
+    fs::write(&base_path, vec![0u8; 4 * 1024 * 1024]).unwrap();
+    let backing = base_path.to_str().unwrap();
+    let image = dir.path().join("a.qcow2");
+    let mut writer =
+        Qcow2Writer::create_planned(&image, 4 * MIB, backing, "raw", [3, 9, 700]).unwrap();
+    let data = [7u8; CHUNK_SIZE_BYTES];
+    let refused = writer.write_chunk(4, &data).unwrap_err().to_string();
+    assert!(refused.contains("not one of the chunks"), "{refused}");
+    writer.write_chunk(3, &data).unwrap();
+    writer.write_chunk(700, &data).unwrap();
+    let mut buf = [0u8; CHUNK_SIZE_BYTES];
+    assert!(
+        !writer.read_chunk(9, &mut buf).unwrap(),
+        "planned, not written"
+    );
+    assert!(writer.read_chunk(700, &mut buf).unwrap());
+    assert_eq!(writer.chunks_written(), 2);
+    let missing = writer.finish().unwrap_err().to_string();
+    assert!(
+        missing.contains("planned chunk 9 was never written"),
+        "{missing}"
+    );
+
+    let out_of_range =
+        Qcow2Writer::create_planned(&dir.path().join("b.qcow2"), 4 * MIB, backing, "raw", [1024]);
+    assert!(out_of_range.is_err());
 }
 
 #[test]

@@ -37,10 +37,17 @@ const _: () = assert!(
 
 /// Writes a qcow2 v3 image backed by a base disk, holding only the chunks given to it.
 ///
-/// Data clusters are appended as chunks arrive; the writer keeps only a map from guest chunk
-/// index to host cluster. Nothing is a valid image until [`Qcow2Writer::finish`] writes the
-/// metadata and the header; a writer dropped before that leaves a file whose header cluster
-/// is all zeros.
+/// Two ways to lay it out:
+/// - [`create`](Self::create): data clusters are appended as chunks arrive; the writer
+///   keeps only a map from guest chunk index to host cluster. Nothing is a valid image
+///   until [`Qcow2Writer::finish`] writes the metadata and the header; a writer dropped
+///   before that leaves a file whose header cluster is all zeros.
+/// - [`create_planned`](Self::create_planned): the chunks that will be written are known
+///   in advance, so every cluster is placed and the metadata and header are written at
+///   once. The file is a valid image from the start (its data clusters read as zeros
+///   until written), which lets QEMU open it while the chunks are still arriving (a
+///   streamed restore: QEMU opens its disks when it starts, and re-reads their metadata
+///   only when the incoming migration completes).
 #[derive(Debug)]
 pub struct Qcow2Writer {
     file: File,
@@ -58,6 +65,11 @@ pub struct Qcow2Writer {
     pending: Vec<u8>,
     /// Host cluster of `pending`'s first byte.
     pending_first: u64,
+    /// Planned layout: which planned clusters hold their data yet (index: cluster - 1).
+    /// `None` for an appended layout.
+    planned: Option<Vec<bool>>,
+    /// Planned chunks written so far.
+    planned_written: u64,
 }
 
 /// Bytes of new clusters gathered before one write.
@@ -74,6 +86,83 @@ impl Qcow2Writer {
         backing_file: &str,
         backing_format: &str,
     ) -> Result<Self, Qcow2Error> {
+        let file = Self::create_file(path, virtual_size, backing_file, backing_format)?;
+        // Reserve the header cluster; it stays zero until `finish`.
+        file.set_len(CLUSTER_SIZE)?;
+        Ok(Qcow2Writer {
+            file,
+            virtual_size,
+            chunk_count: virtual_size.div_ceil(CHUNK_SIZE_U64),
+            backing_file: backing_file.to_owned(),
+            backing_format: backing_format.to_owned(),
+            clusters: BTreeMap::new(),
+            next_cluster: 1,
+            pending: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            pending_first: 1,
+            planned: None,
+            planned_written: 0,
+        })
+    }
+
+    /// Like [`create`](Self::create), for an image that will hold exactly the chunks
+    /// `chunks` (guest chunk indexes, in any order, repeats ignored): the image's metadata
+    /// and header are written before this returns, so the file is a valid qcow2 image at
+    /// once (the planned chunks read as zeros until written; every one must be written
+    /// before [`finish`](Self::finish)). Data clusters lie in guest order right after the
+    /// header.
+    pub fn create_planned(
+        path: &Path,
+        virtual_size: u64,
+        backing_file: &str,
+        backing_format: &str,
+        chunks: impl IntoIterator<Item = u64>,
+    ) -> Result<Self, Qcow2Error> {
+        let chunk_count = virtual_size.div_ceil(CHUNK_SIZE_U64);
+        let indexes: std::collections::BTreeSet<u64> = chunks.into_iter().collect();
+        if let Some(&last) = indexes.last() {
+            if last >= chunk_count {
+                return Err(Qcow2Error::OutOfRange {
+                    offset: last.saturating_mul(CHUNK_SIZE_U64),
+                    length: CHUNK_SIZE_U64,
+                    virtual_size,
+                });
+            }
+        }
+        let mut clusters = BTreeMap::new();
+        for (n, index) in indexes.into_iter().enumerate() {
+            let cluster = u32::try_from(n + 1)
+                .map_err(|_| Qcow2Error::invalid_argument("too many chunks for one qcow2 image"))?;
+            clusters.insert(index, cluster);
+        }
+        let count = clusters.len();
+        let file = Self::create_file(path, virtual_size, backing_file, backing_format)?;
+        let writer = Qcow2Writer {
+            file,
+            virtual_size,
+            chunk_count,
+            backing_file: backing_file.to_owned(),
+            backing_format: backing_format.to_owned(),
+            clusters,
+            next_cluster: count as u64 + 1,
+            pending: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            pending_first: 1,
+            planned: Some(vec![false; count]),
+            planned_written: 0,
+        };
+        if let Err(e) = writer.write_metadata() {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(writer)
+    }
+
+    /// Checks the arguments of a new image and creates its file, which must not exist.
+    fn create_file(
+        path: &Path,
+        virtual_size: u64,
+        backing_file: &str,
+        backing_format: &str,
+    ) -> Result<File, Qcow2Error> {
         if backing_file.is_empty() || backing_file.len() > MAX_BACKING_NAME_BYTES {
             return Err(Qcow2Error::invalid_argument(format!(
                 "backing file name must be 1 to {MAX_BACKING_NAME_BYTES} bytes"
@@ -99,29 +188,21 @@ impl Qcow2Writer {
                 "virtual size {virtual_size} is above the 8 TiB limit"
             )));
         }
-        let file = OpenOptions::new()
+        Ok(OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(path)?;
-        // Reserve the header cluster; it stays zero until `finish`.
-        file.set_len(CLUSTER_SIZE)?;
-        Ok(Qcow2Writer {
-            file,
-            virtual_size,
-            chunk_count: virtual_size.div_ceil(CHUNK_SIZE_U64),
-            backing_file: backing_file.to_owned(),
-            backing_format: backing_format.to_owned(),
-            clusters: BTreeMap::new(),
-            next_cluster: 1,
-            pending: Vec::with_capacity(WRITE_BUFFER_BYTES),
-            pending_first: 1,
-        })
+            .open(path)?)
+    }
+
+    /// The cluster after the last one in the write buffer.
+    fn pending_end(&self) -> u64 {
+        self.pending_first + (self.pending.len() / CHUNK_SIZE_BYTES) as u64
     }
 
     /// Where cluster `cluster`'s bytes sit in the write buffer, if they are still there.
     fn pending_range(&self, cluster: u64) -> Option<std::ops::Range<usize>> {
-        if cluster < self.pending_first || cluster >= self.next_cluster {
+        if cluster < self.pending_first || cluster >= self.pending_end() {
             return None;
         }
         let start = usize::try_from((cluster - self.pending_first) * CLUSTER_SIZE).ok()?;
@@ -145,6 +226,9 @@ impl Qcow2Writer {
     /// its cluster in place.
     pub fn write_chunk(&mut self, index: u64, data: &Chunk) -> Result<(), Qcow2Error> {
         self.check_index(index)?;
+        if self.planned.is_some() {
+            return self.write_planned(index, data);
+        }
         if let Some(&cluster) = self.clusters.get(&index) {
             match self.pending_range(u64::from(cluster)) {
                 Some(range) => self.pending[range].copy_from_slice(data),
@@ -165,12 +249,47 @@ impl Qcow2Writer {
         Ok(())
     }
 
+    /// Planned layout: writes `data` into the cluster planned for `index`, buffering runs
+    /// of consecutive clusters (chunks usually arrive in guest order).
+    fn write_planned(&mut self, index: u64, data: &Chunk) -> Result<(), Qcow2Error> {
+        let Some(&cluster) = self.clusters.get(&index) else {
+            return Err(Qcow2Error::invalid_argument(format!(
+                "chunk {index} is not one of the chunks the image was planned for"
+            )));
+        };
+        let cluster = u64::from(cluster);
+        if let Some(range) = self.pending_range(cluster) {
+            self.pending[range].copy_from_slice(data);
+            return Ok(());
+        }
+        if cluster != self.pending_end() || self.pending.len() >= WRITE_BUFFER_BYTES {
+            self.flush_pending()?;
+            self.pending_first = cluster;
+        }
+        self.pending.extend_from_slice(data);
+        if let Some(written) = self
+            .planned
+            .as_mut()
+            .and_then(|w| w.get_mut(usize::try_from(cluster - 1).ok()?))
+        {
+            if !*written {
+                *written = true;
+                self.planned_written += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads back the chunk written at `index` into `buf`; `Ok(false)` (and `buf` untouched)
     /// if that index was never written.
     pub fn read_chunk(&mut self, index: u64, buf: &mut Chunk) -> Result<bool, Qcow2Error> {
         self.check_index(index)?;
+        let written = |cluster: u32| match &self.planned {
+            Some(w) => w.get(cluster as usize - 1).copied().unwrap_or(false),
+            None => true,
+        };
         match self.clusters.get(&index) {
-            Some(&cluster) => {
+            Some(&cluster) if written(cluster) => {
                 match self.pending_range(u64::from(cluster)) {
                     Some(range) => buf.copy_from_slice(&self.pending[range]),
                     None => self
@@ -179,13 +298,16 @@ impl Qcow2Writer {
                 }
                 Ok(true)
             }
-            None => Ok(false),
+            _ => Ok(false),
         }
     }
 
     /// Number of distinct chunk indexes written so far.
     pub fn chunks_written(&self) -> u64 {
-        self.next_cluster - 1
+        match self.planned {
+            Some(_) => self.planned_written,
+            None => self.next_cluster - 1,
+        }
     }
 
     /// Writes the L2 tables, the L1 table, the refcount table and blocks, flushes them, then
@@ -200,6 +322,42 @@ impl Qcow2Writer {
     /// writing it.
     pub fn finish_with(mut self, durable: bool) -> Result<File, Qcow2Error> {
         self.flush_pending()?;
+        if let Some(written) = &self.planned {
+            if let Some(missing) = written.iter().position(|w| !w) {
+                let index = self
+                    .clusters
+                    .iter()
+                    .find(|(_, &c)| c as usize == missing + 1)
+                    .map_or(0, |(&i, _)| i);
+                return Err(Qcow2Error::invalid_argument(format!(
+                    "planned chunk {index} was never written ({} of {} are)",
+                    self.planned_written,
+                    written.len()
+                )));
+            }
+            if durable {
+                self.file.sync_all()?;
+            }
+            return Ok(self.file);
+        }
+        let header = self.write_metadata_with(durable)?;
+        self.file.write_all_at(&header, 0)?;
+        if durable {
+            self.file.sync_all()?;
+        }
+        Ok(self.file)
+    }
+
+    /// Planned layout: writes the metadata, then the header.
+    fn write_metadata(&self) -> Result<(), Qcow2Error> {
+        let header = self.write_metadata_with(false)?;
+        self.file.write_all_at(&header, 0)?;
+        Ok(())
+    }
+
+    /// Writes the L2 tables, the L1 table, the refcount table and blocks behind cluster
+    /// `next_cluster - 1` (syncing them when `durable`) and returns the header to write.
+    fn write_metadata_with(&self, durable: bool) -> Result<Vec<u8>, Qcow2Error> {
         let l2_count = count_l2_tables(self.clusters.keys());
         let l1_size = self.virtual_size.div_ceil(L2_ENTRIES * CLUSTER_SIZE);
         let layout = Layout::compute(self.next_cluster, l2_count, l1_size);
@@ -295,11 +453,7 @@ impl Qcow2Writer {
         if durable {
             self.file.sync_data()?;
         }
-        self.file.write_all_at(&header, 0)?;
-        if durable {
-            self.file.sync_all()?;
-        }
-        Ok(self.file)
+        Ok(header)
     }
 
     fn check_index(&self, index: u64) -> Result<(), Qcow2Error> {

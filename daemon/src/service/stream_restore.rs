@@ -1,0 +1,242 @@
+//! A restore that reads the save file while it is being decoded: libvirt restores from a
+//! FIFO in the session directory, the decoder writes the save file into it.
+//!
+//! libvirt opens the path, reads its header and the domain XML, starts QEMU (which opens
+//! the VM's disk) and hands the rest of the stream to QEMU's incoming migration. So the
+//! order is: the decoder creates the disk (a valid image from the start), then
+//! [`StreamedRestore::opener`] starts the restore and opens the FIFO's write end once
+//! libvirt has opened its read end, then the decoder streams the pages and, once the whole
+//! overlay verified and the disk is complete, the device state that lets the restore
+//! finish. A decode that fails closes the FIFO early: QEMU sees a truncated stream, the
+//! restore fails, libvirt removes the half-started domain.
+//!
+//! If libvirt never opens the FIFO (it refused the restore before reading, or did not
+//! open it within [`OPEN_TIMEOUT`]), the opener declines the stream and the decoder writes
+//! a save file instead (unless streaming is required).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use cloudlet_engine::decode::OpenStream;
+use rustix::fs::{Mode, OFlags};
+use tokio::task::JoinHandle;
+
+use super::ServiceError;
+use crate::config::RestoreStream;
+use crate::store::bases::BaseRecord;
+use crate::virt::{Hypervisor, VirtError};
+use crate::AppState;
+
+/// Longest libvirt may take to open the FIFO once the restore started.
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often the opener looks again while libvirt has not opened the FIFO.
+const OPEN_POLL: Duration = Duration::from_millis(2);
+
+/// A FIFO in a session directory and the restore reading it, once started.
+pub(crate) struct StreamedRestore {
+    fifo: PathBuf,
+    restore: Arc<Mutex<Option<Started>>>,
+}
+
+/// The restore, started by the opener.
+struct Started {
+    task: JoinHandle<Result<(), VirtError>>,
+    at: Instant,
+    /// Whether the opener handed the FIFO to the decoder.
+    streamed: bool,
+}
+
+/// How a streamed restore ended.
+pub(crate) enum Outcome {
+    /// No stream: the opener was not called (the decode failed first, or the overlay has
+    /// no memory) or declined the stream (the decoder wrote a save file instead).
+    NotStreamed,
+    /// The restore read the stream and returned this, after this long.
+    Finished(Result<(), VirtError>, Duration),
+}
+
+impl StreamedRestore {
+    /// Makes the FIFO `memory.fifo` in `dir` (0600: only libvirtd, root, opens it).
+    pub(crate) fn create(dir: &Path) -> std::io::Result<Self> {
+        let fifo = dir.join("memory.fifo");
+        let _ = std::fs::remove_file(&fifo);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )?;
+        Ok(Self {
+            fifo,
+            restore: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The decoder's [`OpenStream`]: runs `prepare` (the disk exists now: give the VM its
+    /// files), starts the restore on `runtime`, and returns the FIFO's write end once
+    /// libvirt has opened it. With `required`, a restore that never opens it is an error;
+    /// otherwise the stream is declined (`None`) and the decoder writes a save file.
+    pub(crate) fn opener(
+        &self,
+        hv: Hypervisor,
+        runtime: tokio::runtime::Handle,
+        prepare: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+        required: bool,
+    ) -> OpenStream {
+        let (fifo, slot) = (self.fifo.clone(), self.restore.clone());
+        Box::new(move || {
+            prepare()?;
+            let path = fifo.clone();
+            let task = runtime.spawn(async move { hv.restore(&path).await });
+            let at = Instant::now();
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Started {
+                task,
+                at,
+                streamed: false,
+            });
+            match open_write_end(&fifo, &slot) {
+                Ok(file) => {
+                    if let Some(s) = slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                        s.streamed = true;
+                    }
+                    Ok(Some(Box::new(file) as Box<dyn Write + Send>))
+                }
+                Err(e) if required => Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "streamed restore did not start; writing a save file instead");
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    /// Whether the opener handed the FIFO to the decoder.
+    pub(crate) fn streamed(&self) -> bool {
+        self.restore
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|s| s.streamed)
+    }
+
+    /// Waits for the restore, if the opener started it, and removes the FIFO. Call it once
+    /// the decoder is done (its end of the FIFO closed).
+    pub(crate) async fn outcome(self) -> Outcome {
+        let started = self
+            .restore
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(Started { task, at, streamed }) = started else {
+            let _ = std::fs::remove_file(&self.fifo);
+            return Outcome::NotStreamed;
+        };
+        if !task.is_finished() {
+            // libvirt may still be blocked opening the FIFO (the opener gave up on it, or
+            // failed): a writer that comes and goes releases it, with an empty stream.
+            if let Ok(fd) = rustix::fs::open(
+                &self.fifo,
+                OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                drop(fd);
+            }
+        }
+        let result = task.await.unwrap_or_else(|e| Err(VirtError::Task(e)));
+        let _ = std::fs::remove_file(&self.fifo);
+        match (streamed, result) {
+            (true, result) => Outcome::Finished(result, at.elapsed()),
+            (false, Err(e)) => {
+                tracing::warn!(error = %e, "the restore refused the stream");
+                Outcome::NotStreamed
+            }
+            (false, Ok(())) => Outcome::NotStreamed,
+        }
+    }
+}
+
+/// Opens the FIFO's write end as soon as a reader has its read end open (a non-blocking
+/// open fails with ENXIO until then), unless the restore ends first or takes longer than
+/// [`OPEN_TIMEOUT`].
+fn open_write_end(fifo: &Path, restore: &Mutex<Option<Started>>) -> std::io::Result<File> {
+    let deadline = Instant::now() + OPEN_TIMEOUT;
+    loop {
+        match rustix::fs::open(
+            fifo,
+            OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                // Blocking from now on: the decoder waits while QEMU is busy.
+                rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+                return Ok(File::from(fd));
+            }
+            Err(rustix::io::Errno::NXIO) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let ended = restore
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(|s| s.task.is_finished());
+        if ended {
+            return Err(std::io::Error::other(
+                "the restore ended before it opened the stream",
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other(format!(
+                "libvirt did not open the stream within {} s",
+                OPEN_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(OPEN_POLL);
+    }
+}
+
+impl AppState {
+    /// A streamed restore for the session directory `dir` as `restore_stream` says (None:
+    /// off, or the FIFO cannot be made and streaming is not required), with the opener to
+    /// hand to whatever writes the save file. The opener gives the VM its files (the base's
+    /// and `dir`'s) before the restore starts.
+    pub(crate) fn streamed_restore(
+        &self,
+        base: &BaseRecord,
+        dir: &Path,
+    ) -> Result<Option<(StreamedRestore, OpenStream)>, ServiceError> {
+        let required = match self.config.restore_stream {
+            RestoreStream::Off => return Ok(None),
+            RestoreStream::On => true,
+            RestoreStream::Auto => false,
+        };
+        let restore = match StreamedRestore::create(dir) {
+            Ok(r) => r,
+            Err(e) if required => return Err(ServiceError::failed("making the restore's FIFO", e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the restore's FIFO; writing a save file");
+                return Ok(None);
+            }
+        };
+        let (confine, base_dir, session_dir) = (
+            self.confine.clone(),
+            PathBuf::from(&base.dir),
+            dir.to_path_buf(),
+        );
+        let prepare = move || {
+            confine
+                .share_base(&base_dir)
+                .map_err(std::io::Error::other)?;
+            confine
+                .hand_over(&session_dir)
+                .map_err(std::io::Error::other)
+        };
+        let runtime = tokio::runtime::Handle::current();
+        let open = restore.opener(self.hv.clone(), runtime, prepare, required);
+        Ok(Some((restore, open)))
+    }
+}
