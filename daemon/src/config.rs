@@ -151,21 +151,23 @@ impl std::str::FromStr for ConfinementMode {
     }
 }
 
-/// How synthesis hands the rebuilt memory to QEMU (see `service::stream_restore`).
+/// Whether a VM's memory moves between libvirt and the daemon through a FIFO as it is
+/// produced (see `service::stream_restore` and `service::stream_save`) or through a
+/// complete save file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RestoreStream {
-    /// Streamed through a FIFO as it is decoded; a restore that cannot start that way
-    /// (libvirt refuses the FIFO before reading it) falls back to a save file.
+pub enum StreamMode {
+    /// Streamed; when libvirt refuses the FIFO before any of the VM's memory moved, a save
+    /// file instead.
     #[default]
     Auto,
-    /// Streamed, or the synthesis fails.
+    /// Streamed, or the operation fails.
     On,
-    /// A complete save file is written, then restored (the guest's RAM size on disk).
+    /// A complete save file is written, then read (the guest's RAM size on disk).
     Off,
 }
 
-impl std::str::FromStr for RestoreStream {
+impl std::str::FromStr for StreamMode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -260,9 +262,12 @@ pub struct Config {
     pub vm_uid_first: u32,
     /// Size of that range: the most VMs that run at once (`CLOUDLET_VM_UID_COUNT`).
     pub vm_uid_count: u32,
-    /// Whether synthesis streams the memory into the restore (`CLOUDLET_RESTORE_STREAM`:
-    /// `auto`, `on` or `off`).
-    pub restore_stream: RestoreStream,
+    /// Whether synthesis and overlay sessions stream the memory into the restore
+    /// (`CLOUDLET_RESTORE_STREAM`: `auto`, `on` or `off`).
+    pub restore_stream: StreamMode,
+    /// Whether an overlay is encoded from the save as it is written
+    /// (`CLOUDLET_SAVE_STREAM`: `auto`, `on` or `off`).
+    pub save_stream: StreamMode,
 }
 
 impl Default for Config {
@@ -295,7 +300,8 @@ impl Default for Config {
             vm_gid: 64000,
             vm_uid_first: 64001,
             vm_uid_count: 999,
-            restore_stream: RestoreStream::Auto,
+            restore_stream: StreamMode::Auto,
+            save_stream: StreamMode::Auto,
         }
     }
 }
@@ -451,6 +457,9 @@ impl Config {
         }
         if let Some(v) = get("CLOUDLET_RESTORE_STREAM") {
             self.restore_stream = parse("restore_stream", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_SAVE_STREAM") {
+            self.save_stream = parse("save_stream", &v)?;
         }
         if let Some(v) = get("CLOUDLET_VM_GID") {
             self.vm_gid = parse("vm_gid", &v)?;
@@ -645,8 +654,12 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
       The daemon owns these uids: no account may use them.
   restore_stream            CLOUDLET_RESTORE_STREAM            auto  (auto | on | off)
       Synthesis streams the rebuilt memory into QEMU's restore through a FIFO as it is
-      decoded (no RAM-sized save file); auto falls back to a save file when libvirt
-      refuses the FIFO, off always writes the file.
+      decoded (no RAM-sized save file); overlay sessions resume the base the same way;
+      auto falls back to a save file when libvirt refuses the FIFO, off always writes it.
+  save_stream               CLOUDLET_SAVE_STREAM               auto  (auto | on | off)
+      Overlay creation encodes the customized VM's memory while libvirt saves it into a
+      FIFO (no save file); auto falls back to a save file when the save into the FIFO
+      fails with the VM still running.
 Log filter: CLOUDLET_LOG (default \"info\", e.g. \"cloudletd=debug\").
 `cloudletd print-config` shows the effective settings as TOML.";
 

@@ -31,11 +31,59 @@ fn daemon_with_workload(
     std::fs::create_dir_all(&files).unwrap();
     let vm = synthetic_vm(&files, spec).unwrap();
     let import = files.display().to_string();
-    let mut all = vec![("CLOUDLET_IMPORT_DIRS", import.as_str())];
+    // A synthetic VM never resumes: with a save file the whole overlay decodes before the
+    // restore fails, which is what these tests observe (a streamed restore stops the
+    // decode as soon as QEMU refuses the stream: `qemu_refusing_a_streamed_restore_...`).
+    let mut all = vec![
+        ("CLOUDLET_IMPORT_DIRS", import.as_str()),
+        ("CLOUDLET_RESTORE_STREAM", "off"),
+    ];
     all.extend_from_slice(env);
     let d = Daemon::start_in(&tmp.0.join("data"), &all).unwrap();
     vm.add_base(&d, "syn", &[8080]).unwrap();
     (tmp, d, vm)
+}
+
+#[test]
+fn qemu_refusing_a_streamed_restore_fails_cleanly() {
+    if !cloudlet_e2e::require_host("qemu_refusing_a_streamed_restore_fails_cleanly") {
+        return;
+    }
+    // QEMU refuses the synthetic VM's memory stream part way: the answer is the restore's
+    // error, and nothing is left (no VM, no session files, no FIFO, no libvirt job: the
+    // same request fails the same way again, promptly).
+    let (_tmp, d, vm) = daemon_with_base("refused", &[("CLOUDLET_RESTORE_STREAM", "on")]);
+    let bytes = std::fs::read(&vm.overlay).unwrap();
+    for attempt in 0..2 {
+        let started = std::time::Instant::now();
+        let (status, v) = d
+            .upload("/api/v1/synthesis/upload?base=syn", &bytes)
+            .unwrap();
+        assert_eq!((status, code(&v)), (502, "hypervisor-error"), "{v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("restore"), "{message}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "attempt {attempt} took {:?}",
+            started.elapsed()
+        );
+        let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
+        let sessions = sessions.as_array().unwrap();
+        assert_eq!(sessions.len(), attempt + 1);
+        for s in sessions {
+            assert_eq!(s["state"], "failed", "{s}");
+            assert!(s["timings"].get("restore").is_none(), "no save file: {s}");
+            let vm = s["vm_name"].as_str().unwrap();
+            assert!(
+                cloudlet_e2e::domains_with_prefix(vm).is_empty(),
+                "{vm} left"
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(d.data_dir.join("sessions"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "session files left: {left:?}");
+    }
 }
 
 fn code(v: &Value) -> &str {

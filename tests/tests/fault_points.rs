@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 const BASE_POINTS: &[&str] = &[
     "after:copy_disk",
     "after:boot",
-    "after:save",
+    "after:save_stream",
     "during:memory",
     "during:disk",
     "after:hash",
@@ -33,7 +33,7 @@ const OVERLAY_POINTS: &[&str] = &[
     "after:prepare",
     "after:resume_stream",
     "after:ports",
-    "after:save",
+    "after:save_stream",
     "during:memory",
     "during:disk",
     "after:encode",

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -125,41 +125,93 @@ pub fn encode(
         .num_threads(options.threads)
         .build()
         .map_err(EncodeError::Threads)?;
-    pool.install(|| encode_in_pool(base, input, out, options, progress))
+    pool.install(|| encode_in_pool(base, input.memory, input.disk, out, options, progress))
 }
 
-fn encode_in_pool(
+/// Like [`encode`], with the memory snapshot read from `memory` as it is written (e.g.
+/// the FIFO a save writes into: the pages are classified while the VM is being saved).
+/// `name` names it in errors. The disk is opened with `open_disk` once the memory stream
+/// has ended (a VM being saved still changes its disk's metadata until then).
+pub fn encode_streamed(
     base: &Base,
-    input: &EncodeInput<'_>,
+    memory: &mut (dyn Read + Send),
+    name: &str,
+    open_disk: impl FnOnce() -> Result<DiskSource, DiskError> + Send,
     out: &Path,
     options: &EncodeOptions,
     progress: &dyn Progress,
 ) -> Result<EncodeSummary, EncodeError> {
-    if input.disk.size() != base.disk_size() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.threads)
+        .build()
+        .map_err(EncodeError::Threads)?;
+    let mut builder = Builder::new(base, out, options)?;
+    pool.install(|| {
+        let started = Instant::now();
+        let memory = builder.add_memory(memory, name, progress)?;
+        let memory_time = started.elapsed();
+        let disk = open_disk()?;
+        check_disk_size(base, &disk)?;
+        finish_encode(builder, Some(memory), memory_time, &disk, options, progress)
+    })
+}
+
+fn check_disk_size(base: &Base, disk: &DiskSource) -> Result<(), EncodeError> {
+    if disk.size() != base.disk_size() {
         return Err(EncodeError::Mismatch(format!(
             "disk is {} bytes, base disk is {}",
-            input.disk.size(),
+            disk.size(),
             base.disk_size()
         )));
     }
+    Ok(())
+}
+
+fn encode_in_pool(
+    base: &Base,
+    memory: Option<&Path>,
+    disk: &DiskSource,
+    out: &Path,
+    options: &EncodeOptions,
+    progress: &dyn Progress,
+) -> Result<EncodeSummary, EncodeError> {
+    check_disk_size(base, disk)?;
     let mut builder = Builder::new(base, out, options)?;
 
     let started = Instant::now();
-    let memory = match input.memory {
-        Some(path) => Some(builder.add_memory(path, progress)?),
+    let memory = match memory {
+        Some(path) => {
+            let file = File::open(path).map_err(|source| EncodeError::OpenSaveFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let name = path.display().to_string();
+            Some(builder.add_memory(file, &name, progress)?)
+        }
         None => None,
     };
     let memory_time = started.elapsed();
+    finish_encode(builder, memory, memory_time, disk, options, progress)
+}
 
+/// Encodes the disk after the memory and writes the overlay.
+fn finish_encode(
+    mut builder: Builder<'_>,
+    memory: Option<MemorySnapshot>,
+    memory_time: Duration,
+    disk: &DiskSource,
+    options: &EncodeOptions,
+    progress: &dyn Progress,
+) -> Result<EncodeSummary, EncodeError> {
     let started = Instant::now();
-    builder.add_disk(input.disk, progress)?;
+    builder.add_disk(disk, progress)?;
     let disk_time = started.elapsed();
 
     let started = Instant::now();
     let examined_bytes = builder.examined * CHUNK_SIZE_BYTES as u64;
     let mut properties = options.properties.clone();
     properties.sort();
-    let (meta, file_size) = builder.finish(input.disk.size(), memory, properties)?;
+    let (meta, file_size) = builder.finish(disk.size(), memory, properties)?;
     Ok(EncodeSummary {
         meta,
         file_size,
@@ -220,19 +272,16 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn add_memory(
+    fn add_memory<R: Read + Send>(
         &mut self,
-        path: &Path,
+        file: R,
+        name: &str,
         progress: &dyn Progress,
     ) -> Result<MemorySnapshot, EncodeError> {
         let save_err = |source| EncodeError::SaveFile {
-            path: path.display().to_string(),
+            path: name.to_string(),
             source,
         };
-        let file = File::open(path).map_err(|source| EncodeError::OpenSaveFile {
-            path: path.display().to_string(),
-            source,
-        })?;
         let mut reader =
             SaveFileReader::open(BufReader::with_capacity(1 << 20, file)).map_err(save_err)?;
         let layout = reader.layout().clone();

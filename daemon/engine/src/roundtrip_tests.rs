@@ -529,3 +529,55 @@ fn a_streamed_disk_only_overlay_writes_nothing_to_the_stream() {
     assert!(streamed.is_empty(), "{} bytes streamed", streamed.len());
     assert_same_disk(&s, &s.dir.join("only.disk"), DiskOutputFormat::Qcow2);
 }
+
+#[test]
+fn an_overlay_encoded_from_a_stream_equals_one_encoded_from_the_file() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let s = setup(&WorkloadSpec::small(15));
+    let disk = DiskSource::raw(&s.work.custom_disk).unwrap();
+    let (from_file, _) = encode_to(&s, "file.overlay", &disk, true);
+    // The save file's bytes through a bounded buffer, as a save writes them into a FIFO.
+    let save = std::fs::read(s.work.custom_save.as_deref().unwrap()).unwrap();
+    let (mut writer, mut reader) = UnixStream::pair().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for piece in save.chunks(1000) {
+            writer.write_all(piece).unwrap();
+        }
+    });
+    let from_stream = s.dir.join("stream.overlay");
+    let options = EncodeOptions::default();
+    let custom_disk = s.work.custom_disk.clone();
+    crate::encode::encode_streamed(
+        &s.base,
+        &mut reader,
+        "save stream",
+        || DiskSource::raw(&custom_disk),
+        &from_stream,
+        &options,
+        &NoProgress,
+    )
+    .unwrap();
+    feeder.join().unwrap();
+    assert!(
+        std::fs::read(&from_file).unwrap() == std::fs::read(&from_stream).unwrap(),
+        "the overlays differ"
+    );
+
+    // A stream that ends early fails the encode, naming the stream; no overlay is left.
+    let save = std::fs::read(s.work.custom_save.as_deref().unwrap()).unwrap();
+    let cut = s.dir.join("cut.overlay");
+    let mut short = std::io::Cursor::new(save[..save.len() / 2].to_vec());
+    let err = crate::encode::encode_streamed(
+        &s.base,
+        &mut short,
+        "save stream",
+        || DiskSource::raw(&s.work.custom_disk),
+        &cut,
+        &options,
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("save stream"), "{err}");
+    assert!(!cut.exists());
+}

@@ -12,6 +12,7 @@ pub mod overlay;
 pub mod progress;
 pub mod session;
 mod stream_restore;
+mod stream_save;
 pub mod synthesis;
 pub mod tokens;
 pub mod transfer;

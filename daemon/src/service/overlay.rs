@@ -12,7 +12,9 @@ use sqlx::types::Json;
 
 use super::base::{check_ports, run_script};
 use super::stream_restore::Outcome;
+use super::stream_save::StreamedSave;
 use super::{blocking, Caller, ServiceError, StepTimer};
+use crate::config::StreamMode;
 use crate::store::bases::BaseRecord;
 use crate::store::overlays::OverlayRecord;
 use crate::store::sessions::SessionRecord;
@@ -21,7 +23,7 @@ use crate::AppState;
 use cloudlet_engine::base::{stream_base_save_file, write_base_save_file, Base, BasePaths};
 use cloudlet_engine::chunk::ImageKind;
 use cloudlet_engine::disk::DiskSource;
-use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
+use cloudlet_engine::encode::{encode, encode_streamed, EncodeInput, EncodeOptions, EncodeSummary};
 
 const RESUME_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -257,11 +259,9 @@ impl AppState {
             }
             timer.record("prepare_save", started);
         }
-        self.save_session_vm(session, &save, &mut timer).await?;
         let overlay_id = crate::store::new_id();
         let out = self.data.overlay_file(&overlay_id);
-        let started = StepTimer::begin("encode");
-        let engine_base = open_base(&base).await?;
+        let engine_base = std::sync::Arc::new(open_base(&base).await?);
         let options = EncodeOptions {
             zstd_level: self.config.zstd_level,
             threads: self.config.threads,
@@ -275,23 +275,50 @@ impl AppState {
                     .join(","),
             )],
         };
-        let summary = {
-            let (out, base_disk, disk_only) =
-                (out.clone(), base_paths(&base).disk, params.disk_only);
-            let reporter = super::progress::engine_reporter();
-            blocking(move || {
-                let disk = DiskSource::qcow2(&dir.join("disk.qcow2"), &base_disk)
-                    .map_err(|e| ServiceError::failed("reading the customized disk", e))?;
-                let input = EncodeInput {
-                    memory: (!disk_only).then_some(save.as_path()),
-                    disk: &disk,
-                };
-                encode(&engine_base, &input, &out, &options, &reporter)
-                    .map_err(|e| ServiceError::failed("encoding the overlay", e))
-            })
-            .await?
+        let base_disk = base_paths(&base).disk;
+        let customized_disk = dir.join("disk.qcow2");
+        let mut streamed = None;
+        if !params.disk_only && self.config.save_stream != StreamMode::Off {
+            streamed = self
+                .save_and_encode_streamed(
+                    session,
+                    (&engine_base, &base_disk, &customized_disk),
+                    (&out, &options),
+                    &mut timer,
+                )
+                .await?;
+        }
+        let (summary, started) = match streamed {
+            Some(done) => done,
+            None => {
+                if session.state() == SessionState::Saving {
+                    // A streamed save that failed with the VM still running: save it
+                    // to a file.
+                    let vm = session.vm_name.clone().unwrap_or_default();
+                    timer.time("save", self.hv.save(&vm, &save)).await?;
+                    session.advance(SessionState::Encoding)?;
+                    self.store.update_session(session).await?;
+                } else {
+                    self.save_session_vm(session, &save, &mut timer).await?;
+                }
+                let started = StepTimer::begin("encode");
+                let (out, disk_only) = (out.clone(), params.disk_only);
+                let reporter = super::progress::engine_reporter();
+                let summary = blocking(move || {
+                    let disk = DiskSource::qcow2(&customized_disk, &base_disk)
+                        .map_err(|e| ServiceError::failed("reading the customized disk", e))?;
+                    let input = EncodeInput {
+                        memory: (!disk_only).then_some(save.as_path()),
+                        disk: &disk,
+                    };
+                    encode(&engine_base, &input, &out, &options, &reporter)
+                        .map_err(|e| ServiceError::failed("encoding the overlay", e))
+                })
+                .await?;
+                timer.record("encode", started);
+                (summary, started)
+            }
         };
-        timer.record("encode", started);
         let info = summary.meta.info(summary.file_size);
         let mut stats = serde_json::to_value(&info)
             .map_err(|e| ServiceError::failed("recording statistics", e))?;
@@ -324,6 +351,79 @@ impl AppState {
         session.overlay_id = Some(overlay_id);
         timer.merge_into(session);
         Ok(())
+    }
+
+    /// Saves the session's VM into a FIFO and encodes the overlay from it as it is written
+    /// (see `stream_save`). `None`, with the session `saving` and its VM still running,
+    /// when the save failed and `save_stream = auto`: the caller saves to a file instead.
+    async fn save_and_encode_streamed(
+        &self,
+        session: &mut SessionRecord,
+        (engine_base, base_disk, customized_disk): (&std::sync::Arc<Base>, &Path, &Path),
+        (out, options): (&Path, &EncodeOptions),
+        timer: &mut StepTimer,
+    ) -> Result<Option<(EncodeSummary, std::time::Instant)>, ServiceError> {
+        let required = self.config.save_stream == StreamMode::On;
+        let vm = session.vm_name.clone().unwrap_or_default();
+        let dir = PathBuf::from(session.run_dir.clone().unwrap_or_default());
+        session.advance(SessionState::Saving)?;
+        self.store.update_session(session).await?;
+        let saving = match StreamedSave::start(&self.hv, &vm, &dir) {
+            Ok(saving) => saving,
+            Err(e) if required => return Err(ServiceError::failed("making the save's FIFO", e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the save's FIFO; saving to a file");
+                return Ok(None);
+            }
+        };
+        let started = StepTimer::begin("encode");
+        let work = {
+            let mut reader = saving.reader();
+            let (engine_base, base_disk, disk) = (
+                engine_base.clone(),
+                base_disk.to_path_buf(),
+                customized_disk.to_path_buf(),
+            );
+            let (out, options) = (out.to_path_buf(), options.clone());
+            let reporter = super::progress::engine_reporter();
+            blocking(move || {
+                // The disk is opened once the memory stream ended: QEMU has flushed it by
+                // then (before its last section).
+                encode_streamed(
+                    &engine_base,
+                    &mut reader,
+                    "save stream",
+                    || DiskSource::qcow2(&disk, &base_disk),
+                    &out,
+                    &options,
+                    &reporter,
+                )
+                .map_err(|e| ServiceError::failed("encoding the overlay", e))
+            })
+        };
+        let (encoded, saved, save_took) = saving.finish(work).await;
+        match (encoded, saved) {
+            (Ok(summary), Ok(())) => {
+                timer.record_took("save_stream", save_took);
+                timer.record("encode", started);
+                session.advance(SessionState::Encoding)?;
+                self.store.update_session(session).await?;
+                Ok(Some((summary, started)))
+            }
+            // The save failed, so libvirt resumed the VM: nothing is lost yet.
+            (encoded, Err(e)) => {
+                if let Err(encode) = &encoded {
+                    tracing::debug!(error = %super::chain(encode), "encode stopped with the save");
+                }
+                if required || !self.hv.is_running(&vm).await.unwrap_or(false) {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "saving into a FIFO failed; saving to a file");
+                Ok(None)
+            }
+            // The VM is saved (gone) and the stream read, but not encoded.
+            (Err(e), Ok(())) => Err(e),
+        }
     }
 
     /// Runs the commands that make the saved VM smaller. They only shrink the overlay, so

@@ -25,7 +25,7 @@ use rustix::fs::{Mode, OFlags};
 use tokio::task::JoinHandle;
 
 use super::ServiceError;
-use crate::config::RestoreStream;
+use crate::config::StreamMode;
 use crate::store::bases::BaseRecord;
 use crate::virt::{Hypervisor, VirtError};
 use crate::AppState;
@@ -210,9 +210,9 @@ impl AppState {
         dir: &Path,
     ) -> Result<Option<(StreamedRestore, OpenStream)>, ServiceError> {
         let required = match self.config.restore_stream {
-            RestoreStream::Off => return Ok(None),
-            RestoreStream::On => true,
-            RestoreStream::Auto => false,
+            StreamMode::Off => return Ok(None),
+            StreamMode::On => true,
+            StreamMode::Auto => false,
         };
         let restore = match StreamedRestore::create(dir) {
             Ok(r) => r,

@@ -75,6 +75,7 @@ use std::io;
 
 pub use layout::{RamBlock, SaveFileLayout};
 pub use reader::SaveFileReader;
+pub use wire::{LIBVIRT_MAGIC, LIBVIRT_PARTIAL_MAGIC};
 pub use writer::{prefix, records_len, SaveFileWriter};
 
 /// Size of libvirt's save header (magic, six u32 fields and 14 unused u32), in bytes.

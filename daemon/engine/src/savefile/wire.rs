@@ -6,8 +6,11 @@ use std::io::{self, Read};
 use super::SaveFileError;
 use crate::limits::MAX_QEMU_CONFIG_BYTES;
 
-pub(super) const LIBVIRT_MAGIC: &[u8; 16] = b"LibvirtQemudSave";
-pub(super) const LIBVIRT_PARTIAL_MAGIC: &[u8; 16] = b"LibvirtQemudPart";
+/// The magic of a complete libvirt save file.
+pub const LIBVIRT_MAGIC: &[u8; 16] = b"LibvirtQemudSave";
+/// The magic libvirt writes first, and replaces with [`LIBVIRT_MAGIC`] (reopening the
+/// file) once the save succeeded.
+pub const LIBVIRT_PARTIAL_MAGIC: &[u8; 16] = b"LibvirtQemudPart";
 /// Highest libvirt save header version known (2 added the cookie and compression field).
 pub(super) const LIBVIRT_MAX_VERSION: u32 = 2;
 /// Unused u32 words at the end of the libvirt header.

@@ -11,6 +11,7 @@
 //! - the floor: `virsh restore` of the customized save file itself.
 //!
 //! Prints a table and writes JSON (`--json FILE`). Run: `bash scripts/bench-vms.sh`.
+//! `--big`, `--scale` and `--stream` (see `stream.rs`) drive a real daemon instead.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a report tool
 
 use std::fs::File;
@@ -29,6 +30,8 @@ use cloudlet_engine::encode::{encode, EncodeInput, EncodeOptions};
 use cloudlet_engine::format::OverlayReader;
 use cloudlet_engine::progress::NoProgress;
 use serde_json::json;
+
+mod stream;
 
 const BOOT: Duration = Duration::from_secs(120);
 const CMD: Duration = Duration::from_secs(300);
@@ -82,6 +85,7 @@ struct Args {
     only: Option<String>,
     scale: bool,
     big: bool,
+    stream: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -92,6 +96,7 @@ fn parse_args() -> anyhow::Result<Args> {
         only: None,
         scale: false,
         big: false,
+        stream: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -101,10 +106,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--skip-xz" => args.skip_xz = true,
             "--scale" => args.scale = true,
             "--big" => args.big = true,
+            "--stream" => args.stream = true,
             "--only" => args.only = Some(it.next().context("--only WORKLOAD")?),
             "-h" | "--help" => {
                 println!(
-                    "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale | --big]\n\
+                    "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale | --big | --stream]\n\
                      workloads: {}",
                     workloads()
                         .iter()
@@ -167,6 +173,8 @@ struct DaemonBase {
     d: cloudlet_e2e::Daemon,
     name: &'static str,
     base: serde_json::Value,
+    /// `CLOUDLET_IMPORT_DIRS` of the daemon.
+    import: String,
 }
 
 impl DaemonBase {
@@ -195,6 +203,7 @@ impl DaemonBase {
             d,
             name,
             base: serde_json::Value::Null,
+            import,
         };
         me.base = me.call(
             "POST",
@@ -206,6 +215,28 @@ impl DaemonBase {
             }),
         )?;
         Ok(me)
+    }
+
+    /// Stops the daemon (SIGTERM) and starts it again on the same data with `env`.
+    fn restart(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let data = self.d.data_dir.clone();
+        self.d.stop()?;
+        let mut all = vec![("CLOUDLET_IMPORT_DIRS", self.import.as_str())];
+        all.extend_from_slice(env);
+        self.d = cloudlet_e2e::Daemon::start_in(&data, &all)?;
+        Ok(())
+    }
+
+    /// Stops a session (its VM goes).
+    fn stop(&self, session: &serde_json::Value) -> anyhow::Result<()> {
+        let id = session["id"].as_str().context("session id")?;
+        let (status, v) = self
+            .d
+            .json("POST", &format!("/api/v1/sessions/{id}/stop"), None)?;
+        if status != 200 {
+            bail!("stopping session {id}: {status} {v}");
+        }
+        Ok(())
     }
 
     fn call(
@@ -251,9 +282,7 @@ impl DaemonBase {
             "/api/v1/synthesis",
             json!({ "base": self.name, "overlay_id": overlay_id }),
         )?;
-        let session = synthesis["id"].as_str().context("session id")?;
-        self.d
-            .json("POST", &format!("/api/v1/sessions/{session}/stop"), None)?;
+        self.stop(&synthesis)?;
         Ok((overlay, record, synthesis))
     }
 
@@ -326,7 +355,8 @@ fn scale_through_the_daemon(
                 "modified_disk_chunks": record["modified_disk_chunks"],
                 "encode_s": step_s(&overlay, "encode"),
                 "decode_s": step_s(&synthesis, "decode"),
-                "restore_s": step_s(&synthesis, "restore"),
+                "restore_s": step_s(&synthesis, "restore")
+                    .or_else(|| step_s(&synthesis, "restore_stream")),
                 "overlay_timings": overlay["timings"],
                 "synthesis_timings": synthesis["timings"],
             }));
@@ -363,9 +393,11 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let guest = fixture_guest()?;
     let tmp = TempDir::new("bench-vms")?;
-    if args.big || args.scale {
+    if args.big || args.scale || args.stream {
         let result = if args.big {
             big_guest_through_the_daemon(&guest.dir, &tmp.0)?
+        } else if args.stream {
+            stream::stream_vs_file(&guest.dir, &tmp.0, args.runs)?
         } else {
             scale_through_the_daemon(&guest.dir, &tmp.0, args.runs)?
         };

@@ -1,0 +1,233 @@
+//! `--stream`: synthesis and overlay-session start with the memory streamed into the
+//! restore (`restore_stream = on`) against the save-file path (`off`), on one 1 GiB-RAM
+//! guest, in one run: the same daemon data directory, restarted in each mode.
+//!
+//! Per mode: an overlay session's start (prepare + resume), syntheses from the stored
+//! overlay (wall time to the app answering, the bytes the daemon wrote, the qcow2's
+//! size), and syntheses uploaded over a paced link (10, 40, 100 Mbit/s) measured from
+//! the first byte sent to the app answering on its forwarded port. The reference is a
+//! plain `virsh restore` of the customized VM's save file from the page cache.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use super::{median, workloads, DaemonBase};
+
+/// Upload speeds of the link series, in Mbit/s.
+const LINK_MBIT: [u64; 3] = [10, 40, 100];
+
+/// The app the overlay carries: answers on guest port 8080.
+const APP: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
+
+pub(super) fn stream_vs_file(fixture: &Path, tmp: &Path, runs: usize) -> anyhow::Result<Value> {
+    println!("== streamed restore vs save file: 1 GiB RAM / 2 GiB disk guest through the daemon");
+    let mut b = DaemonBase::boot(fixture, tmp, "stream", 2 << 30, 1024)?;
+    let mut script = workloads()
+        .into_iter()
+        .find(|w| w.name == "reference")
+        .context("reference workload")?
+        .script;
+    script.push(APP.to_string());
+    let overlay = b.call(
+        "POST",
+        "/api/v1/overlays",
+        json!({ "base": b.name, "script": script, "finish": true, "guest_ports": [8080] }),
+    )?;
+    let overlay_id = overlay["overlay_id"]
+        .as_str()
+        .context("overlay id")?
+        .to_string();
+    let (status, bytes) = b.d.send(
+        "GET",
+        &format!("/api/v1/overlays/{overlay_id}/file"),
+        &[],
+        &[],
+    )?;
+    if status != 200 {
+        bail!("overlay download: {status}");
+    }
+    println!("  overlay: {} bytes", bytes.len());
+
+    let mut modes = serde_json::Map::new();
+    let mut reference = Value::Null;
+    for mode in ["on", "off"] {
+        b.restart(&[("CLOUDLET_RESTORE_STREAM", mode)])?;
+        println!("-- restore_stream = {mode}");
+        let mut starts = Vec::new();
+        let mut session_timings = Vec::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            let s = b.call(
+                "POST",
+                "/api/v1/overlays",
+                json!({ "base": b.name, "script": ["true"] }),
+            )?;
+            starts.push(started.elapsed());
+            session_timings.push(s["timings"].clone());
+            b.stop(&s)?;
+        }
+        let mut syntheses = Vec::new();
+        for run in 0..runs {
+            let pid = b.d.pid().context("daemon pid")?;
+            let written_before = written_bytes(pid)?;
+            let started = Instant::now();
+            let s = b.call(
+                "POST",
+                "/api/v1/synthesis",
+                json!({ "base": b.name, "overlay_id": overlay_id }),
+            )?;
+            let answered = app_answers(&s)?;
+            let app_s = started.elapsed().as_secs_f64();
+            let _ = answered;
+            let written = written_bytes(pid)? - written_before;
+            let disk = session_disk(&b, &s)?;
+            syntheses.push(json!({
+                "app_answering_s": app_s,
+                "daemon_bytes_written": written,
+                "qcow2_bytes": disk,
+                "timings": s["timings"],
+            }));
+            if mode == "off" && run + 1 == runs {
+                reference = plain_restore(&b, &s, runs)?;
+            }
+            b.stop(&s)?;
+        }
+        let mut link = Vec::new();
+        for mbit in LINK_MBIT {
+            let (app_s, s) = paced_synthesis(&b, &bytes, mbit)?;
+            let transfer_s = bytes.len() as f64 * 8.0 / (mbit as f64 * 1e6);
+            println!(
+                "  {mbit:>3} Mbit/s: app answering {app_s:.2} s after the first byte \
+                 (transfer {transfer_s:.2} s, + {:.2} s)",
+                app_s - transfer_s
+            );
+            link.push(json!({
+                "mbit_s": mbit,
+                "transfer_s": transfer_s,
+                "app_answering_s": app_s,
+                "over_transfer_s": app_s - transfer_s,
+                "timings": s["timings"],
+            }));
+            b.stop(&s)?;
+        }
+        let median_s = |v: &[Duration]| median(v.to_vec()).as_secs_f64();
+        let synth_s: Vec<Duration> = syntheses
+            .iter()
+            .filter_map(|s| s["app_answering_s"].as_f64())
+            .map(Duration::from_secs_f64)
+            .collect();
+        println!(
+            "  overlay session start {:.2} s, synthesis to app answering {:.2} s (medians)",
+            median_s(&starts),
+            median_s(&synth_s)
+        );
+        modes.insert(
+            mode.to_string(),
+            json!({
+                "overlay_session_start_s": median_s(&starts),
+                "overlay_session_timings": session_timings,
+                "synthesis_to_app_s": median_s(&synth_s),
+                "syntheses": syntheses,
+                "link": link,
+            }),
+        );
+    }
+    let peak = b.peak_rss_mib()?;
+    println!("  daemon peak RSS: {peak} MiB (target ≤ 256)");
+    Ok(json!({
+        "guest": "1 GiB RAM, 2 GiB disk (fixture kernel + initramfs)",
+        "overlay_bytes": bytes.len(),
+        "restore_stream": modes,
+        "plain_virsh_restore": reference,
+        "daemon_peak_rss_mib": peak,
+    }))
+}
+
+/// Bytes `pid` caused to be written (`/proc/PID/io` write_bytes: counted when pages are
+/// dirtied, so page-cache writes count before they reach the disk).
+fn written_bytes(pid: u32) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("write_bytes in /proc/PID/io")
+}
+
+/// Size of a running session's disk.
+fn session_disk(b: &DaemonBase, session: &Value) -> anyhow::Result<u64> {
+    let id = session["id"].as_str().context("session id")?;
+    let disk = b.d.data_dir.join("sessions").join(id).join("disk.qcow2");
+    Ok(std::fs::metadata(disk)?.len())
+}
+
+/// Waits for the session's app (guest port 8080) to answer.
+fn app_answers(session: &Value) -> anyhow::Result<String> {
+    let port = session["host_ports"]["8080"]
+        .as_u64()
+        .context("no forwarded port 8080")?;
+    cloudlet_e2e::greeting(port)
+}
+
+/// Uploads `overlay` for synthesis at `mbit` Mbit/s (paced by the client); returns the
+/// time from the first byte sent to the app answering, and the session.
+fn paced_synthesis(b: &DaemonBase, overlay: &[u8], mbit: u64) -> anyhow::Result<(f64, Value)> {
+    let mut s = TcpStream::connect(b.d.addr)?;
+    s.set_nodelay(true)?;
+    let head = format!(
+        "POST /api/v1/synthesis/upload?base={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        b.name,
+        b.d.token,
+        overlay.len()
+    );
+    s.write_all(head.as_bytes())?;
+    let bytes_per_s = mbit as f64 * 1e6 / 8.0;
+    let started = Instant::now();
+    let mut sent = 0usize;
+    for piece in overlay.chunks(16 << 10) {
+        s.write_all(piece)?;
+        sent += piece.len();
+        let due = Duration::from_secs_f64(sent as f64 / bytes_per_s);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let session: Value = serde_json::from_str(body)
+        .with_context(|| format!("synthesis answer: {}", reply.lines().next().unwrap_or("")))?;
+    if session["state"] != "running" {
+        bail!("paced synthesis: {reply}");
+    }
+    app_answers(&session)?;
+    Ok((started.elapsed().as_secs_f64(), session))
+}
+
+/// The reference: `virsh save` of a synthesized VM, then `virsh restore` of that file
+/// from the page cache (`runs` times, each after a destroy): the median.
+fn plain_restore(b: &DaemonBase, session: &Value, runs: usize) -> anyhow::Result<Value> {
+    let vm = session["vm_name"].as_str().context("vm name")?;
+    let save = b.d.data_dir.join("reference.save");
+    let save_s = save.to_str().context("path")?;
+    cloudlet_e2e::virsh(&["save", vm, save_s])?;
+    let mut times = Vec::new();
+    for _ in 0..runs + 1 {
+        let started = Instant::now();
+        cloudlet_e2e::virsh(&["restore", save_s])?;
+        times.push(started.elapsed());
+        cloudlet_e2e::virsh(&["destroy", vm])?;
+    }
+    times.remove(0); // the first run reads the file into the page cache
+    let size = std::fs::metadata(&save)?.len();
+    std::fs::remove_file(&save)?;
+    let restore_s = median(times).as_secs_f64();
+    println!("  plain virsh restore of the customized save file ({size} bytes): {restore_s:.2} s");
+    Ok(json!({ "save_file_bytes": size, "restore_s": restore_s }))
+}
