@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 const BASE_POINTS: &[&str] = &[
     "after:copy_disk",
     "after:boot",
-    "after:save_stream",
+    "after:save",
     "during:memory",
     "during:disk",
     "after:hash",

@@ -160,6 +160,18 @@ impl StreamedRestore {
     }
 }
 
+/// Pipe buffer of a FIFO that carries a VM's memory: 16 times the default 64 KiB, so
+/// that writer and reader switch less often (Linux's default limit for an unprivileged
+/// process, `/proc/sys/fs/pipe-max-size`, is 1 MiB).
+pub(crate) const PIPE_BYTES: usize = 1 << 20;
+
+/// Grows the pipe behind `fd` to [`PIPE_BYTES`]; a smaller pipe only costs speed.
+pub(crate) fn grow_pipe(fd: impl std::os::fd::AsFd) {
+    if let Err(e) = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES) {
+        tracing::debug!(error = %e, "cannot grow the FIFO's pipe buffer");
+    }
+}
+
 /// Opens the FIFO's write end as soon as a reader has its read end open (a non-blocking
 /// open fails with ENXIO until then), unless the restore ends first or takes longer than
 /// [`OPEN_TIMEOUT`].
@@ -174,6 +186,7 @@ fn open_write_end(fifo: &Path, restore: &Mutex<Option<Started>>) -> std::io::Res
             Ok(fd) => {
                 // Blocking from now on: the decoder waits while QEMU is busy.
                 rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+                grow_pipe(&fd);
                 return Ok(File::from(fd));
             }
             Err(rustix::io::Errno::NXIO) => {}

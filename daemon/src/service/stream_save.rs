@@ -214,7 +214,9 @@ impl SaveReader {
     fn fill(&mut self) -> std::io::Result<bool> {
         if self.file.is_none() {
             // Blocks until libvirt opens the FIFO to write (or `finish` releases it).
-            self.file = Some(File::open(&self.fifo)?);
+            let file = File::open(&self.fifo)?;
+            super::stream_restore::grow_pipe(&file);
+            self.file = Some(file);
         }
         let Some(file) = self.file.as_mut() else {
             return Ok(false);
