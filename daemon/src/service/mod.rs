@@ -6,6 +6,7 @@ pub mod access;
 pub mod base;
 mod catalogue;
 pub mod error;
+mod fifo;
 pub mod idempotency;
 pub mod intake;
 pub mod overlay;

@@ -62,17 +62,8 @@ pub(crate) enum Outcome {
 impl StreamedRestore {
     /// Makes the FIFO `memory.fifo` in `dir` (0600: only libvirtd, root, opens it).
     pub(crate) fn create(dir: &Path) -> std::io::Result<Self> {
-        let fifo = dir.join("memory.fifo");
-        let _ = std::fs::remove_file(&fifo);
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )?;
         Ok(Self {
-            fifo,
+            fifo: super::fifo::make(dir, "memory.fifo")?,
             restore: Arc::new(Mutex::new(None)),
         })
     }
@@ -139,13 +130,7 @@ impl StreamedRestore {
         if !task.is_finished() {
             // libvirt may still be blocked opening the FIFO (the opener gave up on it, or
             // failed): a writer that comes and goes releases it, with an empty stream.
-            if let Ok(fd) = rustix::fs::open(
-                &self.fifo,
-                OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                drop(fd);
-            }
+            super::fifo::release(&self.fifo, OFlags::WRONLY);
         }
         let result = task.await.unwrap_or_else(|e| Err(VirtError::Task(e)));
         let _ = std::fs::remove_file(&self.fifo);
@@ -157,18 +142,6 @@ impl StreamedRestore {
             }
             (false, Ok(())) => Outcome::NotStreamed,
         }
-    }
-}
-
-/// Pipe buffer of a FIFO that carries a VM's memory: 16 times the default 64 KiB, so
-/// that writer and reader switch less often (Linux's default limit for an unprivileged
-/// process, `/proc/sys/fs/pipe-max-size`, is 1 MiB).
-pub(crate) const PIPE_BYTES: usize = 1 << 20;
-
-/// Grows the pipe behind `fd` to [`PIPE_BYTES`]; a smaller pipe only costs speed.
-pub(crate) fn grow_pipe(fd: impl std::os::fd::AsFd) {
-    if let Err(e) = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES) {
-        tracing::debug!(error = %e, "cannot grow the FIFO's pipe buffer");
     }
 }
 
@@ -186,7 +159,7 @@ fn open_write_end(fifo: &Path, restore: &Mutex<Option<Started>>) -> std::io::Res
             Ok(fd) => {
                 // Blocking from now on: the decoder waits while QEMU is busy.
                 rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
-                grow_pipe(&fd);
+                super::fifo::grow_pipe(&fd);
                 return Ok(File::from(fd));
             }
             Err(rustix::io::Errno::NXIO) => {}

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cloudlet_engine::savefile::{LIBVIRT_HEADER_BYTES, LIBVIRT_MAGIC, LIBVIRT_PARTIAL_MAGIC};
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::OFlags;
+
+use super::fifo;
 use tokio::task::JoinHandle;
 
 use crate::virt::{Hypervisor, VirtError};
@@ -42,15 +44,7 @@ pub(crate) struct StreamedSave {
 impl StreamedSave {
     /// Makes `save.fifo` in `dir` and starts saving `vm` into it.
     pub(crate) fn start(hv: &Hypervisor, vm: &str, dir: &Path) -> std::io::Result<Self> {
-        let fifo = dir.join("save.fifo");
-        let _ = std::fs::remove_file(&fifo);
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )?;
+        let fifo = super::fifo::make(dir, "save.fifo")?;
         let (hv, vm, path) = (hv.clone(), vm.to_string(), fifo.clone());
         let task = tokio::spawn(async move { hv.save(&vm, &path).await });
         Ok(Self {
@@ -86,7 +80,7 @@ impl StreamedSave {
                     // The save is over (libvirt opens the FIFO no more): a reader blocked
                     // opening it (first open, or the reopen for the header) gets an empty
                     // stream. A reader done with it has it closed: nothing happens.
-                    release(&fifo, OFlags::WRONLY);
+                    fifo::release(&fifo, OFlags::WRONLY);
                 }
             }
         };
@@ -102,7 +96,7 @@ impl StreamedSave {
                             break (joined.unwrap_or_else(|e| Err(VirtError::Task(e))), at.elapsed());
                         }
                         () = tokio::time::sleep(RELEASE_EVERY) => {
-                            release(&fifo, OFlags::RDONLY);
+                            fifo::release(&fifo, OFlags::RDONLY);
                             if Instant::now() > deadline {
                                 task.abort();
                                 break (Err(VirtError::Timeout("the save to return")), at.elapsed());
@@ -114,18 +108,6 @@ impl StreamedSave {
         };
         let _ = std::fs::remove_file(&fifo);
         (output, saved.0, saved.1)
-    }
-}
-
-/// Opens `fifo` non-blocking with `side` and closes it at once: a peer blocked opening
-/// the other side returns, and finds nothing.
-fn release(fifo: &Path, side: OFlags) {
-    if let Ok(fd) = rustix::fs::open(
-        fifo,
-        side | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        drop(fd);
     }
 }
 
@@ -215,7 +197,7 @@ impl SaveReader {
         if self.file.is_none() {
             // Blocks until libvirt opens the FIFO to write (or `finish` releases it).
             let file = File::open(&self.fifo)?;
-            super::stream_restore::grow_pipe(&file);
+            super::fifo::grow_pipe(&file);
             self.file = Some(file);
         }
         let Some(file) = self.file.as_mut() else {
@@ -275,15 +257,7 @@ mod tests {
 
     /// A FIFO and a [`SaveReader`] of it.
     fn fifo(dir: &Path) -> (PathBuf, SaveReader) {
-        let path = dir.join("save.fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &path,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        let path = super::fifo::make(dir, "save.fifo").unwrap();
         let reader = SaveReader::new(path.clone());
         (path, reader)
     }
@@ -368,7 +342,7 @@ mod tests {
             std::thread::spawn(move || {
                 writer.join().unwrap();
                 while !released.load(std::sync::atomic::Ordering::Relaxed) {
-                    release(&path, OFlags::WRONLY);
+                    super::fifo::release(&path, OFlags::WRONLY);
                     std::thread::sleep(RELEASE_EVERY);
                 }
             })
