@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
 use super::base::{check_ports, run_script};
-use super::stream_restore::Outcome;
+use super::stream_restore::{broke_the_stream, Outcome};
 use super::stream_save::StreamedSave;
 use super::{blocking, Caller, ServiceError, StepTimer};
 use crate::config::StreamMode;
@@ -183,8 +183,8 @@ impl AppState {
                 None => Outcome::NotStreamed,
             };
             match (streamed, restored) {
-                // A stream that broke is explained by the restore's error, when it failed.
-                (Err(e), Outcome::Finished(Err(v), _)) => {
+                // A stream whose reader went away is explained by the restore's error.
+                (Err(e), Outcome::Finished(Err(v), _)) if broke_the_stream(&e) => {
                     tracing::warn!(error = %super::chain(&e), "base snapshot stopped: the restore failed");
                     return Err(v.into());
                 }

@@ -145,6 +145,22 @@ impl StreamedRestore {
     }
 }
 
+/// Whether `e` says the stream's reader went away (a broken pipe somewhere in its chain):
+/// then the restore's own error says why, not this one. Any other failure (a bad
+/// overlay, a full disk) is the cause, whatever the restore made of its truncated stream.
+pub(crate) fn broke_the_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Opens the FIFO's write end as soon as a reader has its read end open (a non-blocking
 /// open fails with ENXIO until then), unless the restore ends first or takes longer than
 /// [`OPEN_TIMEOUT`].
@@ -224,5 +240,25 @@ impl AppState {
         let runtime = tokio::runtime::Handle::current();
         let open = restore.opener(self.hv.clone(), runtime, prepare, required);
         Ok(Some((restore, open)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::broke_the_stream;
+
+    #[test]
+    fn only_a_broken_pipe_defers_to_the_restore() {
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let wrapped = cloudlet_engine::decode::DecodeError::Output {
+            path: "memory.save".into(),
+            source: pipe,
+        };
+        assert!(broke_the_stream(&wrapped));
+        let full = cloudlet_engine::decode::DecodeError::Output {
+            path: "disk.qcow2".into(),
+            source: std::io::Error::from_raw_os_error(28), // ENOSPC
+        };
+        assert!(!broke_the_stream(&full));
     }
 }

@@ -9,7 +9,7 @@ use cloudlet_api::{Session, SessionKind, SessionState, Synthesize};
 use super::idempotency::IdempotencyKey;
 use super::intake::{BodyOrigin, IntakeWatch};
 use super::overlay::{merge_ports, open_base};
-use super::stream_restore::Outcome;
+use super::stream_restore::{broke_the_stream, Outcome};
 use super::{blocking, chain, Caller, ServiceError, StepTimer};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
@@ -316,12 +316,10 @@ impl AppState {
             let (has_memory, guest_ports, summary, xml) = decoded?;
             let summary = match summary {
                 Ok(summary) => summary,
-                // A bad overlay is the cause, whatever the restore made of its truncated
-                // stream; any other decode failure (the stream broke) is explained by the
-                // restore's error, when it failed.
+                // A stream whose reader went away is explained by the restore's error;
+                // any other failure (a bad overlay, a full disk) is the cause.
                 Err(e) => {
-                    if let (false, Outcome::Finished(Err(v), _)) =
-                        (e.is_invalid_input(), restored)
+                    if let (true, Outcome::Finished(Err(v), _)) = (broke_the_stream(&e), restored)
                     {
                         tracing::warn!(error = %super::chain(&e), "decode stopped: the restore failed");
                         return Err(v.into());
