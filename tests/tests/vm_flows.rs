@@ -130,7 +130,8 @@ fn base_overlay_synthesis_through_the_daemon() {
         .filter(|l| l["type"] == "step")
         .filter_map(|l| l["step"].as_str())
         .collect();
-    assert_eq!(steps, ["save", "encode"], "{lines:?}");
+    // Pipelined: the save into a FIFO and the encode start together.
+    assert_eq!(steps, ["save_stream", "encode"], "{lines:?}");
     assert!(lines.iter().any(|l| l["type"] == "progress"), "{lines:?}");
     let end = lines.last().unwrap();
     assert_eq!(

@@ -376,6 +376,8 @@ impl AppState {
                 return Ok(None);
             }
         };
+        // Both steps start now and overlap (progress watchers see both begin).
+        StepTimer::begin("save_stream");
         let started = StepTimer::begin("encode");
         let work = {
             let mut reader = saving.reader();
