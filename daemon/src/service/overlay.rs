@@ -414,8 +414,14 @@ impl AppState {
             }
             // The save failed, so libvirt resumed the VM: nothing is lost yet.
             (encoded, Err(e)) => {
-                if let Err(encode) = &encoded {
-                    tracing::debug!(error = %super::chain(encode), "encode stopped with the save");
+                match &encoded {
+                    // No row will name it: the file path writes its own, or none is made.
+                    Ok(_) => {
+                        let _ = std::fs::remove_file(out);
+                    }
+                    Err(encode) => {
+                        tracing::debug!(error = %super::chain(encode), "encode stopped with the save");
+                    }
                 }
                 if required || !self.hv.is_running(&vm).await.unwrap_or(false) {
                     return Err(e.into());

@@ -31,7 +31,7 @@ use crate::virt::{Hypervisor, VirtError};
 use crate::AppState;
 
 /// Longest libvirt may take to open the FIFO once the restore started.
-pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often the opener looks again while libvirt has not opened the FIFO.
 const OPEN_POLL: Duration = Duration::from_millis(2);
