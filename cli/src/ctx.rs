@@ -106,7 +106,12 @@ impl Ctx {
         self.client
             .get_or_init(|| {
                 let g = &self.global;
-                tls::check_url(&g.url, g.allow_insecure)?;
+                let trust = match (&g.pin_sha256, &g.ca_cert) {
+                    (Some(_), _) => Some("--pin-sha256"),
+                    (None, Some(_)) => Some("--ca-cert"),
+                    (None, None) => None,
+                };
+                tls::check_url(&g.url, g.allow_insecure, trust)?;
                 let tls = tls::ClientTls::new(g.ca_cert.as_deref(), g.pin_sha256.as_deref())?;
                 Client::new(&g.url, self.token_source(), tls)
                     .map_err(|e| SetupError::Other(format!("{e:#}")))

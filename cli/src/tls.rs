@@ -21,7 +21,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 /// `code` is the `--json` error code.
 #[derive(Debug, Clone)]
 pub struct TrustError {
-    /// `insecure-url`, `tls-unknown-certificate`, `tls-pin-mismatch`, `bad-pin` or
+    /// `insecure-url`, `trust-without-tls`, `tls-unknown-certificate`, `tls-pin-mismatch`, `bad-pin` or
     /// `bad-ca-cert`.
     pub code: &'static str,
     /// What happened and what to do.
@@ -37,11 +37,22 @@ impl std::fmt::Display for TrustError {
 impl std::error::Error for TrustError {}
 
 /// Refuses `http://` to anything but loopback unless `allow_insecure`: checked before any
-/// connection, so the token never leaves the machine in clear text.
-pub fn check_url(url: &str, allow_insecure: bool) -> Result<(), TrustError> {
+/// connection, so the token never leaves the machine in clear text. `trust` names the
+/// certificate option given (`--pin-sha256`, `--ca-cert`), if any: over plain HTTP
+/// there is no certificate, and a check the user asked for is not silently skipped.
+pub fn check_url(url: &str, allow_insecure: bool, trust: Option<&str>) -> Result<(), TrustError> {
     let plain = url
         .get(..7)
         .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+    if let Some(option) = trust.filter(|_| plain) {
+        return Err(TrustError {
+            code: "trust-without-tls",
+            message: format!(
+                "{option} checks the daemon's certificate, but {url} is plain http:// and \
+                 has none: use https://, or drop {option} (and its CLOUDLET_ variable)"
+            ),
+        });
+    }
     if !plain || allow_insecure || crate::localfile::is_loopback_url(url) {
         return Ok(());
     }
@@ -321,15 +332,30 @@ mod tests {
             "https://192.0.2.7:8021",
             "https://cloudlet.local:8021",
         ] {
-            assert!(check_url(ok, false).is_ok(), "{ok}");
+            assert!(check_url(ok, false, None).is_ok(), "{ok}");
         }
         for refused in [
             "http://192.0.2.7:8021",
             "HTTP://cloudlet.local",
             "http://[fd00::2]",
         ] {
-            assert_eq!(check_url(refused, false).unwrap_err().code, "insecure-url");
-            assert!(check_url(refused, true).is_ok(), "{refused}");
+            assert_eq!(
+                check_url(refused, false, None).unwrap_err().code,
+                "insecure-url"
+            );
+            assert!(check_url(refused, true, None).is_ok(), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_certificate_option_over_plain_http_is_refused_not_ignored() {
+        for url in ["http://127.0.0.1:8021", "http://192.0.2.7:8021"] {
+            for option in ["--pin-sha256", "--ca-cert"] {
+                let err = check_url(url, true, Some(option)).unwrap_err();
+                assert_eq!(err.code, "trust-without-tls");
+                assert!(err.message.contains(option), "{err}");
+            }
+        }
+        assert!(check_url("https://192.0.2.7:8021", false, Some("--pin-sha256")).is_ok());
     }
 }

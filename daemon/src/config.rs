@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 /// header_timeout_s = 30
 /// max_connections = 512
 /// libvirt_timeout_s = 30
+/// stream_stall_timeout_s = 60
 /// overlay_url_allow = ["https://overlays.example.org", "http://10.0.0.5:8000"]
 /// tls = "auto"               # or "on", or "off" (plain HTTP even off loopback: loud)
 /// tls_cert = "/etc/cloudlet/cert.pem"
@@ -268,6 +269,10 @@ pub struct Config {
     /// Whether an overlay is encoded from the save as it is written
     /// (`CLOUDLET_SAVE_STREAM`: `auto`, `on` or `off`).
     pub save_stream: StreamMode,
+    /// Longest QEMU may leave a streamed restore or save without progress (blocked FIFO,
+    /// or a restore that does not finish after its stream) before the daemon destroys
+    /// the VM (`CLOUDLET_STREAM_STALL_TIMEOUT_S`).
+    pub stream_stall_timeout_s: u64,
 }
 
 impl Default for Config {
@@ -302,6 +307,7 @@ impl Default for Config {
             vm_uid_count: 999,
             restore_stream: StreamMode::Auto,
             save_stream: StreamMode::Auto,
+            stream_stall_timeout_s: 60,
         }
     }
 }
@@ -461,6 +467,9 @@ impl Config {
         if let Some(v) = get("CLOUDLET_SAVE_STREAM") {
             self.save_stream = parse("save_stream", &v)?;
         }
+        if let Some(v) = get("CLOUDLET_STREAM_STALL_TIMEOUT_S") {
+            self.stream_stall_timeout_s = parse("stream_stall_timeout_s", &v)?;
+        }
         if let Some(v) = get("CLOUDLET_VM_GID") {
             self.vm_gid = parse("vm_gid", &v)?;
         }
@@ -519,17 +528,19 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
-        if self.header_timeout_s == 0 || self.libvirt_timeout_s == 0 {
-            return Err(ConfigError::Invalid {
-                key: "header_timeout_s",
-                reason: "timeouts must be at least 1 s".into(),
-            });
-        }
-        if self.request_timeout_s == 0 || self.body_idle_timeout_s == 0 {
-            return Err(ConfigError::Invalid {
-                key: "request_timeout_s",
-                reason: "timeouts must be at least 1 s".into(),
-            });
+        for (key, value) in [
+            ("header_timeout_s", self.header_timeout_s),
+            ("libvirt_timeout_s", self.libvirt_timeout_s),
+            ("stream_stall_timeout_s", self.stream_stall_timeout_s),
+            ("request_timeout_s", self.request_timeout_s),
+            ("body_idle_timeout_s", self.body_idle_timeout_s),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "timeouts must be at least 1 s".into(),
+                });
+            }
         }
         if let Some(o) = self
             .overlay_url_allow
@@ -660,6 +671,10 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
       Overlay creation encodes the customized VM's memory while libvirt saves it into a
       FIFO (no save file); auto falls back to a save file when the save into the FIFO
       fails with the VM still running.
+  stream_stall_timeout_s    CLOUDLET_STREAM_STALL_TIMEOUT_S    60
+      A QEMU that leaves a streamed restore or save without progress this long (or
+      does not finish a restore this long after its stream) is destroyed: the request
+      fails with hypervisor-error instead of hanging.
 Log filter: CLOUDLET_LOG (default \"info\", e.g. \"cloudletd=debug\").
 `cloudletd print-config` shows the effective settings as TOML.";
 

@@ -233,6 +233,8 @@ fn plain_http_off_loopback_is_refused_before_connecting() {
             .env("CLOUDLET_TOKEN_FILE", &token_file)
             .env_remove("CLOUDLET_TOKEN")
             .env_remove("CLOUDLET_ALLOW_INSECURE")
+            .env_remove("CLOUDLET_PIN_SHA256")
+            .env_remove("CLOUDLET_CA_CERT")
             .args(extra)
             .args(["--json", "list-base"])
             .output()
@@ -241,6 +243,10 @@ fn plain_http_off_loopback_is_refused_before_connecting() {
     let (code, message) = json_error(&cli(&[]));
     assert_eq!(code, "insecure-url", "{message}");
     assert!(message.contains("--allow-insecure"), "{message}");
+    // A pin over plain http would check nothing: refused, not ignored, even if allowed.
+    let pin = "ab".repeat(32);
+    let (code, message) = json_error(&cli(&["--allow-insecure", "--pin-sha256", &pin]));
+    assert_eq!(code, "trust-without-tls", "{message}");
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the refused command connected"

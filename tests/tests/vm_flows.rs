@@ -56,8 +56,16 @@ fn base_overlay_synthesis_through_the_daemon() {
     let guest = fixture_guest().unwrap();
     let tmp = TempDir::new("flows").unwrap();
     let import = format!("{}:{}", guest.dir.display(), tmp.0.display());
-    let mut d =
-        Daemon::start_in(&tmp.0.join("data"), &[("CLOUDLET_IMPORT_DIRS", &import)]).unwrap();
+    // A QEMU that stops moving a stream is destroyed after 8 s (32 s while libvirt starts
+    // it: 4b, 4c), not 60.
+    let mut d = Daemon::start_in(
+        &tmp.0.join("data"),
+        &[
+            ("CLOUDLET_IMPORT_DIRS", &import),
+            ("CLOUDLET_STREAM_STALL_TIMEOUT_S", "8"),
+        ],
+    )
+    .unwrap();
     let f = |name: &str| guest.dir.join(name).display().to_string();
 
     // 1. base: boot the fixture disk, wait for its shell, save, hash.
@@ -263,12 +271,13 @@ fn base_overlay_synthesis_through_the_daemon() {
         "a refused synthesis left a VM running"
     );
 
-    // 4b. a streamed restore whose stream breaks: the device goes away mid-upload, or
-    // QEMU dies mid-restore. Each fails with a clear error, leaves no VM, no files and no
-    // stuck libvirt job (the syntheses below still work).
+    // 4b. a streamed restore whose stream breaks: the device goes away mid-upload, QEMU
+    // dies mid-restore, or QEMU stops (SIGSTOP: alive, reading nothing). Each fails with a
+    // clear error, leaves no VM, no files and no stuck libvirt job (the syntheses below
+    // still work); the stopped one is destroyed once the stall limit passed.
     let part = &bytes[..bytes.len() / 2];
     let rest = &bytes[bytes.len() / 2..];
-    for cause in ["device gone", "qemu killed"] {
+    for cause in ["device gone", "qemu killed", "qemu stopped"] {
         let mut held = d.stalled_upload("/api/v1/synthesis/upload?base=tiny", part);
         let (id, qemu) = cloudlet_e2e::wait_until(Duration::from_secs(60), || {
             let (_, sessions) = d.json("GET", "/api/v1/sessions", None).ok()?;
@@ -287,7 +296,12 @@ fn base_overlay_synthesis_through_the_daemon() {
             drop(held);
             (None, String::new())
         } else {
-            cloudlet_e2e::run("kill", &["-9", &qemu]).unwrap();
+            let signal = if cause == "qemu killed" {
+                "-9"
+            } else {
+                "-STOP"
+            };
+            cloudlet_e2e::run("kill", &[signal, &qemu]).unwrap();
             use std::io::{Read, Write};
             let _ = held
                 .write_all(format!("{:x}\r\n", rest.len()).as_bytes())
@@ -310,6 +324,12 @@ fn base_overlay_synthesis_through_the_daemon() {
             assert_eq!(status, "502", "{cause}: {text}");
             assert!(text.contains("hypervisor-error"), "{cause}: {text}");
             assert!(text.contains("restore"), "{cause}: {text}");
+            if cause == "qemu stopped" {
+                assert!(
+                    text.contains("made no progress with the restore stream"),
+                    "{cause}: {text}"
+                );
+            }
         }
         assert!(
             !d.data_dir.join("sessions").join(&id).exists(),
@@ -322,6 +342,43 @@ fn base_overlay_synthesis_through_the_daemon() {
         assert!(gone.is_some(), "{cause}: QEMU of session {id} still runs");
         assert_eq!(session_vms(&d), vms_before, "{cause}: a VM was left");
     }
+
+    // 4c. a QEMU that stops during a streamed save: the finish fails once the stall limit
+    // passed, the VM is destroyed, and the session says why.
+    let (status, stuck) = d
+        .json("POST", "/api/v1/overlays", Some(&json!({ "base": "tiny" })))
+        .unwrap();
+    assert_eq!(status, 201, "{stuck}");
+    let stuck_id = stuck["id"].as_str().unwrap().to_string();
+    let qemu = cloudlet_e2e::run("pgrep", &["-f", &format!("guest=cloudlet-{stuck_id},")]).unwrap();
+    cloudlet_e2e::run("kill", &["-STOP", qemu.trim()]).unwrap();
+    let asked = std::time::Instant::now();
+    let (status, err) = d
+        .json("POST", &format!("/api/v1/sessions/{stuck_id}/finish"), None)
+        .unwrap();
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (502, Some("hypervisor-error")),
+        "{err}"
+    );
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("made no progress with the save stream"),
+        "{err}"
+    );
+    eprintln!("stalled save refused after {:?}: {err}", asked.elapsed());
+    let (_, failed) = d
+        .json("GET", &format!("/api/v1/sessions/{stuck_id}"), None)
+        .unwrap();
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let gone = cloudlet_e2e::wait_until(Duration::from_secs(30), || {
+        let running = cloudlet_e2e::run("pgrep", &["-f", &format!("guest=cloudlet-{stuck_id},")]);
+        running.is_err().then_some(())
+    });
+    assert!(gone.is_some(), "the stopped QEMU of {stuck_id} still runs");
+    assert_eq!(session_vms(&d), vms_before, "the stalled save left a VM");
 
     // 5. paths outside the import directories are refused.
     let (status, err) = d

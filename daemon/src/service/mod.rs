@@ -12,6 +12,7 @@ pub mod intake;
 pub mod overlay;
 pub mod progress;
 pub mod session;
+mod stall;
 mod stream_restore;
 mod stream_save;
 pub mod synthesis;

@@ -131,7 +131,7 @@ impl AppState {
             let resume = dir.join("resume.save");
             // The base's memory goes straight into the restore through a FIFO when it can,
             // else into a save file that is restored next.
-            let (stream, opener) = self.streamed_restore(&base, &dir)?.unzip();
+            let (stream, opener) = self.streamed_restore(&base, &dir, &vm)?.unzip();
             let streamed = {
                 let discard = if req.no_trim {
                     Discard::Ignore
@@ -368,7 +368,8 @@ impl AppState {
         let dir = PathBuf::from(session.run_dir.clone().unwrap_or_default());
         session.advance(SessionState::Saving)?;
         self.store.update_session(session).await?;
-        let saving = match StreamedSave::start(&self.hv, &vm, &dir) {
+        let stall_limit = std::time::Duration::from_secs(self.config.stream_stall_timeout_s);
+        let saving = match StreamedSave::start(&self.hv, &vm, &dir, stall_limit) {
             Ok(saving) => saving,
             Err(e) if required => return Err(ServiceError::failed("making the save's FIFO", e)),
             Err(e) => {

@@ -10,6 +10,10 @@
 //! finish. A decode that fails closes the FIFO early: QEMU sees a truncated stream, the
 //! restore fails, libvirt removes the half-started domain.
 //!
+//! A QEMU that stops reading (or, once the stream is written, does not finish the
+//! restore) within `stream_stall_timeout_s` is destroyed by a [`Watchdog`], and the
+//! restore reports [`VirtError::Stalled`].
+//!
 //! If libvirt never opens the FIFO (it refused the restore before reading, or did not
 //! open it within [`OPEN_TIMEOUT`]), the opener declines the stream and the decoder writes
 //! a save file instead (unless streaming is required).
@@ -24,6 +28,7 @@ use cloudlet_engine::decode::OpenStream;
 use rustix::fs::{Mode, OFlags};
 use tokio::task::JoinHandle;
 
+use super::stall::{StallClock, Watchdog, Watched};
 use super::ServiceError;
 use crate::config::StreamMode;
 use crate::store::bases::BaseRecord;
@@ -40,6 +45,9 @@ const OPEN_POLL: Duration = Duration::from_millis(2);
 pub(crate) struct StreamedRestore {
     fifo: PathBuf,
     restore: Arc<Mutex<Option<Started>>>,
+    /// Timed by the FIFO's writer.
+    clock: StallClock,
+    watchdog: Watchdog,
 }
 
 /// The restore, started by the opener.
@@ -60,11 +68,26 @@ pub(crate) enum Outcome {
 }
 
 impl StreamedRestore {
-    /// Makes the FIFO `memory.fifo` in `dir` (0600: only libvirtd, root, opens it).
-    pub(crate) fn create(dir: &Path) -> std::io::Result<Self> {
+    /// Makes the FIFO `memory.fifo` in `dir` (0600: only libvirtd, root, opens it) for
+    /// the restore of `vm`, which is destroyed if it stalls for `stall_limit`.
+    pub(crate) fn create(
+        dir: &Path,
+        hv: &Hypervisor,
+        vm: &str,
+        stall_limit: Duration,
+    ) -> std::io::Result<Self> {
+        let clock = StallClock::default();
         Ok(Self {
             fifo: super::fifo::make(dir, "memory.fifo")?,
             restore: Arc::new(Mutex::new(None)),
+            watchdog: Watchdog::start(
+                hv,
+                vm,
+                clock.clone(),
+                stall_limit,
+                "with the restore stream",
+            ),
+            clock,
         })
     }
 
@@ -79,7 +102,7 @@ impl StreamedRestore {
         prepare: impl FnOnce() -> std::io::Result<()> + Send + 'static,
         required: bool,
     ) -> OpenStream {
-        let (fifo, slot) = (self.fifo.clone(), self.restore.clone());
+        let (fifo, slot, clock) = (self.fifo.clone(), self.restore.clone(), self.clock.clone());
         Box::new(move || {
             prepare()?;
             let path = fifo.clone();
@@ -95,7 +118,9 @@ impl StreamedRestore {
                     if let Some(s) = slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
                         s.streamed = true;
                     }
-                    Ok(Some(Box::new(file) as Box<dyn Write + Send>))
+                    Ok(Some(
+                        Box::new(Watched::new(file, clock)) as Box<dyn Write + Send>
+                    ))
                 }
                 Err(e) if required => Err(e),
                 Err(e) => {
@@ -116,14 +141,20 @@ impl StreamedRestore {
     }
 
     /// Waits for the restore, if the opener started it, and removes the FIFO. Call it once
-    /// the decoder is done (its end of the FIFO closed).
+    /// the decoder is done (its end of the FIFO closed). A restore that does not finish
+    /// within the stall limit then has its VM destroyed.
     pub(crate) async fn outcome(self) -> Outcome {
         let started = self
             .restore
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let Some(Started { task, at, streamed }) = started else {
+        let Some(Started {
+            mut task,
+            at,
+            streamed,
+        }) = started
+        else {
             let _ = std::fs::remove_file(&self.fifo);
             return Outcome::NotStreamed;
         };
@@ -132,7 +163,19 @@ impl StreamedRestore {
             // failed): a writer that comes and goes releases it, with an empty stream.
             super::fifo::release(&self.fifo, OFlags::WRONLY);
         }
-        let result = task.await.unwrap_or_else(|e| Err(VirtError::Task(e)));
+        let joined = match tokio::time::timeout(self.watchdog.limit(), &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                self.watchdog.trip_now().await;
+                task.await
+            }
+        };
+        let result = joined.unwrap_or_else(|e| Err(VirtError::Task(e)));
+        // A destroyed VM failed the restore: why it was destroyed is the error.
+        let result = match self.watchdog.verdict() {
+            Some(stalled) => Err(stalled),
+            None => result,
+        };
         let _ = std::fs::remove_file(&self.fifo);
         match (streamed, result) {
             (true, result) => Outcome::Finished(result, at.elapsed()),
@@ -210,13 +253,15 @@ impl AppState {
         &self,
         base: &BaseRecord,
         dir: &Path,
+        vm: &str,
     ) -> Result<Option<(StreamedRestore, OpenStream)>, ServiceError> {
         let required = match self.config.restore_stream {
             StreamMode::Off => return Ok(None),
             StreamMode::On => true,
             StreamMode::Auto => false,
         };
-        let restore = match StreamedRestore::create(dir) {
+        let stall_limit = Duration::from_secs(self.config.stream_stall_timeout_s);
+        let restore = match StreamedRestore::create(dir, &self.hv, vm, stall_limit) {
             Ok(r) => r,
             Err(e) if required => return Err(ServiceError::failed("making the restore's FIFO", e)),
             Err(e) => {

@@ -10,6 +10,10 @@
 //! (the encoder's parser accepts only that) and, at the stream's end, reopens the FIFO,
 //! reads the rewritten header and checks it; only then does it report the end.
 //!
+//! A QEMU that stops writing (a read or open of the FIFO blocked for
+//! `stream_stall_timeout_s`) is destroyed by a [`Watchdog`]; the save then reports
+//! [`VirtError::Stalled`].
+//!
 //! Every blocking open on either side is released when the other side is gone:
 //! [`StreamedSave::finish`] opens the FIFO non-blocking from the other end (a peer that
 //! comes and goes, with nothing to read) once the save has returned while the reader may
@@ -24,6 +28,7 @@ use cloudlet_engine::savefile::{LIBVIRT_HEADER_BYTES, LIBVIRT_MAGIC, LIBVIRT_PAR
 use rustix::fs::OFlags;
 
 use super::fifo;
+use super::stall::{StallClock, Watchdog};
 use tokio::task::JoinHandle;
 
 use crate::virt::{Hypervisor, VirtError};
@@ -39,24 +44,39 @@ pub(crate) struct StreamedSave {
     fifo: PathBuf,
     task: JoinHandle<Result<(), VirtError>>,
     at: Instant,
+    /// Timed by the reader.
+    clock: StallClock,
+    watchdog: Watchdog,
 }
 
 impl StreamedSave {
-    /// Makes `save.fifo` in `dir` and starts saving `vm` into it.
-    pub(crate) fn start(hv: &Hypervisor, vm: &str, dir: &Path) -> std::io::Result<Self> {
+    /// Makes `save.fifo` in `dir` and starts saving `vm` into it; `vm` is destroyed if
+    /// the stream stalls for `stall_limit`.
+    pub(crate) fn start(
+        hv: &Hypervisor,
+        vm: &str,
+        dir: &Path,
+        stall_limit: Duration,
+    ) -> std::io::Result<Self> {
         let fifo = super::fifo::make(dir, "save.fifo")?;
-        let (hv, vm, path) = (hv.clone(), vm.to_string(), fifo.clone());
-        let task = tokio::spawn(async move { hv.save(&vm, &path).await });
+        let clock = StallClock::default();
+        let watchdog = Watchdog::start(hv, vm, clock.clone(), stall_limit, "with the save stream");
+        let task = {
+            let (hv, vm, path) = (hv.clone(), vm.to_string(), fifo.clone());
+            tokio::spawn(async move { hv.save(&vm, &path).await })
+        };
         Ok(Self {
             fifo,
             task,
             at: Instant::now(),
+            clock,
+            watchdog,
         })
     }
 
     /// The save file's bytes, for a blocking thread (see [`SaveReader`]).
     pub(crate) fn reader(&self) -> SaveReader {
-        SaveReader::new(self.fifo.clone())
+        SaveReader::new(self.fifo.clone(), self.clock.clone())
     }
 
     /// Runs `work` (the encode reading [`Self::reader`]) to its end, releasing the
@@ -66,7 +86,13 @@ impl StreamedSave {
         self,
         work: impl std::future::Future<Output = T>,
     ) -> (T, Result<(), VirtError>, Duration) {
-        let Self { fifo, mut task, at } = self;
+        let Self {
+            fifo,
+            mut task,
+            at,
+            watchdog,
+            ..
+        } = self;
         let mut work = std::pin::pin!(work);
         let mut saved: Option<(Result<(), VirtError>, Duration)> = None;
         let output = loop {
@@ -107,7 +133,12 @@ impl StreamedSave {
             }
         };
         let _ = std::fs::remove_file(&fifo);
-        (output, saved.0, saved.1)
+        // A destroyed VM failed the save: why it was destroyed is the error.
+        let result = match watchdog.verdict() {
+            Some(stalled) => Err(stalled),
+            None => saved.0,
+        };
+        (output, result, saved.1)
     }
 }
 
@@ -121,6 +152,8 @@ impl StreamedSave {
 /// the stream's own, and the header comes through a second open.
 pub(crate) struct SaveReader {
     fifo: PathBuf,
+    /// Times every open and read (see `stall`).
+    clock: StallClock,
     file: Option<File>,
     /// The header as libvirt first wrote it (up to [`LIBVIRT_HEADER_BYTES`]).
     header: Vec<u8>,
@@ -135,9 +168,10 @@ pub(crate) struct SaveReader {
 const READ_BYTES: usize = 256 << 10;
 
 impl SaveReader {
-    fn new(fifo: PathBuf) -> Self {
+    fn new(fifo: PathBuf, clock: StallClock) -> Self {
         Self {
             fifo,
+            clock,
             file: None,
             header: Vec::with_capacity(LIBVIRT_HEADER_BYTES),
             pending: Vec::with_capacity(READ_BYTES + LIBVIRT_HEADER_BYTES),
@@ -181,9 +215,11 @@ impl SaveReader {
         }
         let mut rewritten = Vec::with_capacity(LIBVIRT_HEADER_BYTES);
         // Blocks until libvirt opens the FIFO again (or `finish` releases it).
-        File::open(&self.fifo)?
-            .take(LIBVIRT_HEADER_BYTES as u64 + 1)
-            .read_to_end(&mut rewritten)?;
+        self.clock.during(|| {
+            File::open(&self.fifo)?
+                .take(LIBVIRT_HEADER_BYTES as u64 + 1)
+                .read_to_end(&mut rewritten)
+        })?;
         if rewritten != expected {
             return Err(std::io::Error::other(
                 "libvirt did not mark the save complete (its header was not rewritten)",
@@ -196,7 +232,7 @@ impl SaveReader {
     fn fill(&mut self) -> std::io::Result<bool> {
         if self.file.is_none() {
             // Blocks until libvirt opens the FIFO to write (or `finish` releases it).
-            let file = File::open(&self.fifo)?;
+            let file = self.clock.during(|| File::open(&self.fifo))?;
             super::fifo::grow_pipe(&file);
             self.file = Some(file);
         }
@@ -208,7 +244,10 @@ impl SaveReader {
         self.passed = 0;
         let start = self.pending.len();
         self.pending.resize(start + READ_BYTES, 0);
-        let n = file.read(&mut self.pending[start..])?;
+        let n = self
+            .clock
+            .during(|| file.read(&mut self.pending[start..]))?;
+        self.clock.moved(n);
         self.pending.truncate(start + n);
         let fresh = &mut self.pending[start..];
         let seen = self.header.len();
@@ -258,7 +297,7 @@ mod tests {
     /// A FIFO and a [`SaveReader`] of it.
     fn fifo(dir: &Path) -> (PathBuf, SaveReader) {
         let path = super::fifo::make(dir, "save.fifo").unwrap();
-        let reader = SaveReader::new(path.clone());
+        let reader = SaveReader::new(path.clone(), StallClock::default());
         (path, reader)
     }
 

@@ -101,6 +101,15 @@ pub enum VirtError {
         /// The console's last (escape-stripped) output, or that there was none.
         detail: String,
     },
+    /// QEMU stopped moving a memory stream (stopped, wedged) without dying; the daemon
+    /// destroyed the VM rather than wait for ever.
+    #[error("QEMU made no progress {what} for {secs} s (setting stream_stall_timeout_s); the VM was destroyed")]
+    Stalled {
+        /// What it was doing: "reading the restore stream", ...
+        what: &'static str,
+        /// How long it was given.
+        secs: u64,
+    },
     /// An I/O error (console socket, local port probe).
     #[error("i/o error")]
     Io(#[source] std::io::Error),

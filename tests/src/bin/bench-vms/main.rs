@@ -86,6 +86,8 @@ struct Args {
     scale: bool,
     big: bool,
     stream: bool,
+    /// `--stream` on the stock Debian 12 guest instead of the fixture.
+    debian: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -97,6 +99,7 @@ fn parse_args() -> anyhow::Result<Args> {
         scale: false,
         big: false,
         stream: false,
+        debian: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -107,10 +110,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--scale" => args.scale = true,
             "--big" => args.big = true,
             "--stream" => args.stream = true,
+            "--debian" => args.debian = true,
             "--only" => args.only = Some(it.next().context("--only WORKLOAD")?),
             "-h" | "--help" => {
                 println!(
-                    "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale | --big | --stream]\n\
+                    "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale | --big | --stream [--debian]]\n\
                      workloads: {}",
                     workloads()
                         .iter()
@@ -125,6 +129,9 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if args.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if args.debian && !args.stream {
+        bail!("--debian goes with --stream");
     }
     Ok(args)
 }
@@ -212,6 +219,43 @@ impl DaemonBase {
                 "name": name, "disk": disk, "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
                 "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": memory_mib,
                 "vcpus": 1, "ready_marker": "CLOUDLET-GUEST-READY", "finish": true,
+            }),
+        )?;
+        Ok(me)
+    }
+
+    /// A base from a disk that boots by itself (its own boot loader and kernel), ready
+    /// when its console shows `marker`, with guest port 8080 forwarded.
+    fn boot_disk(
+        disk: &Path,
+        tmp: &Path,
+        name: &'static str,
+        memory_mib: u64,
+        marker: &str,
+    ) -> anyhow::Result<Self> {
+        let dir = tmp.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let import = disk
+            .parent()
+            .context("the disk's directory")?
+            .display()
+            .to_string();
+        let d = cloudlet_e2e::Daemon::start_in(
+            &dir.join("data"),
+            &[("CLOUDLET_IMPORT_DIRS", &import)],
+        )?;
+        let mut me = Self {
+            d,
+            name,
+            base: serde_json::Value::Null,
+            import,
+        };
+        me.base = me.call(
+            "POST",
+            "/api/v1/bases",
+            json!({
+                "name": name, "disk": disk, "memory_mib": memory_mib, "vcpus": 1,
+                "guest_ports": [8080], "ready_marker": marker, "finish": true,
             }),
         )?;
         Ok(me)
@@ -397,7 +441,12 @@ fn main() -> anyhow::Result<()> {
         let result = if args.big {
             big_guest_through_the_daemon(&guest.dir, &tmp.0)?
         } else if args.stream {
-            stream::stream_vs_file(&guest.dir, &tmp.0, args.runs)?
+            let on = if args.debian {
+                stream::Guest::Debian(cloudlet_e2e::debian_guest()?)
+            } else {
+                stream::Guest::Fixture(guest.dir.clone())
+            };
+            stream::stream_vs_file(&on, &tmp.0, args.runs)?
         } else {
             scale_through_the_daemon(&guest.dir, &tmp.0, args.runs)?
         };

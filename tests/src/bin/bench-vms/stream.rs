@@ -9,10 +9,14 @@
 //! size), and syntheses uploaded over a paced link (10, 40, 100 Mbit/s) measured from
 //! the first byte sent to the app answering on its forwarded port. The reference is a
 //! plain `virsh restore` of the customized VM's save file from the page cache.
+//!
+//! The guest is the fixture (busybox; its memory mostly zero pages) or, with `--debian`,
+//! the stock Debian 12 guest (systemd, a Python app installed by
+//! `tests/fixtures/demo-app.sh`), whose memory is mostly written pages.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -23,23 +27,66 @@ use super::{median, workloads, DaemonBase};
 /// Upload speeds of the link series, in Mbit/s.
 const LINK_MBIT: [u64; 3] = [10, 40, 100];
 
-/// The app the overlay carries: answers on guest port 8080.
+/// The app the fixture's overlay carries: answers on guest port 8080.
 const APP: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
 
-pub(super) fn stream_vs_file(fixture: &Path, tmp: &Path, runs: usize) -> anyhow::Result<Value> {
-    println!("== streamed restore vs save file: 1 GiB RAM / 2 GiB disk guest through the daemon");
-    let mut b = DaemonBase::boot(fixture, tmp, "stream", 2 << 30, 1024)?;
-    let mut script = workloads()
-        .into_iter()
-        .find(|w| w.name == "reference")
-        .context("reference workload")?
-        .script;
-    script.push(APP.to_string());
-    let overlay = b.call(
-        "POST",
-        "/api/v1/overlays",
-        json!({ "base": b.name, "script": script, "finish": true, "guest_ports": [8080] }),
-    )?;
+/// The guest measured.
+pub(super) enum Guest {
+    /// The fixture guest's directory (kernel, initramfs, disk).
+    Fixture(PathBuf),
+    /// The stock Debian 12 guest.
+    Debian(cloudlet_e2e::DebianGuest),
+}
+
+impl Guest {
+    /// The base (1 GiB of RAM), the overlay's customization (a create request's fields)
+    /// and what the guest is.
+    fn boot(&self, tmp: &Path) -> anyhow::Result<(DaemonBase, Value, &'static str)> {
+        Ok(match self {
+            Guest::Fixture(dir) => {
+                let b = DaemonBase::boot(dir, tmp, "stream", 2 << 30, 1024)?;
+                let mut script = workloads()
+                    .into_iter()
+                    .find(|w| w.name == "reference")
+                    .context("reference workload")?
+                    .script;
+                script.push(APP.to_string());
+                let what = "1 GiB RAM, 2 GiB disk (fixture kernel + initramfs)";
+                (b, json!({ "script": script }), what)
+            }
+            Guest::Debian(g) => {
+                let b = DaemonBase::boot_disk(&g.disk, tmp, "stream", 1024, &g.ready_marker)?;
+                let app = cloudlet_e2e::repo_root().join("tests/fixtures/demo-app.sh");
+                let script = std::fs::read_to_string(app)?;
+                let what = "1 GiB RAM, stock Debian 12 (systemd, python3 app), 1.5 GiB disk";
+                (b, json!({ "script_text": script }), what)
+            }
+        })
+    }
+
+    /// Waits for the session's app (guest port 8080) to answer; returns its answer.
+    fn app_answers(&self, session: &Value) -> anyhow::Result<String> {
+        let port = session["host_ports"]["8080"]
+            .as_u64()
+            .context("no forwarded port 8080")?;
+        match self {
+            Guest::Fixture(_) => cloudlet_e2e::greeting(port),
+            Guest::Debian(_) => cloudlet_e2e::http_get(port),
+        }
+    }
+}
+
+pub(super) fn stream_vs_file(guest: &Guest, tmp: &Path, runs: usize) -> anyhow::Result<Value> {
+    let (mut b, customization, what) = guest.boot(tmp)?;
+    println!("== streamed restore vs save file: {what}, through the daemon");
+    let create = |b: &DaemonBase| {
+        let mut body = json!({ "base": b.name, "finish": true, "guest_ports": [8080] });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), customization.as_object()) {
+            body.extend(extra.clone());
+        }
+        b.call("POST", "/api/v1/overlays", body)
+    };
+    let overlay = create(&b)?;
     let overlay_id = overlay["overlay_id"]
         .as_str()
         .context("overlay id")?
@@ -66,11 +113,7 @@ pub(super) fn stream_vs_file(fixture: &Path, tmp: &Path, runs: usize) -> anyhow:
         // Overlay creation: save + encode (pipelined when streamed).
         let mut creations = Vec::new();
         for _ in 0..runs {
-            let made = b.call(
-                "POST",
-                "/api/v1/overlays",
-                json!({ "base": b.name, "script": script, "finish": true, "guest_ports": [8080] }),
-            )?;
+            let made = create(&b)?;
             let t = &made["timings"];
             let ms = |k: &str| t[k].as_f64().unwrap_or(0.0) / 1000.0;
             // Pipelined, save and encode overlap: the step is the longer of the two.
@@ -105,7 +148,7 @@ pub(super) fn stream_vs_file(fixture: &Path, tmp: &Path, runs: usize) -> anyhow:
                 "/api/v1/synthesis",
                 json!({ "base": b.name, "overlay_id": overlay_id }),
             )?;
-            let answered = app_answers(&s)?;
+            let answered = guest.app_answers(&s)?;
             let app_s = started.elapsed().as_secs_f64();
             let _ = answered;
             let written = written_bytes(pid)? - written_before;
@@ -123,7 +166,7 @@ pub(super) fn stream_vs_file(fixture: &Path, tmp: &Path, runs: usize) -> anyhow:
         }
         let mut link = Vec::new();
         for mbit in LINK_MBIT {
-            let (app_s, s) = paced_synthesis(&b, &bytes, mbit)?;
+            let (app_s, s) = paced_synthesis(guest, &b, &bytes, mbit)?;
             let transfer_s = bytes.len() as f64 * 8.0 / (mbit as f64 * 1e6);
             println!(
                 "  {mbit:>3} Mbit/s: app answering {app_s:.2} s after the first byte \
@@ -167,7 +210,7 @@ pub(super) fn stream_vs_file(fixture: &Path, tmp: &Path, runs: usize) -> anyhow:
         );
     }
     Ok(json!({
-        "guest": "1 GiB RAM, 2 GiB disk (fixture kernel + initramfs)",
+        "guest": what,
         "overlay_bytes": bytes.len(),
         "restore_stream": modes,
         "plain_virsh_restore": reference,
@@ -191,17 +234,14 @@ fn session_disk(b: &DaemonBase, session: &Value) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(disk)?.len())
 }
 
-/// Waits for the session's app (guest port 8080) to answer.
-fn app_answers(session: &Value) -> anyhow::Result<String> {
-    let port = session["host_ports"]["8080"]
-        .as_u64()
-        .context("no forwarded port 8080")?;
-    cloudlet_e2e::greeting(port)
-}
-
 /// Uploads `overlay` for synthesis at `mbit` Mbit/s (paced by the client); returns the
 /// time from the first byte sent to the app answering, and the session.
-fn paced_synthesis(b: &DaemonBase, overlay: &[u8], mbit: u64) -> anyhow::Result<(f64, Value)> {
+fn paced_synthesis(
+    guest: &Guest,
+    b: &DaemonBase,
+    overlay: &[u8],
+    mbit: u64,
+) -> anyhow::Result<(f64, Value)> {
     let mut s = TcpStream::connect(b.d.addr)?;
     s.set_nodelay(true)?;
     let head = format!(
@@ -232,7 +272,7 @@ fn paced_synthesis(b: &DaemonBase, overlay: &[u8], mbit: u64) -> anyhow::Result<
     if session["state"] != "running" {
         bail!("paced synthesis: {reply}");
     }
-    app_answers(&session)?;
+    guest.app_answers(&session)?;
     Ok((started.elapsed().as_secs_f64(), session))
 }
 
