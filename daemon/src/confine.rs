@@ -33,7 +33,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::config::{Config, ConfinementMode};
+use crate::config::{Config, ConfinementMode, DomainType};
 use crate::service::ServiceError;
 use crate::store::DataDir;
 use crate::virt::VmIdentity;
@@ -118,7 +118,8 @@ impl Confinement {
                 "confinement = \"off\": the VMs run as libvirt's qemu.conf user".into(),
             ));
         }
-        match check_host(ids, data) {
+        let kvm = config.domain_type == DomainType::Kvm;
+        match check_host(ids, data).and_then(|()| open_kvm_to(ids, kvm)) {
             Ok(()) => {}
             Err(why) if config.confinement == ConfinementMode::Required => {
                 return Err(ConfineError::Unavailable(why.to_string()));
@@ -313,6 +314,33 @@ fn check_host(ids: IdRange, data: &DataDir) -> Result<(), Refusal> {
             data.root().display()
         ),
     })
+}
+
+/// With KVM, lets the VM group use `/dev/kvm` (see `devkvm`): a confined QEMU is in no
+/// other group.
+fn open_kvm_to(ids: IdRange, kvm: bool) -> Result<(), Refusal> {
+    if !kvm {
+        return Ok(());
+    }
+    let dev = Path::new("/dev/kvm");
+    match crate::devkvm::grant_group(dev, ids.gid) {
+        Ok(crate::devkvm::Grant::Already) => Ok(()),
+        Ok(crate::devkvm::Grant::Added) => {
+            tracing::info!(
+                gid = ids.gid,
+                "gave the VM group access to /dev/kvm (an ACL entry)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(Refusal {
+            what: "the VM group cannot be given access to /dev/kvm",
+            detail: format!(
+                "adding an ACL entry for gid {} to /dev/kvm: {e} (domain_type = \"kvm\" \
+                 needs it, or confinement = \"off\")",
+                ids.gid
+            ),
+        }),
+    }
 }
 
 /// An account that uses the range or the group, named (`/etc/passwd`, `/etc/group`: the

@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod confine;
 pub mod conn;
+pub mod devkvm;
 pub mod fault;
 pub mod metrics;
 pub mod notify;

@@ -240,3 +240,100 @@ fn a_host_that_cannot_confine_says_so() {
     assert!(warning.contains("off"), "{health}");
     d.stop().unwrap();
 }
+
+/// `/dev/kvm`'s access ACL (`system.posix_acl_access`), if it has one.
+fn kvm_acl() -> Option<Vec<u8>> {
+    let mut buf = [0u8; 4096];
+    rustix::fs::getxattr("/dev/kvm", "system.posix_acl_access", &mut buf[..])
+        .ok()
+        .map(|n| buf[..n].to_vec())
+}
+
+/// Puts `/dev/kvm`'s ACL back as it was before the test.
+struct KvmAclBack(Option<Vec<u8>>);
+
+impl Drop for KvmAclBack {
+    fn drop(&mut self) {
+        let name = "system.posix_acl_access";
+        let _ = match &self.0 {
+            Some(acl) => {
+                rustix::fs::setxattr("/dev/kvm", name, acl, rustix::fs::XattrFlags::empty())
+            }
+            None => rustix::fs::removexattr("/dev/kvm", name),
+        };
+    }
+}
+
+/// Whether an ACL has an entry for group `gid` (tag 8) with read and write.
+fn grants_group_rw(acl: &[u8], gid: u32) -> bool {
+    acl[4..].chunks_exact(8).any(|e| {
+        u16::from_le_bytes([e[0], e[1]]) == 8
+            && u16::from_le_bytes([e[2], e[3]]) & 6 == 6
+            && u32::from_le_bytes([e[4], e[5], e[6], e[7]]) == gid
+    })
+}
+
+/// On a KVM host `/dev/kvm` is `root:kvm 0660`, and a confined QEMU is in no group but
+/// the VM group: it could not open the device ("Could not access KVM kernel module:
+/// Permission denied"). With `domain_type = "kvm"` the daemon gives the VM group an ACL
+/// entry at start, and a VM with the daemon's seclabel then starts under KVM. (This CPU
+/// may not run a guest under KVM; QEMU opening the device and starting is what counts.)
+#[test]
+fn with_kvm_the_vm_group_gets_the_kvm_device() {
+    if !require_host("with_kvm_the_vm_group_gets_the_kvm_device") {
+        return;
+    }
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED: this host has no /dev/kvm");
+        return;
+    }
+    let _back = KvmAclBack(kvm_acl());
+    // Whatever an earlier start left: the daemon must add the entry itself.
+    let _ = rustix::fs::removexattr("/dev/kvm", "system.posix_acl_access");
+    let guest = fixture_guest().unwrap();
+    let tmp = TempDir::new("kvm-device").unwrap();
+    let d = Daemon::start_in(
+        &tmp.0.join("data"),
+        &[
+            ("CLOUDLET_DOMAIN_TYPE", "kvm"),
+            ("CLOUDLET_CONFINEMENT", "required"),
+        ],
+    )
+    .unwrap();
+    let acl = kvm_acl().unwrap_or_else(|| panic!("no ACL on /dev/kvm\n{}", d.log_text()));
+    assert!(grants_group_rw(&acl, VM_GID), "{acl:?}");
+    assert!(
+        d.log_text().contains("access to /dev/kvm"),
+        "{}",
+        d.log_text()
+    );
+
+    // A VM as the daemon runs them: its own uid, the VM group, nothing relabelled.
+    let name = cloudlet_e2e::unique_name("kvm-device");
+    let kernel = tmp.0.join("vmlinuz");
+    std::fs::copy(guest.dir.join("vmlinuz"), &kernel).unwrap();
+    std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&tmp.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let xml = tmp.0.join("kvm.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel></os>\
+             <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>\
+             <seclabel type='static' model='dac' relabel='no'><label>+{}:+{VM_GID}</label></seclabel>\
+             </domain>",
+            kernel.display(),
+            VM_UIDS.end - 1
+        ),
+    )
+    .unwrap();
+    let _guard = cloudlet_e2e::DomainGuard(name.clone());
+    let created = cloudlet_e2e::virsh(&["create", xml.to_str().unwrap()]);
+    assert!(
+        created.is_ok(),
+        "a confined KVM domain did not start: {created:?}"
+    );
+    let (uids, gids) = qemu_ids(&name);
+    assert_eq!((uids[0], gids[0]), (VM_UIDS.end - 1, VM_GID));
+}
