@@ -201,26 +201,33 @@ impl DaemonBase {
             .open(&disk)?
             .set_len(disk_bytes)?;
         let import = format!("{}:{}", fixture.display(), dir.display());
+        let f = |n: &str| fixture.join(n).display().to_string();
+        let request = json!({
+            "name": name, "disk": disk, "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
+            "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": memory_mib,
+            "vcpus": 1, "ready_marker": "CLOUDLET-GUEST-READY", "finish": true,
+        });
+        Self::create(&dir, import, name, request)
+    }
+
+    /// Starts a daemon on `dir/data` importing from `import` and makes the base.
+    fn create(
+        dir: &Path,
+        import: String,
+        name: &'static str,
+        request: serde_json::Value,
+    ) -> anyhow::Result<Self> {
         let d = cloudlet_e2e::Daemon::start_in(
             &dir.join("data"),
             &[("CLOUDLET_IMPORT_DIRS", &import)],
         )?;
-        let f = |n: &str| fixture.join(n).display().to_string();
         let mut me = Self {
             d,
             name,
             base: serde_json::Value::Null,
             import,
         };
-        me.base = me.call(
-            "POST",
-            "/api/v1/bases",
-            json!({
-                "name": name, "disk": disk, "kernel": f("vmlinuz"), "initrd": f("initrd.img"),
-                "cmdline": "console=ttyS0 quiet init_on_free=1", "memory_mib": memory_mib,
-                "vcpus": 1, "ready_marker": "CLOUDLET-GUEST-READY", "finish": true,
-            }),
-        )?;
+        me.base = me.call("POST", "/api/v1/bases", request)?;
         Ok(me)
     }
 
@@ -240,25 +247,11 @@ impl DaemonBase {
             .context("the disk's directory")?
             .display()
             .to_string();
-        let d = cloudlet_e2e::Daemon::start_in(
-            &dir.join("data"),
-            &[("CLOUDLET_IMPORT_DIRS", &import)],
-        )?;
-        let mut me = Self {
-            d,
-            name,
-            base: serde_json::Value::Null,
-            import,
-        };
-        me.base = me.call(
-            "POST",
-            "/api/v1/bases",
-            json!({
-                "name": name, "disk": disk, "memory_mib": memory_mib, "vcpus": 1,
-                "guest_ports": [8080], "ready_marker": marker, "finish": true,
-            }),
-        )?;
-        Ok(me)
+        let request = json!({
+            "name": name, "disk": disk, "memory_mib": memory_mib, "vcpus": 1,
+            "guest_ports": [8080], "ready_marker": marker, "finish": true,
+        });
+        Self::create(&dir, import, name, request)
     }
 
     /// Stops the daemon (SIGTERM) and starts it again on the same data with `env`.
