@@ -404,13 +404,33 @@ impl AppState {
                 .map_err(|e| ServiceError::failed("encoding the overlay", e))
             })
         };
-        let (encoded, saved, save_took) = saving.finish(work).await;
+        // The encode goes on after the save returned (the disk, the overlay's end): the
+        // session says `encoding` meanwhile.
+        let (saved_early, mut heard) = tokio::sync::oneshot::channel();
+        let finishing = saving.finish(work, saved_early);
+        tokio::pin!(finishing);
+        let mut listening = true;
+        let (encoded, saved, save_took) = loop {
+            tokio::select! {
+                out = &mut finishing => break out,
+                said = &mut heard, if listening => {
+                    listening = false; // a oneshot answers once (or never: dropped)
+                    if said.is_ok() && session.advance(SessionState::Encoding).is_ok() {
+                        if let Err(e) = self.store.update_session(session).await {
+                            tracing::warn!(error = %e, "recording the session's encoding state");
+                        }
+                    }
+                }
+            }
+        };
         match (encoded, saved) {
             (Ok(summary), Ok(())) => {
                 timer.record_took("save_stream", save_took);
                 timer.record("encode", started);
-                session.advance(SessionState::Encoding)?;
-                self.store.update_session(session).await?;
+                if session.state() == SessionState::Saving {
+                    session.advance(SessionState::Encoding)?;
+                    self.store.update_session(session).await?;
+                }
                 Ok(Some((summary, started)))
             }
             // The save failed, so libvirt resumed the VM: nothing is lost yet.

@@ -81,10 +81,12 @@ impl StreamedSave {
 
     /// Runs `work` (the encode reading [`Self::reader`]) to its end, releasing the
     /// reader's opens if the save fails, then waits for the save and removes the FIFO.
-    /// Returns the work's result, the save's, and how long the save took.
+    /// `saved` hears when the save succeeded while the work goes on. Returns the work's
+    /// result, the save's, and how long the save took.
     pub(crate) async fn finish<T>(
         self,
         work: impl std::future::Future<Output = T>,
+        saved_early: tokio::sync::oneshot::Sender<()>,
     ) -> (T, Result<(), VirtError>, Duration) {
         let Self {
             fifo,
@@ -95,12 +97,19 @@ impl StreamedSave {
         } = self;
         let mut work = std::pin::pin!(work);
         let mut saved: Option<(Result<(), VirtError>, Duration)> = None;
+        let mut saved_early = Some(saved_early);
         let output = loop {
             let over = saved.is_some();
             tokio::select! {
                 output = &mut work => break output,
                 joined = &mut task, if saved.is_none() => {
-                    saved = Some((joined.unwrap_or_else(|e| Err(VirtError::Task(e))), at.elapsed()));
+                    let result = joined.unwrap_or_else(|e| Err(VirtError::Task(e)));
+                    if result.is_ok() {
+                        if let Some(tell) = saved_early.take() {
+                            let _ = tell.send(());
+                        }
+                    }
+                    saved = Some((result, at.elapsed()));
                 }
                 () = tokio::time::sleep(RELEASE_EVERY), if over => {
                     // The save is over (libvirt opens the FIFO no more): a reader blocked
