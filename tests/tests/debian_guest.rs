@@ -77,6 +77,13 @@ fn stock_debian_guest_through_the_cli() {
         file.to_str().unwrap(),
     ]);
     assert_eq!(ov["state"], "finished", "{ov}");
+    // The base was saved at the shell's prompt: the first probe after the resume is
+    // answered (a lost one costs a whole 3 s attempt: getty and login ran again).
+    let console_ms = ov["timings"]["console"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        console_ms < 3000,
+        "the shell answered after {console_ms} ms: {ov}"
+    );
     let result = &ov["script_results"][0];
     assert_eq!(result["status"], 0, "{ov}");
     let installed = result["output"]

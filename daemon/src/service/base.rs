@@ -20,6 +20,8 @@ use cloudlet_engine::base::{create_base, create_base_with_progress, BaseError, B
 
 /// How long a freshly started VM may take to print its ready marker.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the console's shell may take to answer once the ready marker was seen.
+const SHELL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one customization script line may run.
 pub const SCRIPT_LINE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a whole customization script may run (an install may download and build).
@@ -131,6 +133,19 @@ impl AppState {
                         console
                             .wait_for_boot_marker(marker, BOOT_TIMEOUT, spec.domain_type)
                             .await?;
+                        // The marker can come before the console's shell exists (Debian
+                        // starts its serial getty once boot has finished, then login). A
+                        // base saved then replays getty and login after every restore,
+                        // and they discard what is typed before the prompt: each overlay
+                        // session's first command was lost, a 3-6 s wait. Saved at the
+                        // prompt, the first command is answered at once.
+                        if let Err(e) = console.wait_ready(SHELL_TIMEOUT).await {
+                            tracing::warn!(
+                                error = %e,
+                                "no shell answered on the guest's console after its ready \
+                                 marker; saving the base anyway (scripts need one)"
+                            );
+                        }
                     }
                     Ok::<_, ServiceError>(console)
                 })

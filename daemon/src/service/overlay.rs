@@ -214,8 +214,12 @@ impl AppState {
             timer.merge_into(&mut session);
             self.store.update_session(&session).await?;
             if !req.script.is_empty() || req.script_text.is_some() {
+                // Timed: a base saved before its console shell was up makes this wait
+                // for getty and login after every resume (seconds, not milliseconds).
+                let started = StepTimer::begin("console");
                 let mut console = Console::connect(&console_path, RESUME_TIMEOUT).await?;
                 console.wait_ready(RESUME_TIMEOUT).await?;
+                timer.record("console", started);
                 run_script(
                     &mut console,
                     req.script_text.as_deref(),
