@@ -124,6 +124,7 @@ pub(crate) struct Watchdog {
     tripped: Arc<AtomicU64>,
     what: &'static str,
     limit: Duration,
+    clock: StallClock,
     hv: Hypervisor,
     vm: String,
 }
@@ -140,7 +141,8 @@ impl Watchdog {
     ) -> Self {
         let tripped = Arc::new(AtomicU64::new(0));
         let task = {
-            let (hv, vm, tripped) = (hv.clone(), vm.to_string(), tripped.clone());
+            let (hv, vm, tripped, clock) =
+                (hv.clone(), vm.to_string(), tripped.clone(), clock.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(TICK).await;
@@ -157,20 +159,22 @@ impl Watchdog {
             tripped,
             what,
             limit,
+            clock,
             hv: hv.clone(),
             vm: vm.to_string(),
         }
     }
 
-    /// Destroys the VM now: its QEMU did not finish within `limit` after the stream.
+    /// Destroys the VM now: its QEMU did not finish within [`Self::limit`] after the
+    /// stream.
     pub(crate) async fn trip_now(&self) {
         self.task.abort();
-        trip(&self.hv, &self.vm, &self.tripped, self.what, self.limit).await;
+        trip(&self.hv, &self.vm, &self.tripped, self.what, self.limit()).await;
     }
 
-    /// How long a stalled QEMU is given.
+    /// How long a stalled QEMU is given now (longer while it has moved nothing yet).
     pub(crate) fn limit(&self) -> Duration {
-        self.limit
+        self.clock.limit(self.limit)
     }
 
     /// The error to report if the watchdog destroyed the VM.
