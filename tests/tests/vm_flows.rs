@@ -34,6 +34,20 @@ fn run(d: &Daemon, session: &str, command: &str) -> String {
     out["output"].as_str().unwrap().trim().to_string()
 }
 
+/// The pid of session `id`'s QEMU, if one runs.
+fn qemu_pid(id: &str) -> Option<String> {
+    let pid = cloudlet_e2e::run("pgrep", &["-f", &format!("guest=cloudlet-{id},")]).ok()?;
+    Some(pid.trim().to_string())
+}
+
+/// Whether session `id`'s QEMU is gone within 30 s.
+fn qemu_ends(id: &str) -> bool {
+    cloudlet_e2e::wait_until(Duration::from_secs(30), || {
+        qemu_pid(id).is_none().then_some(())
+    })
+    .is_some()
+}
+
 fn session_vms(d: &Daemon) -> Vec<String> {
     let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
     let ours: Vec<String> = sessions
@@ -335,11 +349,7 @@ fn base_overlay_synthesis_through_the_daemon() {
             !d.data_dir.join("sessions").join(&id).exists(),
             "{cause}: files left"
         );
-        let gone = cloudlet_e2e::wait_until(Duration::from_secs(30), || {
-            let running = cloudlet_e2e::run("pgrep", &["-f", &format!("guest=cloudlet-{id},")]);
-            running.is_err().then_some(())
-        });
-        assert!(gone.is_some(), "{cause}: QEMU of session {id} still runs");
+        assert!(qemu_ends(&id), "{cause}: QEMU of session {id} still runs");
         assert_eq!(session_vms(&d), vms_before, "{cause}: a VM was left");
     }
 
@@ -350,8 +360,8 @@ fn base_overlay_synthesis_through_the_daemon() {
         .unwrap();
     assert_eq!(status, 201, "{stuck}");
     let stuck_id = stuck["id"].as_str().unwrap().to_string();
-    let qemu = cloudlet_e2e::run("pgrep", &["-f", &format!("guest=cloudlet-{stuck_id},")]).unwrap();
-    cloudlet_e2e::run("kill", &["-STOP", qemu.trim()]).unwrap();
+    let qemu = qemu_pid(&stuck_id).unwrap();
+    cloudlet_e2e::run("kill", &["-STOP", &qemu]).unwrap();
     let asked = std::time::Instant::now();
     let (status, err) = d
         .json("POST", &format!("/api/v1/sessions/{stuck_id}/finish"), None)
@@ -373,11 +383,10 @@ fn base_overlay_synthesis_through_the_daemon() {
         .json("GET", &format!("/api/v1/sessions/{stuck_id}"), None)
         .unwrap();
     assert_eq!(failed["state"], "failed", "{failed}");
-    let gone = cloudlet_e2e::wait_until(Duration::from_secs(30), || {
-        let running = cloudlet_e2e::run("pgrep", &["-f", &format!("guest=cloudlet-{stuck_id},")]);
-        running.is_err().then_some(())
-    });
-    assert!(gone.is_some(), "the stopped QEMU of {stuck_id} still runs");
+    assert!(
+        qemu_ends(&stuck_id),
+        "the stopped QEMU of {stuck_id} still runs"
+    );
     assert_eq!(session_vms(&d), vms_before, "the stalled save left a VM");
 
     // 5. paths outside the import directories are refused.

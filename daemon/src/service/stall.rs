@@ -59,7 +59,7 @@ impl StallClock {
     }
 
     /// Counts bytes that went through.
-    pub(crate) fn moved(&self, bytes: usize) {
+    fn moved(&self, bytes: usize) {
         self.0.moved.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
@@ -120,18 +120,48 @@ impl<R: Read> Read for Watched<R> {
 /// The watchdog of one streamed restore or save. Dropping it stops it.
 pub(crate) struct Watchdog {
     task: JoinHandle<()>,
-    /// The limit (s) that ran out, once the watchdog destroyed the VM; 0 before.
-    tripped: Arc<AtomicU64>,
-    what: &'static str,
-    limit: Duration,
-    clock: StallClock,
+    watched: Arc<Watching>,
+}
+
+/// What the watchdog task and its handle share.
+struct Watching {
     hv: Hypervisor,
     vm: String,
+    clock: StallClock,
+    limit: Duration,
+    /// Names the stream in the error: "with the restore stream".
+    what: &'static str,
+    /// The limit (s) that ran out, once the VM was destroyed; 0 before.
+    tripped: AtomicU64,
+}
+
+impl Watching {
+    /// How long a stalled QEMU is given now (longer while it has moved nothing yet).
+    fn limit(&self) -> Duration {
+        self.clock.limit(self.limit)
+    }
+
+    /// Destroys the VM (once), recording the limit that ran out.
+    async fn trip(&self) {
+        let limit = self.limit();
+        if self.tripped.swap(limit.as_secs().max(1), Ordering::Relaxed) != 0 {
+            return;
+        }
+        tracing::error!(
+            vm = %self.vm,
+            limit_s = limit.as_secs(),
+            "QEMU made no progress {}; destroying the VM",
+            self.what
+        );
+        if let Err(e) = self.hv.destroy(&self.vm).await {
+            tracing::warn!(vm = %self.vm, error = %e, "destroying the stalled VM failed");
+        }
+    }
 }
 
 impl Watchdog {
     /// Watches `clock`: once a call has been blocked for `limit`, destroys `vm`.
-    /// `what` names the stream for the error ("reading the restore stream").
+    /// `what` names the stream for the error ("with the restore stream").
     pub(crate) fn start(
         hv: &Hypervisor,
         vm: &str,
@@ -139,50 +169,48 @@ impl Watchdog {
         limit: Duration,
         what: &'static str,
     ) -> Self {
-        let tripped = Arc::new(AtomicU64::new(0));
+        let watched = Arc::new(Watching {
+            hv: hv.clone(),
+            vm: vm.to_string(),
+            clock,
+            limit,
+            what,
+            tripped: AtomicU64::new(0),
+        });
         let task = {
-            let (hv, vm, tripped, clock) =
-                (hv.clone(), vm.to_string(), tripped.clone(), clock.clone());
+            let watched = watched.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(TICK).await;
-                    let applies = clock.limit(limit);
-                    if clock.stuck_for().is_some_and(|t| t >= applies) {
-                        trip(&hv, &vm, &tripped, what, applies).await;
+                    let limit = watched.limit();
+                    if watched.clock.stuck_for().is_some_and(|t| t >= limit) {
+                        watched.trip().await;
                         return;
                     }
                 }
             })
         };
-        Self {
-            task,
-            tripped,
-            what,
-            limit,
-            clock,
-            hv: hv.clone(),
-            vm: vm.to_string(),
-        }
+        Self { task, watched }
     }
 
     /// Destroys the VM now: its QEMU did not finish within [`Self::limit`] after the
     /// stream.
     pub(crate) async fn trip_now(&self) {
         self.task.abort();
-        trip(&self.hv, &self.vm, &self.tripped, self.what, self.limit()).await;
+        self.watched.trip().await;
     }
 
     /// How long a stalled QEMU is given now (longer while it has moved nothing yet).
     pub(crate) fn limit(&self) -> Duration {
-        self.clock.limit(self.limit)
+        self.watched.limit()
     }
 
     /// The error to report if the watchdog destroyed the VM.
     pub(crate) fn verdict(&self) -> Option<VirtError> {
-        match self.tripped.load(Ordering::Relaxed) {
+        match self.watched.tripped.load(Ordering::Relaxed) {
             0 => None,
             secs => Some(VirtError::Stalled {
-                what: self.what,
+                what: self.watched.what,
                 secs,
             }),
         }
@@ -192,20 +220,6 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-async fn trip(hv: &Hypervisor, vm: &str, tripped: &AtomicU64, what: &str, limit: Duration) {
-    if tripped.swap(limit.as_secs().max(1), Ordering::Relaxed) != 0 {
-        return;
-    }
-    tracing::error!(
-        vm,
-        limit_s = limit.as_secs(),
-        "QEMU stopped {what}; destroying the VM"
-    );
-    if let Err(e) = hv.destroy(vm).await {
-        tracing::warn!(vm, error = %e, "destroying the stalled VM failed");
     }
 }
 

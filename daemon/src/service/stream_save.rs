@@ -28,7 +28,7 @@ use cloudlet_engine::savefile::{LIBVIRT_HEADER_BYTES, LIBVIRT_MAGIC, LIBVIRT_PAR
 use rustix::fs::OFlags;
 
 use super::fifo;
-use super::stall::{StallClock, Watchdog};
+use super::stall::{StallClock, Watchdog, Watched};
 use tokio::task::JoinHandle;
 
 use crate::virt::{Hypervisor, VirtError};
@@ -81,7 +81,7 @@ impl StreamedSave {
 
     /// Runs `work` (the encode reading [`Self::reader`]) to its end, releasing the
     /// reader's opens if the save fails, then waits for the save and removes the FIFO.
-    /// `saved` hears when the save succeeded while the work goes on. Returns the work's
+    /// `saved_early` hears when the save succeeded while the work goes on. Returns the work's
     /// result, the save's, and how long the save took.
     pub(crate) async fn finish<T>(
         self,
@@ -163,7 +163,7 @@ pub(crate) struct SaveReader {
     fifo: PathBuf,
     /// Times every open and read (see `stall`).
     clock: StallClock,
-    file: Option<File>,
+    file: Option<Watched<File>>,
     /// The header as libvirt first wrote it (up to [`LIBVIRT_HEADER_BYTES`]).
     header: Vec<u8>,
     /// Bytes read and not yet passed on: the newest ones are held back (see above).
@@ -243,7 +243,7 @@ impl SaveReader {
             // Blocks until libvirt opens the FIFO to write (or `finish` releases it).
             let file = self.clock.during(|| File::open(&self.fifo))?;
             super::fifo::grow_pipe(&file);
-            self.file = Some(file);
+            self.file = Some(Watched::new(file, self.clock.clone()));
         }
         let Some(file) = self.file.as_mut() else {
             return Ok(false);
@@ -253,10 +253,7 @@ impl SaveReader {
         self.passed = 0;
         let start = self.pending.len();
         self.pending.resize(start + READ_BYTES, 0);
-        let n = self
-            .clock
-            .during(|| file.read(&mut self.pending[start..]))?;
-        self.clock.moved(n);
+        let n = file.read(&mut self.pending[start..])?;
         self.pending.truncate(start + n);
         let fresh = &mut self.pending[start..];
         let seen = self.header.len();

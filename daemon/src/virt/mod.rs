@@ -105,7 +105,7 @@ pub enum VirtError {
     /// destroyed the VM rather than wait for ever.
     #[error("QEMU made no progress {what} for {secs} s (setting stream_stall_timeout_s); the VM was destroyed")]
     Stalled {
-        /// What it was doing: "reading the restore stream", ...
+        /// Which stream: "with the restore stream", "with the save stream".
         what: &'static str,
         /// How long it was given.
         secs: u64,
