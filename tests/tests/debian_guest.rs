@@ -132,7 +132,10 @@ fn stock_debian_guest_through_the_cli() {
 
     // 4. Freed memory: with -m (drop caches, fine-grained free page reporting) 64 MiB the
     // guest allocated and freed costs at most 2 MB; by default, the balloon alone still
-    // keeps it far below the 64 MiB it would cost without one.
+    // keeps it far below the 64 MiB it would cost without one. By default only free
+    // blocks of 2 MiB and up are reported, and how much of the 64 MiB merges back into
+    // such blocks depends on the guest's fragmentation: +1.9 MB here, +8.1 MB on a CI
+    // machine. The bound (a quarter) still fails a guest whose balloon reports nothing.
     let reference = overlay(&cli, &["-m", "-e", "sleep 8"]);
     let freed = overlay(&cli, &["-m", "-e", FREE_64_MIB]);
     let freed_default = overlay(&cli, &["-e", FREE_64_MIB]);
@@ -148,8 +151,8 @@ fn stock_debian_guest_through_the_cli() {
         f - r.min(f)
     );
     assert!(
-        fd <= r + 8 * MB,
-        "64 MiB freed cost {} bytes",
+        fd <= r + 16 * MB,
+        "64 MiB freed cost {} bytes without -m: did the balloon report it?",
         fd - r.min(fd)
     );
 

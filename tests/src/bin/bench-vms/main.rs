@@ -114,8 +114,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--only" => args.only = Some(it.next().context("--only WORKLOAD")?),
             "-h" | "--help" => {
                 println!(
-                    "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale | --big | --stream [--debian]]\n\
-                     workloads: {}",
+                    "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale | --big | --stream [--debian] [--only PARTS]]\n\
+                     workloads: {}\n\
+                     --stream parts (comma-separated): creation, start, synthesis, link (default: all)",
                     workloads()
                         .iter()
                         .map(|w| w.name.clone())
@@ -439,7 +440,8 @@ fn main() -> anyhow::Result<()> {
             } else {
                 stream::Guest::Fixture(guest.dir.clone())
             };
-            stream::stream_vs_file(&on, &tmp.0, args.runs)?
+            let parts = stream::Parts::parse(args.only.as_deref())?;
+            stream::stream_vs_file(&on, &tmp.0, args.runs, &parts)?
         } else {
             scale_through_the_daemon(&guest.dir, &tmp.0, args.runs)?
         };

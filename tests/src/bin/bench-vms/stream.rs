@@ -30,6 +30,43 @@ const LINK_MBIT: [u64; 3] = [10, 40, 100];
 /// The app the fixture's overlay carries: answers on guest port 8080.
 const APP: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
 
+/// The parts of the comparison to run (`--only creation,start,...`; all by default).
+pub(super) struct Parts {
+    creation: bool,
+    start: bool,
+    synthesis: bool,
+    link: bool,
+}
+
+impl Parts {
+    pub(super) fn parse(only: Option<&str>) -> anyhow::Result<Self> {
+        let Some(only) = only else {
+            return Ok(Self {
+                creation: true,
+                start: true,
+                synthesis: true,
+                link: true,
+            });
+        };
+        let mut parts = Self {
+            creation: false,
+            start: false,
+            synthesis: false,
+            link: false,
+        };
+        for part in only.split(',') {
+            match part {
+                "creation" => parts.creation = true,
+                "start" => parts.start = true,
+                "synthesis" => parts.synthesis = true,
+                "link" => parts.link = true,
+                other => bail!("unknown --stream part {other}: creation, start, synthesis, link"),
+            }
+        }
+        Ok(parts)
+    }
+}
+
 /// The guest measured.
 pub(super) enum Guest {
     /// The fixture guest's directory (kernel, initramfs, disk).
@@ -76,7 +113,12 @@ impl Guest {
     }
 }
 
-pub(super) fn stream_vs_file(guest: &Guest, tmp: &Path, runs: usize) -> anyhow::Result<Value> {
+pub(super) fn stream_vs_file(
+    guest: &Guest,
+    tmp: &Path,
+    runs: usize,
+    parts: &Parts,
+) -> anyhow::Result<Value> {
     let (mut b, customization, what) = guest.boot(tmp)?;
     println!("== streamed restore vs save file: {what}, through the daemon");
     let create = |b: &DaemonBase| {
@@ -112,7 +154,7 @@ pub(super) fn stream_vs_file(guest: &Guest, tmp: &Path, runs: usize) -> anyhow::
         println!("-- restore_stream = save_stream = {mode}");
         // Overlay creation: save + encode (pipelined when streamed).
         let mut creations = Vec::new();
-        for _ in 0..runs {
+        for _ in 0..runs * usize::from(parts.creation) {
             let made = create(&b)?;
             let t = &made["timings"];
             let ms = |k: &str| t[k].as_f64().unwrap_or(0.0) / 1000.0;
@@ -121,13 +163,14 @@ pub(super) fn stream_vs_file(guest: &Guest, tmp: &Path, runs: usize) -> anyhow::
                 "on" => ms("save_stream").max(ms("encode")),
                 _ => ms("save") + ms("encode"),
             };
+            println!("  overlay creation: save + encode {save_encode_s:.2} s ({t})");
             creations.push(json!({ "save_encode_s": save_encode_s, "timings": t }));
             let id = made["overlay_id"].as_str().context("overlay id")?;
             b.d.json("DELETE", &format!("/api/v1/overlays/{id}"), None)?;
         }
         let mut starts = Vec::new();
         let mut session_timings = Vec::new();
-        for _ in 0..runs {
+        for _ in 0..runs * usize::from(parts.start) {
             let started = Instant::now();
             let s = b.call(
                 "POST",
@@ -139,7 +182,7 @@ pub(super) fn stream_vs_file(guest: &Guest, tmp: &Path, runs: usize) -> anyhow::
             b.stop(&s)?;
         }
         let mut syntheses = Vec::new();
-        for run in 0..runs {
+        for run in 0..runs * usize::from(parts.synthesis) {
             let pid = b.d.pid().context("daemon pid")?;
             let written_before = written_bytes(pid)?;
             let started = Instant::now();
@@ -165,7 +208,7 @@ pub(super) fn stream_vs_file(guest: &Guest, tmp: &Path, runs: usize) -> anyhow::
             b.stop(&s)?;
         }
         let mut link = Vec::new();
-        for mbit in LINK_MBIT {
+        for mbit in LINK_MBIT.into_iter().filter(|_| parts.link) {
             let (app_s, s) = paced_synthesis(guest, &b, &bytes, mbit)?;
             let transfer_s = bytes.len() as f64 * 8.0 / (mbit as f64 * 1e6);
             println!(
@@ -182,7 +225,14 @@ pub(super) fn stream_vs_file(guest: &Guest, tmp: &Path, runs: usize) -> anyhow::
             }));
             b.stop(&s)?;
         }
-        let median_s = |v: &[Duration]| median(v.to_vec()).as_secs_f64();
+        // NaN (null in the JSON) for a part not run.
+        let median_s = |v: &[Duration]| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                median(v.to_vec()).as_secs_f64()
+            }
+        };
         let synth_s: Vec<Duration> = syntheses
             .iter()
             .filter_map(|s| s["app_answering_s"].as_f64())
