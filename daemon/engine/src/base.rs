@@ -418,21 +418,65 @@ impl Base {
         }
     }
 
-    /// Reads the base memory page image sequentially from the start (for writing every
-    /// unchanged page during synthesis).
-    pub fn memory_pages_reader(&self) -> Result<impl Read + '_, BaseError> {
-        match &self.memory {
-            Some((pages, _)) => Ok(BufReader::with_capacity(
-                IO_BUFFER_BYTES,
-                FileFrom {
-                    file: pages,
-                    pos: 0,
-                },
-            )),
-            None => Err(BaseError::Inconsistent("base has no memory".into())),
+    /// Visits, in order, the memory pages below `pages` for which `wanted` is true (an
+    /// error if the base has fewer): a zero page (known
+    /// from the hash list) as `None`, without reading it; the others read in runs of
+    /// consecutive pages. Stops early when `visit` returns `Ok(false)`. Guest memory is
+    /// mostly zero pages: reading and scanning them cost more than writing the rest.
+    pub fn visit_memory_pages<E: From<BaseError>>(
+        &self,
+        pages: u64,
+        wanted: impl Fn(u64) -> bool,
+        mut visit: impl FnMut(u64, Option<&Chunk>) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        if pages > self.hashes.memory_pages() {
+            return Err(BaseError::Inconsistent(format!(
+                "memory page {pages} asked for, the base has {}",
+                self.hashes.memory_pages()
+            ))
+            .into());
         }
+        let mut run = vec![0u8; MEMORY_RUN_BYTES];
+        let mut index = 0;
+        while index < pages {
+            if !wanted(index) {
+                index += 1;
+                continue;
+            }
+            if self.memory_page_is_zero(index) {
+                if !visit(index, None)? {
+                    return Ok(());
+                }
+                index += 1;
+                continue;
+            }
+            let mut end = index + 1;
+            while end < pages
+                && end - index < MEMORY_RUN_PAGES
+                && wanted(end)
+                && !self.memory_page_is_zero(end)
+            {
+                end += 1;
+            }
+            let bytes = &mut run[..usize::try_from(end - index).unwrap_or(0) * CHUNK_SIZE_BYTES];
+            self.read_memory_pages(index, bytes)?;
+            for (page, data) in (index..end).zip(bytes.chunks_exact(CHUNK_SIZE_BYTES)) {
+                let data: &Chunk = data
+                    .try_into()
+                    .map_err(|_| BaseError::Inconsistent("page size".into()))?;
+                if !visit(page, Some(data))? {
+                    return Ok(());
+                }
+            }
+            index = end;
+        }
+        Ok(())
     }
 }
+
+/// Memory pages read per positional read by [`Base::visit_memory_pages`].
+const MEMORY_RUN_PAGES: u64 = 256;
+const MEMORY_RUN_BYTES: usize = 256 * CHUNK_SIZE_BYTES; // MEMORY_RUN_PAGES pages
 
 /// Writes the base's own memory snapshot back as a libvirt save file (to resume the base,
 /// e.g. to customize it), optionally with another domain XML.
@@ -476,16 +520,16 @@ fn write_base_save<W: Write>(
         domain_xml,
     )
     .map_err(BaseError::save(name))?;
-    let mut pages = base.memory_pages_reader()?;
-    let mut page = [0u8; CHUNK_SIZE_BYTES];
-    for index in 0..layout.page_count() {
-        pages
-            .read_exact(&mut page)
-            .map_err(BaseError::io(&base.paths.memory_pages))?;
-        writer
-            .write_page(index, &page)
-            .map_err(BaseError::save(name))?;
-    }
+    base.visit_memory_pages(
+        layout.page_count(),
+        |_| true,
+        |index, page| {
+            writer
+                .write_record(index, page)
+                .map_err(BaseError::save(name))?;
+            Ok::<_, BaseError>(true)
+        },
+    )?;
     let buffered = writer
         .finish(&device_state)
         .map_err(BaseError::save(name))?;
@@ -494,17 +538,3 @@ fn write_base_save<W: Write>(
         .map_err(|e| BaseError::io(name)(e.into_error()))
 }
 
-/// Reads a shared `File` from a position of its own (positional reads), so that several
-/// readers of one opened base never disturb each other's file offset.
-struct FileFrom<'a> {
-    file: &'a File,
-    pos: u64,
-}
-
-impl Read for FileFrom<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}

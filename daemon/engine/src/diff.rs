@@ -45,6 +45,16 @@ pub fn classify(base: &Base, kind: ImageKind, index: u64, data: &Chunk) -> (Clas
     }
 }
 
+/// [`classify`] of a chunk known to be zero (without reading it).
+pub fn classify_zero(base: &Base, kind: ImageKind, index: u64) -> (Class, ChunkHash) {
+    let zero = zero_chunk_hash();
+    if base.hash_at(Location { kind, index }) == Some(&zero) {
+        (Class::Unchanged, zero)
+    } else {
+        (Class::Zero, zero)
+    }
+}
+
 /// For a new chunk: an xdelta3 delta against the base chunk at the same position, when one
 /// exists, is not zero, and the delta is worth it; `None` means store it raw.
 pub fn delta_against_base(

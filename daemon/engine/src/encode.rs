@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::base::{Base, BaseError};
 use crate::chunk::{zero_chunk_hash, Chunk, ChunkHash, ImageKind, CHUNK_SIZE_BYTES};
-use crate::diff::{classify, delta_against_base, Class};
+use crate::diff::{classify, classify_zero, delta_against_base, Class};
 use crate::disk::{DiskError, DiskSource};
 use crate::format::{
     Encoding, FormatError, MemorySnapshot, OverlayMeta, OverlayWriter, Record, SEGMENT_MAX_RECORDS,
@@ -312,10 +312,11 @@ impl<'a> Builder<'a> {
                     let mut batch = empty_rx.try_recv().unwrap_or_else(|_| Batch::new());
                     batch.clear();
                     while batch.len() < BATCH_CHUNKS {
-                        let (index, buf) = batch.slot();
-                        match reader.next_page(buf)? {
-                            Some(i) => {
-                                *index = i;
+                        let slot = batch.slot();
+                        match reader.next_page_sparse(&mut slot.data)? {
+                            Some((i, zero)) => {
+                                slot.index = i;
+                                slot.zero = zero;
                                 if !seen.insert(i) {
                                     return Err(SaveFileError::DuplicatePage { index: i });
                                 }
@@ -370,8 +371,9 @@ impl<'a> Builder<'a> {
             while next < range.end {
                 batch.clear();
                 while batch.len() < BATCH_CHUNKS && next < range.end {
-                    let (index, _) = batch.slot();
-                    *index = next;
+                    let slot = batch.slot();
+                    slot.index = next;
+                    slot.zero = false;
                     batch.commit();
                     next += 1;
                 }
@@ -397,9 +399,12 @@ impl<'a> Builder<'a> {
         let classes: Vec<(Class, ChunkHash)> = batch
             .items_mut()
             .par_iter_mut()
-            .map(|(index, data)| -> Result<_, EncodeError> {
-                read(*index, data)?;
-                Ok(classify(base, kind, *index, data))
+            .map(|slot| -> Result<_, EncodeError> {
+                if slot.zero {
+                    return Ok(classify_zero(base, kind, slot.index));
+                }
+                read(slot.index, &mut slot.data)?;
+                Ok(classify(base, kind, slot.index, &slot.data))
             })
             .collect::<Result<_, _>>()?;
 
@@ -428,15 +433,16 @@ impl<'a> Builder<'a> {
             .items()
             .par_iter()
             .zip(&plans)
-            .map(|((index, data), plan)| match plan {
-                Plan::Store => delta_against_base(base, kind, *index, data),
+            .map(|(slot, plan)| match plan {
+                Plan::Store => delta_against_base(base, kind, slot.index, &slot.data),
                 _ => Ok(None),
             })
             .collect::<Result<_, _>>()?;
 
-        for ((((index, data), plan), delta), (_, hash)) in
+        for (((slot, plan), delta), (_, hash)) in
             batch.items().iter().zip(plans).zip(deltas).zip(classes)
         {
+            let (index, data) = (&slot.index, &slot.data);
             self.examined += 1;
             match (plan, delta) {
                 (Plan::Skip, _) => match kind {
@@ -548,14 +554,22 @@ impl<'a> Builder<'a> {
 
 /// A batch of chunk indices with their data buffers, reused between batches.
 struct Batch {
-    items: Vec<(u64, Box<Chunk>)>,
+    slots: Vec<Slot>,
     len: usize,
+}
+
+/// One chunk of a batch.
+struct Slot {
+    index: u64,
+    /// A zero page the save file said is one: `data` was not written.
+    zero: bool,
+    data: Box<Chunk>,
 }
 
 impl Batch {
     fn new() -> Self {
         Self {
-            items: Vec::new(),
+            slots: Vec::new(),
             len: 0,
         }
     }
@@ -566,20 +580,23 @@ impl Batch {
         self.len
     }
     /// The next free slot; becomes part of the batch on `commit`.
-    fn slot(&mut self) -> (&mut u64, &mut Chunk) {
-        if self.items.len() == self.len {
-            self.items.push((0, Box::new([0u8; CHUNK_SIZE_BYTES])));
+    fn slot(&mut self) -> &mut Slot {
+        if self.slots.len() == self.len {
+            self.slots.push(Slot {
+                index: 0,
+                zero: false,
+                data: Box::new([0u8; CHUNK_SIZE_BYTES]),
+            });
         }
-        let (index, data) = &mut self.items[self.len];
-        (index, data)
+        &mut self.slots[self.len]
     }
     fn commit(&mut self) {
         self.len += 1;
     }
-    fn items(&self) -> &[(u64, Box<Chunk>)] {
-        &self.items[..self.len]
+    fn items(&self) -> &[Slot] {
+        &self.slots[..self.len]
     }
-    fn items_mut(&mut self) -> &mut [(u64, Box<Chunk>)] {
-        &mut self.items[..self.len]
+    fn items_mut(&mut self) -> &mut [Slot] {
+        &mut self.slots[..self.len]
     }
 }

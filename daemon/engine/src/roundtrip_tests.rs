@@ -581,3 +581,23 @@ fn an_overlay_encoded_from_a_stream_equals_one_encoded_from_the_file() {
     assert!(err.to_string().contains("save stream"), "{err}");
     assert!(!cut.exists());
 }
+
+#[test]
+fn the_base_written_back_has_its_snapshot_pages_and_the_new_xml() {
+    let s = setup(&WorkloadSpec::small(17));
+    let out = s.dir.join("resume.save");
+    let xml = "<domain type='qemu'><name>resumed</name></domain>";
+    crate::base::write_base_save_file(&s.base, &out, Some(xml)).unwrap();
+    let original = s.work.base_save.as_deref().unwrap();
+    let (written, written_ds) = pages_of(&out); // sorted by page
+    let (expected, expected_ds) = pages_of(original);
+    assert_eq!(written.len(), expected.len());
+    assert!(written == expected, "the pages differ");
+    assert_eq!(written_ds, expected_ds);
+    let reader = SaveFileReader::open(BufReader::new(File::open(&out).unwrap())).unwrap();
+    assert_eq!(reader.layout().domain_xml().unwrap(), xml);
+    // The streamed variant writes the same bytes.
+    let mut streamed = Vec::new();
+    crate::base::stream_base_save_file(&s.base, &mut streamed, Some(xml)).unwrap();
+    assert!(streamed == std::fs::read(&out).unwrap(), "stream and file differ");
+}

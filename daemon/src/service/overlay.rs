@@ -429,6 +429,12 @@ impl AppState {
         };
         match (encoded, saved) {
             (Ok(summary), Ok(())) => {
+                tracing::debug!(
+                    memory_ms = summary.memory_time.as_millis(),
+                    disk_ms = summary.disk_time.as_millis(),
+                    finish_ms = summary.finish_time.as_millis(),
+                    "save stream: encode steps"
+                );
                 timer.record_took("save_stream", save_took);
                 timer.record("encode", started);
                 if session.state() == SessionState::Saving {

@@ -109,6 +109,7 @@ impl StreamedSave {
                             let _ = tell.send(());
                         }
                     }
+                    tracing::debug!(after_ms = at.elapsed().as_millis(), "save stream: the save returned");
                     saved = Some((result, at.elapsed()));
                 }
                 () = tokio::time::sleep(RELEASE_EVERY), if over => {
@@ -119,6 +120,7 @@ impl StreamedSave {
                 }
             }
         };
+        tracing::debug!(after_ms = at.elapsed().as_millis(), "save stream: the encode is over");
         let saved = match saved {
             Some(saved) => saved,
             None => {
@@ -171,6 +173,8 @@ pub(crate) struct SaveReader {
     /// Bytes of `pending` already passed on.
     passed: usize,
     done: bool,
+    /// When the reader was made, for the debug log of the stream's phases.
+    made: Instant,
 }
 
 /// Bytes read from the FIFO at once.
@@ -186,6 +190,7 @@ impl SaveReader {
             pending: Vec::with_capacity(READ_BYTES + LIBVIRT_HEADER_BYTES),
             passed: 0,
             done: false,
+            made: Instant::now(),
         }
     }
 
@@ -204,6 +209,7 @@ impl SaveReader {
     /// else reads the header through a second open and checks it.
     fn end(&mut self) -> std::io::Result<()> {
         self.file = None;
+        tracing::debug!(after_ms = self.made.elapsed().as_millis(), "save stream: end of the first open");
         if self.header.len() < LIBVIRT_HEADER_BYTES {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -229,6 +235,7 @@ impl SaveReader {
                 .take(LIBVIRT_HEADER_BYTES as u64 + 1)
                 .read_to_end(&mut rewritten)
         })?;
+        tracing::debug!(after_ms = self.made.elapsed().as_millis(), "save stream: header rewritten");
         if rewritten != expected {
             return Err(std::io::Error::other(
                 "libvirt did not mark the save complete (its header was not rewritten)",
@@ -242,6 +249,7 @@ impl SaveReader {
         if self.file.is_none() {
             // Blocks until libvirt opens the FIFO to write (or `finish` releases it).
             let file = self.clock.during(|| File::open(&self.fifo))?;
+            tracing::debug!(after_ms = self.made.elapsed().as_millis(), "save stream: opened");
             super::fifo::grow_pipe(&file);
             self.file = Some(Watched::new(file, self.clock.clone()));
         }

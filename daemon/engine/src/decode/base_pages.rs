@@ -9,7 +9,6 @@ use std::path::Path;
 use super::memory::{MemoryTarget, RecordWriter};
 use super::{output_error, DecodeError};
 use crate::base::Base;
-use crate::chunk::{Chunk, CHUNK_SIZE_BYTES};
 use crate::savefile::SaveFileLayout;
 
 impl MemoryTarget {
@@ -41,8 +40,7 @@ impl MemoryTarget {
             .map_err(output_error(Path::new("memory snapshot")))
     }
 
-    /// The base's records, into `w`: zero pages (known from the hash list) without
-    /// reading anything, the others read in runs of consecutive pages.
+    /// The base's records, into `w` (see [`Base::visit_memory_pages`]).
     fn base_records_into(
         &self,
         w: &mut RecordWriter<'_>,
@@ -51,45 +49,16 @@ impl MemoryTarget {
         cancel: &AtomicBool,
     ) -> Result<(), DecodeError> {
         let pages = layout.page_count();
-        let is_base_page = |i: u64| !self.overlay_pages.contains(i);
-        let mut run = vec![0u8; BASE_RUN_BYTES];
-        let mut index = 0;
-        while index < pages {
-            if cancel.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            if !is_base_page(index) {
-                index += 1;
-                continue;
-            }
-            if base.memory_page_is_zero(index) {
-                w.write_record(index, None).map_err(DecodeError::SaveFile)?;
-                index += 1;
-                continue;
-            }
-            let mut end = index + 1;
-            while end < pages
-                && end - index < BASE_RUN_PAGES
-                && is_base_page(end)
-                && !base.memory_page_is_zero(end)
-            {
-                end += 1;
-            }
-            let bytes = &mut run[..usize::try_from(end - index).unwrap_or(0) * CHUNK_SIZE_BYTES];
-            base.read_memory_pages(index, bytes)?;
-            for (page, data) in (index..end).zip(bytes.chunks_exact(CHUNK_SIZE_BYTES)) {
-                let data: &Chunk = data
-                    .try_into()
-                    .map_err(|_| DecodeError::Incompatible("page size".into()))?;
-                w.write_record(page, Some(data))
-                    .map_err(DecodeError::SaveFile)?;
-            }
-            index = end;
-        }
-        Ok(())
+        base.visit_memory_pages(
+            pages,
+            |i| !self.overlay_pages.contains(i),
+            |index, data| {
+                if cancel.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                w.write_record(index, data).map_err(DecodeError::SaveFile)?;
+                Ok(true)
+            },
+        )
     }
 }
-
-/// Pages read from the base per positional read.
-const BASE_RUN_PAGES: u64 = 256;
-const BASE_RUN_BYTES: usize = 256 * CHUNK_SIZE_BYTES; // BASE_RUN_PAGES pages

@@ -185,6 +185,22 @@ impl<R: Read> SaveFileReader<R> {
     /// section's EOS and footer. Any section other than a ram PART or END before that is
     /// an error, and so is a page sent twice.
     pub fn next_page(&mut self, buf: &mut Chunk) -> Result<Option<u64>, SaveFileError> {
+        Ok(self.next_page_sparse(buf)?.map(|(index, zero)| {
+            if zero {
+                buf.fill(0);
+            }
+            index
+        }))
+    }
+
+    /// Like [`Self::next_page`], but a page sent as a ZERO record with fill byte 0 leaves
+    /// `buf` as it was and is returned with `true`: most of a guest's memory is such
+    /// pages, and writing and then scanning 4 KiB of zeros for each was a good part of an
+    /// encode's work.
+    pub fn next_page_sparse(
+        &mut self,
+        buf: &mut Chunk,
+    ) -> Result<Option<(u64, bool)>, SaveFileError> {
         loop {
             match self.state {
                 State::Done => return Ok(None),
@@ -225,14 +241,19 @@ impl<R: Read> SaveFileReader<R> {
                         return Err(bad_flags(flags, offset));
                     }
                     let index = self.page_index(header & !FLAG_MASK, flags, offset)?;
+                    let mut zero = false;
                     if kind == FLAG_ZERO {
                         let fill = self.input.u8("zero page record")?;
-                        buf.fill(fill);
+                        if fill == 0 {
+                            zero = true;
+                        } else {
+                            buf.fill(fill);
+                        }
                     } else {
                         self.input.exact(buf, "page data")?;
                     }
                     self.pages_read += 1;
-                    return Ok(Some(index));
+                    return Ok(Some((index, zero)));
                 }
             }
         }

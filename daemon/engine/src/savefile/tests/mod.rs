@@ -41,6 +41,30 @@ fn parse_yields_every_page_with_its_index_and_bytes() {
 }
 
 #[test]
+fn sparse_reads_leave_zero_pages_unwritten_and_fill_the_rest() {
+    let (_, built) = good();
+    let mut r = SaveFileReader::open(&built.bytes[..]).unwrap();
+    let (mut zero, mut filled) = (0, 0);
+    loop {
+        let mut buf = [0xAA; CHUNK_SIZE_BYTES];
+        let Some((i, is_zero)) = r.next_page_sparse(&mut buf).unwrap() else {
+            break;
+        };
+        if is_zero {
+            assert_eq!(expected_page(i), [0; CHUNK_SIZE_BYTES], "page {i}");
+            assert_eq!(buf, [0xAA; CHUNK_SIZE_BYTES], "page {i} was written");
+            zero += 1;
+        } else {
+            // Fill bytes other than 0 (0x55 here) are written out.
+            assert_eq!(buf, expected_page(i), "page {i}");
+            filled += 1;
+        }
+    }
+    assert!(zero > 0 && filled > 0, "{zero} zero, {filled} other pages");
+    assert_eq!(zero + filled, 36);
+}
+
+#[test]
 fn layout_fields_are_parsed() {
     let (spec, built) = good();
     let (layout, _, _) = read_all(&built.bytes).unwrap();
