@@ -537,4 +537,3 @@ fn write_base_save<W: Write>(
         .into_inner()
         .map_err(|e| BaseError::io(name)(e.into_error()))
 }
-

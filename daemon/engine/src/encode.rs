@@ -130,6 +130,8 @@ pub fn encode(
 
 /// Like [`encode`], with the memory snapshot read from `memory` as it is written (e.g.
 /// the FIFO a save writes into: the pages are classified while the VM is being saved).
+/// The parser makes small reads: `memory` should buffer (it is not wrapped again, which
+/// would copy every byte once more).
 /// `name` names it in errors. The disk is opened with `open_disk` once the memory stream
 /// has ended (a VM being saved still changes its disk's metadata until then).
 pub fn encode_streamed(
@@ -186,7 +188,7 @@ fn encode_in_pool(
                 source,
             })?;
             let name = path.display().to_string();
-            Some(builder.add_memory(file, &name, progress)?)
+            Some(builder.add_memory(BufReader::with_capacity(1 << 20, file), &name, progress)?)
         }
         None => None,
     };
@@ -272,6 +274,7 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// Reads the memory snapshot from `file`, a buffered reader.
     fn add_memory<R: Read + Send>(
         &mut self,
         file: R,
@@ -282,8 +285,7 @@ impl<'a> Builder<'a> {
             path: name.to_string(),
             source,
         };
-        let mut reader =
-            SaveFileReader::open(BufReader::with_capacity(1 << 20, file)).map_err(save_err)?;
+        let mut reader = SaveFileReader::open(file).map_err(save_err)?;
         let layout = reader.layout().clone();
         match self.base.memory_layout() {
             Some(base_layout) if base_layout.same_ram_layout(&layout) => {}

@@ -599,5 +599,8 @@ fn the_base_written_back_has_its_snapshot_pages_and_the_new_xml() {
     // The streamed variant writes the same bytes.
     let mut streamed = Vec::new();
     crate::base::stream_base_save_file(&s.base, &mut streamed, Some(xml)).unwrap();
-    assert!(streamed == std::fs::read(&out).unwrap(), "stream and file differ");
+    assert!(
+        streamed == std::fs::read(&out).unwrap(),
+        "stream and file differ"
+    );
 }

@@ -120,7 +120,10 @@ impl StreamedSave {
                 }
             }
         };
-        tracing::debug!(after_ms = at.elapsed().as_millis(), "save stream: the encode is over");
+        tracing::debug!(
+            after_ms = at.elapsed().as_millis(),
+            "save stream: the encode is over"
+        );
         let saved = match saved {
             Some(saved) => saved,
             None => {
@@ -209,7 +212,10 @@ impl SaveReader {
     /// else reads the header through a second open and checks it.
     fn end(&mut self) -> std::io::Result<()> {
         self.file = None;
-        tracing::debug!(after_ms = self.made.elapsed().as_millis(), "save stream: end of the first open");
+        tracing::debug!(
+            after_ms = self.made.elapsed().as_millis(),
+            "save stream: end of the first open"
+        );
         if self.header.len() < LIBVIRT_HEADER_BYTES {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -235,7 +241,10 @@ impl SaveReader {
                 .take(LIBVIRT_HEADER_BYTES as u64 + 1)
                 .read_to_end(&mut rewritten)
         })?;
-        tracing::debug!(after_ms = self.made.elapsed().as_millis(), "save stream: header rewritten");
+        tracing::debug!(
+            after_ms = self.made.elapsed().as_millis(),
+            "save stream: header rewritten"
+        );
         if rewritten != expected {
             return Err(std::io::Error::other(
                 "libvirt did not mark the save complete (its header was not rewritten)",
@@ -249,7 +258,10 @@ impl SaveReader {
         if self.file.is_none() {
             // Blocks until libvirt opens the FIFO to write (or `finish` releases it).
             let file = self.clock.during(|| File::open(&self.fifo))?;
-            tracing::debug!(after_ms = self.made.elapsed().as_millis(), "save stream: opened");
+            tracing::debug!(
+                after_ms = self.made.elapsed().as_millis(),
+                "save stream: opened"
+            );
             super::fifo::grow_pipe(&file);
             self.file = Some(Watched::new(file, self.clock.clone()));
         }
