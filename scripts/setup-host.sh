@@ -122,6 +122,7 @@ start_libvirtd() {
   if [ "$pid1" = systemd ]; then
     libvirtd -d
   else
+    mkdir -p /var/log/libvirt
     setsid -f tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd-stdio.log 2>&1
   fi
 }

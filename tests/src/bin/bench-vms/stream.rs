@@ -1,13 +1,14 @@
 //! `--stream`: synthesis and overlay-session start with the memory streamed into the
 //! restore and the overlay encoded from the save as it is written (`restore_stream =
 //! save_stream = on`) against the save-file path (`off`), on one 1 GiB-RAM
-//! guest, in one run: the same daemon data directory, restarted in each mode.
+//! guest, in one run: the same daemon data directory, restarted for each mode, the modes
+//! alternating run by run (on/off, off/on, ...).
 //!
-//! Per mode: overlay creation (save + encode), an overlay session's start (prepare +
-//! resume), syntheses from the stored
-//! overlay (wall time to the app answering, the bytes the daemon wrote, the qcow2's
-//! size), and syntheses uploaded over a paced link (10, 40, 100 Mbit/s) measured from
-//! the first byte sent to the app answering on its forwarded port. The reference is a
+//! Per mode and run: an overlay creation (save + encode), an overlay session's start
+//! (prepare + resume), a synthesis from the stored overlay (wall time to the app
+//! answering, the bytes the daemon wrote, the qcow2's size), and syntheses uploaded over
+//! a paced link (10, 40, 100 Mbit/s) measured from the first byte sent to the app
+//! answering on its forwarded port. The reference is a
 //! plain `virsh restore` of the customized VM's save file from the page cache.
 //!
 //! The guest is the fixture (busybox; its memory mostly zero pages) or, with `--debian`,
@@ -29,6 +30,29 @@ const LINK_MBIT: [u64; 3] = [10, 40, 100];
 
 /// The app the fixture's overlay carries: answers on guest port 8080.
 const APP: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
+
+/// The two modes compared: `restore_stream = save_stream =` this.
+const MODES: [&str; 2] = ["on", "off"];
+
+/// One mode's measurements, gathered over the runs.
+#[derive(Default)]
+struct ModeRuns {
+    creations: Vec<Value>,
+    starts: Vec<Duration>,
+    session_timings: Vec<Value>,
+    syntheses: Vec<Value>,
+    link: Vec<Value>,
+    peak_rss_mib: u64,
+}
+
+/// The median in seconds; NaN (null in the JSON) for a part not run.
+fn median_s(v: &[Duration]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        median(v.to_vec()).as_secs_f64()
+    }
+}
 
 /// The parts of the comparison to run (`--only creation,start,...`; all by default).
 pub(super) struct Parts {
@@ -144,118 +168,120 @@ pub(super) fn stream_vs_file(
     }
     println!("  overlay: {} bytes", bytes.len());
 
-    let mut modes = serde_json::Map::new();
+    // Modes alternate run by run (on/off, then off/on, ...), each in a daemon restarted
+    // for it: a mode measured first after a restart pays for memory the machine took
+    // back meanwhile (docs/benchmarks.md, "Noise"), so running one mode's runs all before
+    // the other's biased the comparison.
+    let mut acc = [ModeRuns::default(), ModeRuns::default()];
     let mut reference = Value::Null;
-    for mode in ["on", "off"] {
-        b.restart(&[
-            ("CLOUDLET_RESTORE_STREAM", mode),
-            ("CLOUDLET_SAVE_STREAM", mode),
-        ])?;
-        println!("-- restore_stream = save_stream = {mode}");
-        // Overlay creation: save + encode (pipelined when streamed).
-        let mut creations = Vec::new();
-        for _ in 0..runs * usize::from(parts.creation) {
-            let made = create(&b)?;
-            let t = &made["timings"];
-            let ms = |k: &str| t[k].as_f64().unwrap_or(0.0) / 1000.0;
-            // Pipelined, save and encode overlap: the step is the longer of the two.
-            let save_encode_s = match mode {
-                "on" => ms("save_stream").max(ms("encode")),
-                _ => ms("save") + ms("encode"),
-            };
-            println!("  overlay creation: save + encode {save_encode_s:.2} s ({t})");
-            creations.push(json!({ "save_encode_s": save_encode_s, "timings": t }));
-            let id = made["overlay_id"].as_str().context("overlay id")?;
-            b.d.json("DELETE", &format!("/api/v1/overlays/{id}"), None)?;
-        }
-        let mut starts = Vec::new();
-        let mut session_timings = Vec::new();
-        for _ in 0..runs * usize::from(parts.start) {
-            let started = Instant::now();
-            let s = b.call(
-                "POST",
-                "/api/v1/overlays",
-                json!({ "base": b.name, "script": ["true"] }),
-            )?;
-            starts.push(started.elapsed());
-            session_timings.push(s["timings"].clone());
-            b.stop(&s)?;
-        }
-        let mut syntheses = Vec::new();
-        for run in 0..runs * usize::from(parts.synthesis) {
-            let pid = b.d.pid().context("daemon pid")?;
-            let written_before = written_bytes(pid)?;
-            let started = Instant::now();
-            let s = b.call(
-                "POST",
-                "/api/v1/synthesis",
-                json!({ "base": b.name, "overlay_id": overlay_id }),
-            )?;
-            let answered = guest.app_answers(&s)?;
-            let app_s = started.elapsed().as_secs_f64();
-            let _ = answered;
-            let written = written_bytes(pid)? - written_before;
-            let disk = session_disk(&b, &s)?;
-            syntheses.push(json!({
-                "app_answering_s": app_s,
-                "daemon_bytes_written": written,
-                "qcow2_bytes": disk,
-                "timings": s["timings"],
-            }));
-            if mode == "off" && run + 1 == runs {
-                reference = plain_restore(&b, &s, runs)?;
+    for run in 0..runs {
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for m in order {
+            let mode = MODES[m];
+            b.restart(&[
+                ("CLOUDLET_RESTORE_STREAM", mode),
+                ("CLOUDLET_SAVE_STREAM", mode),
+            ])?;
+            println!("-- run {}, restore_stream = save_stream = {mode}", run + 1);
+            let acc = &mut acc[m];
+            if parts.creation {
+                // Overlay creation: save + encode (pipelined when streamed).
+                let made = create(&b)?;
+                let t = &made["timings"];
+                let ms = |k: &str| t[k].as_f64().unwrap_or(0.0) / 1000.0;
+                // Pipelined, save and encode overlap: the step is the longer of the two.
+                let save_encode_s = match mode {
+                    "on" => ms("save_stream").max(ms("encode")),
+                    _ => ms("save") + ms("encode"),
+                };
+                println!("  overlay creation: save + encode {save_encode_s:.2} s ({t})");
+                acc.creations
+                    .push(json!({ "save_encode_s": save_encode_s, "timings": t }));
+                let id = made["overlay_id"].as_str().context("overlay id")?;
+                b.d.json("DELETE", &format!("/api/v1/overlays/{id}"), None)?;
             }
-            b.stop(&s)?;
-        }
-        let mut link = Vec::new();
-        for mbit in LINK_MBIT.into_iter().filter(|_| parts.link) {
-            let (app_s, s) = paced_synthesis(guest, &b, &bytes, mbit)?;
-            let transfer_s = bytes.len() as f64 * 8.0 / (mbit as f64 * 1e6);
-            println!(
-                "  {mbit:>3} Mbit/s: app answering {app_s:.2} s after the first byte \
-                 (transfer {transfer_s:.2} s, + {:.2} s)",
-                app_s - transfer_s
-            );
-            link.push(json!({
-                "mbit_s": mbit,
-                "transfer_s": transfer_s,
-                "app_answering_s": app_s,
-                "over_transfer_s": app_s - transfer_s,
-                "timings": s["timings"],
-            }));
-            b.stop(&s)?;
-        }
-        // NaN (null in the JSON) for a part not run.
-        let median_s = |v: &[Duration]| {
-            if v.is_empty() {
-                f64::NAN
-            } else {
-                median(v.to_vec()).as_secs_f64()
+            if parts.start {
+                let started = Instant::now();
+                let s = b.call(
+                    "POST",
+                    "/api/v1/overlays",
+                    json!({ "base": b.name, "script": ["true"] }),
+                )?;
+                acc.starts.push(started.elapsed());
+                acc.session_timings.push(s["timings"].clone());
+                b.stop(&s)?;
             }
-        };
-        let synth_s: Vec<Duration> = syntheses
+            if parts.synthesis {
+                let pid = b.d.pid().context("daemon pid")?;
+                let written_before = written_bytes(pid)?;
+                let started = Instant::now();
+                let s = b.call(
+                    "POST",
+                    "/api/v1/synthesis",
+                    json!({ "base": b.name, "overlay_id": overlay_id }),
+                )?;
+                guest.app_answers(&s)?;
+                let app_s = started.elapsed().as_secs_f64();
+                let written = written_bytes(pid)? - written_before;
+                let disk = session_disk(&b, &s)?;
+                acc.syntheses.push(json!({
+                    "app_answering_s": app_s,
+                    "daemon_bytes_written": written,
+                    "qcow2_bytes": disk,
+                    "timings": s["timings"],
+                }));
+                if mode == "off" && run + 1 == runs {
+                    reference = plain_restore(&b, &s, runs)?;
+                }
+                b.stop(&s)?;
+            }
+            for mbit in LINK_MBIT.into_iter().filter(|_| parts.link) {
+                let (app_s, s) = paced_synthesis(guest, &b, &bytes, mbit)?;
+                let transfer_s = bytes.len() as f64 * 8.0 / (mbit as f64 * 1e6);
+                println!(
+                    "  {mbit:>3} Mbit/s: app answering {app_s:.2} s after the first byte \
+                     (transfer {transfer_s:.2} s, + {:.2} s)",
+                    app_s - transfer_s
+                );
+                acc.link.push(json!({
+                    "run": run + 1,
+                    "mbit_s": mbit,
+                    "transfer_s": transfer_s,
+                    "app_answering_s": app_s,
+                    "over_transfer_s": app_s - transfer_s,
+                    "timings": s["timings"],
+                }));
+                b.stop(&s)?;
+            }
+            // Each restart starts a new daemon process: the mode's peak is the largest.
+            acc.peak_rss_mib = acc.peak_rss_mib.max(b.peak_rss_mib()?);
+        }
+    }
+    let mut modes = serde_json::Map::new();
+    for (mode, acc) in MODES.into_iter().zip(acc) {
+        let synth_s: Vec<Duration> = acc
+            .syntheses
             .iter()
             .filter_map(|s| s["app_answering_s"].as_f64())
             .map(Duration::from_secs_f64)
             .collect();
         println!(
-            "  overlay session start {:.2} s, synthesis to app answering {:.2} s (medians)",
-            median_s(&starts),
-            median_s(&synth_s)
+            "{mode}: overlay session start {:.2} s, synthesis to app answering {:.2} s \
+             (medians), daemon peak RSS {} MiB (target ≤ 256)",
+            median_s(&acc.starts),
+            median_s(&synth_s),
+            acc.peak_rss_mib
         );
-        // Per mode: the next restart starts a new daemon process.
-        let peak = b.peak_rss_mib()?;
-        println!("  daemon peak RSS: {peak} MiB (target ≤ 256)");
         modes.insert(
             mode.to_string(),
             json!({
-                "daemon_peak_rss_mib": peak,
-                "overlay_creation": creations,
-                "overlay_session_start_s": median_s(&starts),
-                "overlay_session_timings": session_timings,
+                "daemon_peak_rss_mib": acc.peak_rss_mib,
+                "overlay_creation": acc.creations,
+                "overlay_session_start_s": median_s(&acc.starts),
+                "overlay_session_timings": acc.session_timings,
                 "synthesis_to_app_s": median_s(&synth_s),
-                "syntheses": syntheses,
-                "link": link,
+                "syntheses": acc.syntheses,
+                "link": acc.link,
             }),
         );
     }
