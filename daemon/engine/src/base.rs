@@ -419,9 +419,8 @@ impl Base {
     }
 
     /// Visits, in order, the memory pages below `pages` for which `wanted` is true (an
-    /// error if the base has fewer): a zero page (known
-    /// from the hash list) as `None`, without reading it; the others read in runs of
-    /// consecutive pages. Stops early when `visit` returns `Ok(false)`. Guest memory is
+    /// error if the base has fewer): a zero page (known from the hash list) as `None`,
+    /// without reading it; the others read in runs of consecutive pages. Stops early when `visit` returns `Ok(false)`. Guest memory is
     /// mostly zero pages: reading and scanning them cost more than writing the rest.
     pub fn visit_memory_pages<E: From<BaseError>>(
         &self,
@@ -431,7 +430,7 @@ impl Base {
     ) -> Result<(), E> {
         if pages > self.hashes.memory_pages() {
             return Err(BaseError::Inconsistent(format!(
-                "memory page {pages} asked for, the base has {}",
+                "{pages} memory pages asked for, the base has {}",
                 self.hashes.memory_pages()
             ))
             .into());
@@ -475,8 +474,8 @@ impl Base {
 }
 
 /// Memory pages read per positional read by [`Base::visit_memory_pages`].
-const MEMORY_RUN_PAGES: u64 = 256;
-const MEMORY_RUN_BYTES: usize = 256 * CHUNK_SIZE_BYTES; // MEMORY_RUN_PAGES pages
+const MEMORY_RUN_BYTES: usize = 256 * CHUNK_SIZE_BYTES;
+const MEMORY_RUN_PAGES: u64 = (MEMORY_RUN_BYTES / CHUNK_SIZE_BYTES) as u64;
 
 /// Writes the base's own memory snapshot back as a libvirt save file (to resume the base,
 /// e.g. to customize it), optionally with another domain XML.

@@ -28,16 +28,12 @@ pub enum Class {
 /// the class and the chunk's hash. Reads nothing: the base's hash list and index answer.
 pub fn classify(base: &Base, kind: ImageKind, index: u64, data: &Chunk) -> (Class, ChunkHash) {
     // Zero pages dominate guest memory: recognizing them is cheaper than hashing them.
-    let (hash, zero) = if is_zero(data) {
-        (zero_chunk_hash(), true)
-    } else {
-        (hash_chunk(data), false)
-    };
-    let base_hash = base.hash_at(Location { kind, index });
-    if base_hash == Some(&hash) {
+    if is_zero(data) {
+        return classify_zero(base, kind, index);
+    }
+    let hash = hash_chunk(data);
+    if base.hash_at(Location { kind, index }) == Some(&hash) {
         (Class::Unchanged, hash)
-    } else if zero {
-        (Class::Zero, hash)
     } else if let Some(loc) = base.find(&hash) {
         (Class::BaseRef(loc), hash)
     } else {
