@@ -273,6 +273,10 @@ pub struct Config {
     /// or a restore that does not finish after its stream) before the daemon destroys
     /// the VM (`CLOUDLET_STREAM_STALL_TIMEOUT_S`).
     pub stream_stall_timeout_s: u64,
+    /// Whether the base of the last overlay session is kept restored and paused for the
+    /// next one, which then starts with a resume (`CLOUDLET_OVERLAY_STANDBY`). Costs one
+    /// paused VM: the base snapshot's non-zero pages, in host memory.
+    pub overlay_standby: bool,
 }
 
 impl Default for Config {
@@ -308,6 +312,7 @@ impl Default for Config {
             restore_stream: StreamMode::Auto,
             save_stream: StreamMode::Auto,
             stream_stall_timeout_s: 60,
+            overlay_standby: false,
         }
     }
 }
@@ -466,6 +471,9 @@ impl Config {
         }
         if let Some(v) = get("CLOUDLET_SAVE_STREAM") {
             self.save_stream = parse("save_stream", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_OVERLAY_STANDBY") {
+            self.overlay_standby = parse("overlay_standby", &v)?;
         }
         if let Some(v) = get("CLOUDLET_STREAM_STALL_TIMEOUT_S") {
             self.stream_stall_timeout_s = parse("stream_stall_timeout_s", &v)?;
@@ -675,6 +683,10 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
       A QEMU that leaves a streamed restore or save without progress this long (or
       does not finish a restore this long after its stream) is destroyed: the request
       fails with hypervisor-error instead of hanging.
+  overlay_standby           CLOUDLET_OVERLAY_STANDBY           false (true | false)
+      Keeps the base of the last overlay session restored and paused, its session
+      files ready: the next overlay session on that base starts with a resume instead
+      of a restore. Costs one paused VM (the base snapshot's pages) in host memory.
 Log filter: CLOUDLET_LOG (default \"info\", e.g. \"cloudletd=debug\").
 `cloudletd print-config` shows the effective settings as TOML.";
 

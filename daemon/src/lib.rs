@@ -48,6 +48,9 @@ pub struct AppState {
     pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Plain HTTP or TLS (and with which certificate).
     pub transport: tls::Transport,
+    /// The warm standby VM for the next overlay session, if any (`overlay_standby`);
+    /// locked while one is made.
+    pub standby: std::sync::Arc<tokio::sync::Mutex<Option<service::standby::Standby>>>,
 }
 
 /// Opens the data directory and catalogue, repairs what a crash interrupted.
@@ -80,6 +83,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         confine: std::sync::Arc::new(confine),
         ready: std::sync::Arc::default(),
         transport,
+        standby: std::sync::Arc::default(),
     };
     // The token file's secret is the first admin token (existing deployments keep working).
     state
@@ -165,6 +169,7 @@ pub async fn serve(
     tracing::info!(%addr, scheme, data_dir = %state.data.root().display(), "cloudletd listening");
     let store = state.store.clone();
     let config = state.config.clone();
+    let standby = state.clone();
     let app = api::router(state);
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -223,6 +228,16 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open after 10 s; closing them");
+    }
+    // A standby VM is nobody's session: it would only wait for the next start's cleanup.
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        standby.discard_standby(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("the standby VM was not destroyed within 10 s; the next start will");
     }
     store.close().await;
     tracing::info!("cloudletd stopped");

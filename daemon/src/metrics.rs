@@ -20,6 +20,7 @@ pub struct Metrics {
     received_bytes: Counter,
     sent_bytes: Counter,
     sessions: Family<Labels, Gauge>,
+    standby_vms: Gauge,
     responses: Family<Labels, Counter>,
 }
 
@@ -68,6 +69,12 @@ impl Default for Metrics {
             "Sessions with a VM, by kind (base, overlay, synthesis)",
             sessions.clone(),
         );
+        let standby_vms = Gauge::default();
+        registry.register(
+            "standby_vms",
+            "Paused base VMs kept ready for the next overlay session (overlay_standby)",
+            standby_vms.clone(),
+        );
         let responses = Family::<Labels, Counter>::default();
         registry.register(
             "http_responses",
@@ -82,6 +89,7 @@ impl Default for Metrics {
             received_bytes,
             sent_bytes,
             sessions,
+            standby_vms,
             responses,
         }
     }
@@ -119,6 +127,11 @@ impl Metrics {
     /// File bytes are being sent.
     pub fn sent(&self, bytes: u64) {
         self.sent_bytes.inc_by(bytes);
+    }
+
+    /// How many standby VMs are ready now.
+    pub fn standby_vms(&self, n: i64) {
+        self.standby_vms.set(n);
     }
 
     /// An HTTP answer went out.

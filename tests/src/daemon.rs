@@ -39,6 +39,14 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
                 "cloudlet",
                 "--bins",
             ]);
+            // What `cargo test`/`cargo run` set for the running crate must not reach this
+            // build: ring's build script watches CARGO_MANIFEST_DIR, so an inherited value
+            // made every build from a shell and every build from here rebuild the TLS stack.
+            for (key, _) in std::env::vars_os() {
+                if key.to_str().is_some_and(is_cargo_run_var) {
+                    cmd.env_remove(key);
+                }
+            }
             if profile == "release" {
                 cmd.arg("--release");
             }
@@ -51,6 +59,21 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         .clone()
         .map_err(anyhow::Error::msg)?;
     Ok(path)
+}
+
+/// Whether `key` is one of the variables cargo sets for the crate it runs (not one that
+/// configures cargo, like CARGO_HOME or CARGO_TARGET_DIR).
+fn is_cargo_run_var(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+        )
 }
 
 /// A running daemon.

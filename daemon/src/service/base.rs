@@ -312,6 +312,8 @@ impl AppState {
         self.store
             .set_base_state(&base.id, ResourceState::Deleting)
             .await?;
+        // After the state change: a standby being made now waits for it, or sees it.
+        self.discard_standby_of(&base.id).await;
         let _ = std::fs::remove_file(self.data.export_file(&base.id));
         if let Err(e) = std::fs::remove_dir_all(&base.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {

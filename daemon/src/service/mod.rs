@@ -13,6 +13,7 @@ pub mod overlay;
 pub mod progress;
 pub mod session;
 mod stall;
+pub mod standby;
 mod stream_restore;
 mod stream_save;
 pub mod synthesis;

@@ -106,8 +106,21 @@ impl AppState {
                 base.name
             )));
         }
-        let (mut session, dir) =
-            self.new_session_with_dir(SessionKind::Overlay, &base.id, caller)?;
+        let discard = if req.no_trim {
+            Discard::Ignore
+        } else {
+            Discard::Unmap
+        };
+        // A warm standby of this base (service::standby) is this session's VM, if one is
+        // ready and was made for the same disk options.
+        let standby = match discard {
+            Discard::Unmap => self.take_standby(&base.id).await,
+            _ => None,
+        };
+        let (mut session, dir) = match &standby {
+            Some(s) => s.session(caller),
+            None => self.new_session_with_dir(SessionKind::Overlay, &base.id, caller)?,
+        };
         let vm = session.vm_name.clone().unwrap_or_default();
         let ports = merge_ports(&base, &req.guest_ports);
         session.params = Json(
@@ -123,82 +136,25 @@ impl AppState {
 
         let mut timer = StepTimer::default();
         let result = async {
-            let started = StepTimer::begin("prepare");
-            let engine_base = open_base(&base).await?;
-            let disk = dir.join("disk.qcow2");
             let console_path = dir.join("console.sock");
-            create_cow_disk(&base_paths(&base).disk, &disk).await?;
-            let resume = dir.join("resume.save");
-            // The base's memory goes straight into the restore through a FIFO when it can,
-            // else into a save file that is restored next.
-            let (stream, opener) = self.streamed_restore(&base, &dir, &vm)?.unzip();
-            let streamed = {
-                let discard = if req.no_trim {
-                    Discard::Ignore
-                } else {
-                    Discard::Unmap
-                };
-                let spec = self.session_spec(&base, &vm, &disk, &console_path, Some(discard));
-                let resume = resume.clone();
-                blocking(move || {
-                    let layout = engine_base
-                        .memory_layout()
-                        .ok_or_else(|| ServiceError::InvalidRequest("base has no memory".into()))?;
-                    let saved = layout
-                        .domain_xml()
-                        .map_err(|e| ServiceError::failed("reading the base's domain XML", e))?;
-                    // A base's XML may come from an imported archive or a user's save
-                    // file: the daemon builds the definition, the saved XML lends values.
-                    let xml = resume_xml(saved, layout.cookie(), &spec)?;
-                    let writing = |e| ServiceError::failed("writing the base snapshot", e);
-                    let opened = match opener {
-                        Some(open) => open()
-                            .map_err(|e| ServiceError::failed("opening the restore stream", e))?,
-                        None => None,
-                    };
-                    match opened {
-                        Some(out) => {
-                            stream_base_save_file(&engine_base, out, Some(&xml)).map_err(writing)?;
-                            Ok(true)
-                        }
-                        None => {
-                            write_base_save_file(&engine_base, &resume, Some(&xml))
-                                .map_err(writing)?;
-                            Ok(false)
-                        }
+            let started = StepTimer::begin("resume_standby");
+            let resumed = match standby {
+                Some(standby) => match self.resume_standby(standby).await {
+                    Ok(()) => true,
+                    // Its VM died or was destroyed meanwhile: the session restores the
+                    // base itself, in the standby's directory.
+                    Err(e) => {
+                        tracing::warn!(error = %super::chain(&e), "the standby VM did not resume; restoring the base");
+                        false
                     }
-                })
-                .await
+                },
+                None => false,
             };
-            if matches!(streamed, Ok(true)) {
-                timer.record("prepare", started);
-            }
-            let restored = match stream {
-                Some(s) => {
-                    if matches!(streamed, Ok(true)) {
-                        StepTimer::begin("resume_stream");
-                    }
-                    s.outcome().await
-                }
-                None => Outcome::NotStreamed,
-            };
-            match (streamed, restored) {
-                // A stream whose reader went away is explained by the restore's error.
-                (Err(e), Outcome::Finished(Err(v), _)) if broke_the_stream(&e) => {
-                    tracing::warn!(error = %super::chain(&e), "base snapshot stopped: the restore failed");
-                    return Err(v.into());
-                }
-                (Err(e), _) => return Err(e),
-                (Ok(_), Outcome::Finished(result, took)) => {
-                    result?;
-                    timer.record_took("resume_stream", took);
-                }
-                (Ok(_), Outcome::NotStreamed) => {
-                    timer.record("prepare", started);
-                    self.give_vm_its_files(&base, &dir)?;
-                    timer.time("resume", self.hv.restore(&resume)).await?;
-                    let _ = std::fs::remove_file(&resume); // QEMU has loaded it
-                }
+            if resumed {
+                timer.record("resume_standby", started);
+            } else {
+                self.restore_base(&base, &dir, &vm, (discard, false), &mut timer)
+                    .await?;
             }
             session.console_path = Some(console_path.display().to_string());
             session.vnc_port = self.hv.vnc_port(&vm).await.ok().flatten().map(i64::from);
@@ -238,6 +194,97 @@ impl AppState {
             ));
         }
         Ok(Session::from(&session))
+    }
+
+    /// Restores `base`'s snapshot as VM `vm` of session directory `dir` (its copy-on-write
+    /// disk made here, discarding as `discard` says), left running or `paused`. The
+    /// memory goes straight into the restore through a FIFO when it can (step
+    /// `resume_stream`), else into a save file that is restored next (`prepare`, then
+    /// `resume`).
+    pub(crate) async fn restore_base(
+        &self,
+        base: &BaseRecord,
+        dir: &Path,
+        vm: &str,
+        (discard, paused): (Discard, bool),
+        timer: &mut StepTimer,
+    ) -> Result<(), ServiceError> {
+        let started = StepTimer::begin("prepare");
+        let engine_base = open_base(base).await?;
+        let disk = dir.join("disk.qcow2");
+        let console_path = dir.join("console.sock");
+        create_cow_disk(&base_paths(base).disk, &disk).await?;
+        let resume = dir.join("resume.save");
+        let (stream, opener) = self.streamed_restore(base, dir, vm, paused)?.unzip();
+        let streamed = {
+            let spec = self.session_spec(base, vm, &disk, &console_path, Some(discard));
+            let resume = resume.clone();
+            blocking(move || {
+                let layout = engine_base
+                    .memory_layout()
+                    .ok_or_else(|| ServiceError::InvalidRequest("base has no memory".into()))?;
+                let saved = layout
+                    .domain_xml()
+                    .map_err(|e| ServiceError::failed("reading the base's domain XML", e))?;
+                // A base's XML may come from an imported archive or a user's save file:
+                // the daemon builds the definition, the saved XML lends values.
+                let xml = resume_xml(saved, layout.cookie(), &spec)?;
+                let writing = |e| ServiceError::failed("writing the base snapshot", e);
+                let opened = match opener {
+                    Some(open) => {
+                        open().map_err(|e| ServiceError::failed("opening the restore stream", e))?
+                    }
+                    None => None,
+                };
+                match opened {
+                    Some(out) => {
+                        stream_base_save_file(&engine_base, out, Some(&xml)).map_err(writing)?;
+                        Ok(true)
+                    }
+                    None => {
+                        write_base_save_file(&engine_base, &resume, Some(&xml)).map_err(writing)?;
+                        Ok(false)
+                    }
+                }
+            })
+            .await
+        };
+        if matches!(streamed, Ok(true)) {
+            timer.record("prepare", started);
+        }
+        let restored = match stream {
+            Some(s) => {
+                if matches!(streamed, Ok(true)) {
+                    StepTimer::begin("resume_stream");
+                }
+                s.outcome().await
+            }
+            None => Outcome::NotStreamed,
+        };
+        match (streamed, restored) {
+            // A stream whose reader went away is explained by the restore's error.
+            (Err(e), Outcome::Finished(Err(v), _)) if broke_the_stream(&e) => {
+                tracing::warn!(error = %super::chain(&e), "base snapshot stopped: the restore failed");
+                Err(v.into())
+            }
+            (Err(e), _) => Err(e),
+            (Ok(_), Outcome::Finished(result, took)) => {
+                result?;
+                timer.record_took("resume_stream", took);
+                Ok(())
+            }
+            (Ok(_), Outcome::NotStreamed) => {
+                timer.record("prepare", started);
+                self.give_vm_its_files(base, dir)?;
+                let restoring = if paused {
+                    self.hv.restore_paused(&resume).await
+                } else {
+                    timer.time("resume", self.hv.restore(&resume)).await
+                };
+                let _ = std::fs::remove_file(&resume); // QEMU has loaded it (or failed)
+                Ok(restoring?)
+            }
+        }
     }
 
     /// Saves the customized VM and encodes the overlay.

@@ -25,6 +25,8 @@ pub struct Adoption {
     pub destroyed: u64,
     /// `cloudlet-*` VMs without a session row here: left alone.
     pub foreign: u64,
+    /// Standby VMs of the previous run (`overlay_standby`): destroyed.
+    pub standbys_destroyed: u64,
 }
 
 /// The flow-specific parameters a session stored when it started.
@@ -150,6 +152,7 @@ impl AppState {
             SessionKind::Base => self.finish_base(&mut session).await,
             _ => self.finish_overlay(&mut session).await,
         };
+        self.after_overlay_session(&session);
         match result {
             Ok(()) => {
                 // The VM is gone (saved); its scratch files too, unless they are the base.
@@ -189,7 +192,16 @@ impl AppState {
         self.teardown(&session).await;
         session.advance(SessionState::Stopped)?;
         self.store.update_session(&session).await?;
+        self.after_overlay_session(&session);
         Ok(Session::from(&session))
+    }
+
+    /// An overlay session's VM is gone (saved or destroyed): its base's standby is made
+    /// now, while the machine is idle, not when the next session starts.
+    fn after_overlay_session(&self, session: &SessionRecord) {
+        if let (SessionKind::Overlay, Some(base_id)) = (session.kind, &session.base_id) {
+            self.refill_standby(base_id);
+        }
     }
 
     /// Runs a shell line, or a multi-line script as one unit, in a running session's guest
@@ -229,7 +241,11 @@ impl AppState {
     /// A `cloudlet-*` VM without a session row is reported and left alone: it may belong to
     /// another daemon on this host.
     pub async fn adopt_running_vms(&self) -> Result<Adoption, ServiceError> {
-        let mut adoption = Adoption::default();
+        let mut adoption = Adoption {
+            // First, so that their VMs are not counted as foreign below.
+            standbys_destroyed: self.destroy_left_standbys().await?,
+            ..Adoption::default()
+        };
         let alive = self.hv.list_with_prefix("cloudlet-").await?;
         for mut session in self.store.active_sessions().await? {
             let vm = session.vm_name.clone().unwrap_or_default();

@@ -92,21 +92,28 @@ impl StreamedRestore {
     }
 
     /// The decoder's [`OpenStream`]: runs `prepare` (the disk exists now: give the VM its
-    /// files), starts the restore on `runtime`, and returns the FIFO's write end once
-    /// libvirt has opened it. With `required`, a restore that never opens it is an error;
-    /// otherwise the stream is declined (`None`) and the decoder writes a save file.
+    /// files), starts the restore on `runtime` (leaving the VM `paused`, or running), and
+    /// returns the FIFO's write end once libvirt has opened it. With `required`, a restore
+    /// that never opens it is an error; otherwise the stream is declined (`None`) and the
+    /// decoder writes a save file.
     pub(crate) fn opener(
         &self,
         hv: Hypervisor,
         runtime: tokio::runtime::Handle,
         prepare: impl FnOnce() -> std::io::Result<()> + Send + 'static,
-        required: bool,
+        (required, paused): (bool, bool),
     ) -> OpenStream {
         let (fifo, slot, clock) = (self.fifo.clone(), self.restore.clone(), self.clock.clone());
         Box::new(move || {
             prepare()?;
             let path = fifo.clone();
-            let task = runtime.spawn(async move { hv.restore(&path).await });
+            let task = runtime.spawn(async move {
+                if paused {
+                    hv.restore_paused(&path).await
+                } else {
+                    hv.restore(&path).await
+                }
+            });
             let at = Instant::now();
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Started {
                 task,
@@ -248,12 +255,13 @@ impl AppState {
     /// A streamed restore for the session directory `dir` as `restore_stream` says (None:
     /// off, or the FIFO cannot be made and streaming is not required), with the opener to
     /// hand to whatever writes the save file. The opener gives the VM its files (the base's
-    /// and `dir`'s) before the restore starts.
+    /// and `dir`'s) before the restore starts; the VM is left `paused`, or running.
     pub(crate) fn streamed_restore(
         &self,
         base: &BaseRecord,
         dir: &Path,
         vm: &str,
+        paused: bool,
     ) -> Result<Option<(StreamedRestore, OpenStream)>, ServiceError> {
         let required = match self.config.restore_stream {
             StreamMode::Off => return Ok(None),
@@ -283,7 +291,7 @@ impl AppState {
                 .map_err(std::io::Error::other)
         };
         let runtime = tokio::runtime::Handle::current();
-        let open = restore.opener(self.hv.clone(), runtime, prepare, required);
+        let open = restore.opener(self.hv.clone(), runtime, prepare, (required, paused));
         Ok(Some((restore, open)))
     }
 }

@@ -245,7 +245,7 @@ impl AppState {
             let disk = dir.join("disk.qcow2");
             let memory = dir.join("memory.save");
             let console = dir.join("console.sock");
-            let (stream, opener) = self.streamed_restore(&base, &dir, &vm)?.unzip();
+            let (stream, opener) = self.streamed_restore(&base, &dir, &vm, false)?.unzip();
             let decoded = {
                 let spec = self.session_spec(&base, &vm, &disk, &console, None);
                 let (memory, template, disk) =

@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod overlays;
 pub mod reconcile;
 pub mod sessions;
+pub mod standbys;
 pub mod tokens;
 
 pub use db::{Store, StoreError};

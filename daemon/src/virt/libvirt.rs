@@ -94,10 +94,33 @@ impl Hypervisor {
     /// Restores the save file at `path` with the domain XML embedded in it (the engine
     /// writes files with the XML of the session) and leaves the domain running.
     pub async fn restore(&self, path: &Path) -> Result<(), VirtError> {
+        self.restore_as(path, sys::VIR_DOMAIN_SAVE_RUNNING).await
+    }
+
+    /// Like [`Self::restore`], but leaves the domain paused: QEMU has loaded the memory,
+    /// [`Self::resume`] runs the guest.
+    pub async fn restore_paused(&self, path: &Path) -> Result<(), VirtError> {
+        self.restore_as(path, sys::VIR_DOMAIN_SAVE_PAUSED).await
+    }
+
+    async fn restore_as(
+        &self,
+        path: &Path,
+        flags: sys::virDomainSaveRestoreFlags,
+    ) -> Result<(), VirtError> {
         let path = utf8_path(path)?;
         self.with_connection("restore", move |conn| {
-            conn.restore_domain_flags(&path, None, sys::VIR_DOMAIN_SAVE_RUNNING)
+            conn.restore_domain_flags(&path, None, flags)
                 .map_err(libvirt("restore"))
+        })
+        .await
+    }
+
+    /// Runs paused domain `name` (`virDomainResume`).
+    pub async fn resume(&self, name: &str) -> Result<(), VirtError> {
+        let name = name.to_string();
+        self.with_connection("resume", move |conn| {
+            lookup(conn, &name)?.resume().map_err(libvirt("resume"))
         })
         .await
     }

@@ -116,7 +116,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 println!(
                     "bench-vms [--runs N] [--json FILE] [--skip-xz] [--only WORKLOAD] [--scale | --big | --stream [--debian] [--only PARTS]]\n\
                      workloads: {}\n\
-                     --stream parts (comma-separated): creation, start, synthesis, link (default: all)",
+                     --stream parts (comma-separated): creation, start, synthesis, link, standby (default: all)",
                     workloads()
                         .iter()
                         .map(|w| w.name.clone())

@@ -8,8 +8,12 @@
 //! (prepare + resume), a synthesis from the stored overlay (wall time to the app
 //! answering, the bytes the daemon wrote, the qcow2's size), and syntheses uploaded over
 //! a paced link (10, 40, 100 Mbit/s) measured from the first byte sent to the app
-//! answering on its forwarded port. The reference is a
-//! plain `virsh restore` of the customized VM's save file from the page cache.
+//! answering on its forwarded port. The reference is a plain `virsh restore` of the
+//! customized VM's save file from the page cache, timed right before every synthesis
+//! but the first (which makes that file), so that floor and synthesis see the same host.
+//!
+//! With `overlay_standby` on, overlay session starts that resume the standby VM are timed
+//! too (part `standby`).
 //!
 //! The guest is the fixture (busybox; its memory mostly zero pages) or, with `--debian`,
 //! the stock Debian 12 guest (systemd, a Python app installed by
@@ -17,6 +21,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -42,6 +47,8 @@ struct ModeRuns {
     session_timings: Vec<Value>,
     syntheses: Vec<Value>,
     link: Vec<Value>,
+    /// Plain restores of the reference save file, each right before a synthesis.
+    floor: Vec<Value>,
     peak_rss_mib: u64,
 }
 
@@ -60,6 +67,7 @@ pub(super) struct Parts {
     start: bool,
     synthesis: bool,
     link: bool,
+    standby: bool,
 }
 
 impl Parts {
@@ -70,6 +78,7 @@ impl Parts {
                 start: true,
                 synthesis: true,
                 link: true,
+                standby: true,
             });
         };
         let mut parts = Self {
@@ -77,6 +86,7 @@ impl Parts {
             start: false,
             synthesis: false,
             link: false,
+            standby: false,
         };
         for part in only.split(',') {
             match part {
@@ -84,7 +94,10 @@ impl Parts {
                 "start" => parts.start = true,
                 "synthesis" => parts.synthesis = true,
                 "link" => parts.link = true,
-                other => bail!("unknown --stream part {other}: creation, start, synthesis, link"),
+                "standby" => parts.standby = true,
+                other => bail!(
+                    "unknown --stream part {other}: creation, start, synthesis, link, standby"
+                ),
             }
         }
         Ok(parts)
@@ -173,7 +186,7 @@ pub(super) fn stream_vs_file(
     // back meanwhile (docs/benchmarks.md, "Noise"), so running one mode's runs all before
     // the other's biased the comparison.
     let mut acc = [ModeRuns::default(), ModeRuns::default()];
-    let mut reference = Value::Null;
+    let mut reference: Option<Reference> = None;
     for run in 0..runs {
         let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
         for m in order {
@@ -212,8 +225,14 @@ pub(super) fn stream_vs_file(
                 b.stop(&s)?;
             }
             if parts.synthesis {
+                // The floor, measured right before each synthesis (from the second one on:
+                // its save file comes from the first), so that both see the same host.
+                if let Some(reference) = &reference {
+                    acc.floor.push(reference.restore()?);
+                }
                 let pid = b.d.pid().context("daemon pid")?;
                 let written_before = written_bytes(pid)?;
+                let stalls = compaction_stalls()?;
                 let started = Instant::now();
                 let s = b.call(
                     "POST",
@@ -228,10 +247,11 @@ pub(super) fn stream_vs_file(
                     "app_answering_s": app_s,
                     "daemon_bytes_written": written,
                     "qcow2_bytes": disk,
+                    "compact_stalls": compaction_stalls()? - stalls,
                     "timings": s["timings"],
                 }));
-                if mode == "off" && run + 1 == runs {
-                    reference = plain_restore(&b, &s, runs)?;
+                if reference.is_none() {
+                    reference = Some(Reference::save(&b, &s)?);
                 }
                 b.stop(&s)?;
             }
@@ -259,17 +279,15 @@ pub(super) fn stream_vs_file(
     }
     let mut modes = serde_json::Map::new();
     for (mode, acc) in MODES.into_iter().zip(acc) {
-        let synth_s: Vec<Duration> = acc
-            .syntheses
-            .iter()
-            .filter_map(|s| s["app_answering_s"].as_f64())
-            .map(Duration::from_secs_f64)
-            .collect();
+        let synth_s = seconds(&acc.syntheses, "app_answering_s");
+        let floor_s = seconds(&acc.floor, "restore_s");
         println!(
-            "{mode}: overlay session start {:.2} s, synthesis to app answering {:.2} s \
-             (medians), daemon peak RSS {} MiB (target ≤ 256)",
+            "{mode}: overlay session start {:.2} s, synthesis to app answering {:.2} s, \
+             plain restores before its syntheses {:.2} s (medians), daemon peak RSS {} MiB \
+             (target ≤ 256)",
             median_s(&acc.starts),
             median_s(&synth_s),
+            median_s(&floor_s),
             acc.peak_rss_mib
         );
         modes.insert(
@@ -282,15 +300,89 @@ pub(super) fn stream_vs_file(
                 "synthesis_to_app_s": median_s(&synth_s),
                 "syntheses": acc.syntheses,
                 "link": acc.link,
+                "plain_virsh_restores": acc.floor,
             }),
         );
     }
+    let standby = if parts.standby {
+        standby_starts(&mut b, runs)?
+    } else {
+        Value::Null
+    };
     Ok(json!({
         "guest": what,
         "overlay_bytes": bytes.len(),
         "restore_stream": modes,
-        "plain_virsh_restore": reference,
+        "overlay_standby": standby,
+        "plain_virsh_restore": reference.map(Reference::finish).transpose()?,
     }))
+}
+
+/// Overlay session starts with `overlay_standby` on (streams on): per run, a session
+/// is started and stopped (its end makes the standby), and once the standby is ready the
+/// next start, a resume, is timed.
+fn standby_starts(b: &mut DaemonBase, runs: usize) -> anyhow::Result<Value> {
+    b.restart(&[
+        ("CLOUDLET_RESTORE_STREAM", "on"),
+        ("CLOUDLET_SAVE_STREAM", "on"),
+        ("CLOUDLET_OVERLAY_STANDBY", "true"),
+    ])?;
+    println!("-- overlay_standby = true");
+    let body = || json!({ "base": b.name, "script": ["true"] });
+    let mut starts = Vec::new();
+    let mut timings = Vec::new();
+    let first = b.call("POST", "/api/v1/overlays", body())?;
+    b.stop(&first)?;
+    for _ in 0..runs {
+        let waited = Instant::now();
+        let ready = cloudlet_e2e::wait_until(Duration::from_secs(120), || {
+            (standby_gauge(b).ok()? == 1).then_some(())
+        });
+        ready.context("no standby VM within 120 s")?;
+        println!(
+            "  standby ready {:.2} s after the session stopped",
+            waited.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        let s = b.call("POST", "/api/v1/overlays", body())?;
+        starts.push(started.elapsed());
+        if s["timings"].get("resume_standby").is_none() {
+            bail!("the session did not resume the standby: {}", s["timings"]);
+        }
+        timings.push(s["timings"].clone());
+        b.stop(&s)?;
+    }
+    println!(
+        "standby: overlay session start {:.2} s (median)",
+        median_s(&starts)
+    );
+    Ok(json!({
+        "overlay_session_start_s": median_s(&starts),
+        "overlay_session_starts_s": starts.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+        "overlay_session_timings": timings,
+    }))
+}
+
+/// The daemon's `cloudlet_standby_vms` gauge.
+fn standby_gauge(b: &DaemonBase) -> anyhow::Result<u64> {
+    let (status, body) = b.d.send("GET", "/metrics", &[], &[])?;
+    if status != 200 {
+        bail!("/metrics: {status}");
+    }
+    String::from_utf8(body)?
+        .lines()
+        .find_map(|l| l.strip_prefix("cloudlet_standby_vms "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("cloudlet_standby_vms in /metrics")
+}
+
+/// The `key` field (seconds) of each sample.
+fn seconds(samples: &[Value], key: &str) -> Vec<Duration> {
+    samples
+        .iter()
+        .filter_map(|s| s[key].as_f64())
+        .map(Duration::from_secs_f64)
+        .collect()
 }
 
 /// Bytes `pid` caused to be written (`/proc/PID/io` write_bytes: counted when pages are
@@ -352,24 +444,80 @@ fn paced_synthesis(
     Ok((started.elapsed().as_secs_f64(), session))
 }
 
-/// The reference: `virsh save` of a synthesized VM, then `virsh restore` of that file
-/// from the page cache (`runs` times, each after a destroy): the median.
-fn plain_restore(b: &DaemonBase, session: &Value, runs: usize) -> anyhow::Result<Value> {
-    let vm = session["vm_name"].as_str().context("vm name")?;
-    let save = b.d.data_dir.join("reference.save");
-    let save_s = save.to_str().context("path")?;
-    cloudlet_e2e::virsh(&["save", vm, save_s])?;
-    let mut times = Vec::new();
-    for _ in 0..runs + 1 {
-        let started = Instant::now();
-        cloudlet_e2e::virsh(&["restore", save_s])?;
-        times.push(started.elapsed());
-        cloudlet_e2e::virsh(&["destroy", vm])?;
+/// The reference: the save file of a synthesized VM (`virsh save`), restored with a plain
+/// `virsh restore` from the page cache right before each later synthesis. It lives in a
+/// directory of its own with a copy of the session's disk (the session is stopped, and
+/// the daemon's restarts clean its data directory), the save file's XML pointing there.
+struct Reference {
+    dir: PathBuf,
+    save: PathBuf,
+    vm: String,
+    size: u64,
+}
+
+impl Reference {
+    /// Saves the synthesized VM of `session` (the session's VM is gone afterwards) and
+    /// restores it once, which reads the file into the page cache.
+    fn save(b: &DaemonBase, session: &Value) -> anyhow::Result<Self> {
+        let vm = session["vm_name"].as_str().context("vm name")?.to_string();
+        let id = session["id"].as_str().context("session id")?;
+        let session_dir = b.d.data_dir.join("sessions").join(id);
+        let dir = b.d.data_dir.with_file_name("reference");
+        std::fs::create_dir_all(&dir)?;
+        let save = dir.join("reference.save");
+        cloudlet_e2e::virsh(&["save", &vm, path_str(&save)?])?;
+        // The copies belong to the VM's own uid, as the session's files do (confinement).
+        let disk = dir.join("disk.qcow2");
+        std::fs::copy(session_dir.join("disk.qcow2"), &disk)?;
+        let owner = std::fs::metadata(&session_dir)?;
+        for path in [&dir, &disk] {
+            std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))?;
+        }
+        let xml = cloudlet_e2e::virsh(&["save-image-dumpxml", path_str(&save)?])?
+            .replace(path_str(&session_dir)?, path_str(&dir)?);
+        let xml_path = dir.join("domain.xml");
+        std::fs::write(&xml_path, xml)?;
+        cloudlet_e2e::virsh(&["save-image-define", path_str(&save)?, path_str(&xml_path)?])?;
+        let size = std::fs::metadata(&save)?.len();
+        let reference = Self {
+            dir,
+            save,
+            vm,
+            size,
+        };
+        reference.restore()?;
+        Ok(reference)
     }
-    times.remove(0); // the first run reads the file into the page cache
-    let size = std::fs::metadata(&save)?.len();
-    std::fs::remove_file(&save)?;
-    let restore_s = median(times).as_secs_f64();
-    println!("  plain virsh restore of the customized save file ({size} bytes): {restore_s:.2} s");
-    Ok(json!({ "save_file_bytes": size, "restore_s": restore_s }))
+
+    /// One timed `virsh restore` (then a destroy), with the host's THP direct-compaction
+    /// stalls during it (a source of noise: docs/benchmarks.md, "Noise").
+    fn restore(&self) -> anyhow::Result<Value> {
+        let stalls = compaction_stalls()?;
+        let started = Instant::now();
+        cloudlet_e2e::virsh(&["restore", path_str(&self.save)?])?;
+        let restore_s = started.elapsed().as_secs_f64();
+        let stalls = compaction_stalls()? - stalls;
+        cloudlet_e2e::virsh(&["destroy", &self.vm])?;
+        println!("  plain virsh restore of the customized save file: {restore_s:.2} s");
+        Ok(json!({ "restore_s": restore_s, "compact_stalls": stalls }))
+    }
+
+    /// Removes its files; the save file's size for the report.
+    fn finish(self) -> anyhow::Result<Value> {
+        std::fs::remove_dir_all(&self.dir)?;
+        Ok(json!({ "save_file_bytes": self.size }))
+    }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}
+
+/// The host's count of direct-compaction stalls so far (`/proc/vmstat`).
+fn compaction_stalls() -> anyhow::Result<u64> {
+    std::fs::read_to_string("/proc/vmstat")?
+        .lines()
+        .find_map(|l| l.strip_prefix("compact_stall "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("compact_stall in /proc/vmstat")
 }

@@ -1,0 +1,200 @@
+//! Warm standby for overlay sessions (`overlay_standby`): after an overlay session on a
+//! base ends, that base's snapshot is restored again, paused, as the VM of the next
+//! session (its directory, copy-on-write disk, console socket and uid ready). The next
+//! overlay session on that base then starts with a resume instead of a restore.
+//!
+//! A restore costs the same whichever way the memory reaches QEMU (file or stream): QEMU
+//! starts and loads every non-zero page. Only a VM restored ahead of time takes that off
+//! the session's start. One standby at most (the base used last), so the cost is bounded:
+//! one paused VM, about the base snapshot's non-zero pages in host memory.
+//!
+//! Rows in the `standbys` table let a restarted daemon find and destroy the VM of a
+//! standby the previous run left (its directory, which no session row owns, is removed
+//! by the startup repair).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cloudlet_api::{ResourceState, SessionKind};
+
+use super::{Caller, ServiceError, StepTimer};
+use crate::store::sessions::SessionRecord;
+use crate::store::standbys::StandbyRecord;
+use crate::virt::Discard;
+use crate::AppState;
+
+/// Longest a session start waits for a standby being made (it is then nearly ready, and
+/// beats a restore of its own); past it the session restores the base itself.
+const TAKE_WAIT: Duration = Duration::from_secs(5);
+
+/// A paused VM of a base, ready to be the next overlay session's.
+#[derive(Debug)]
+pub struct Standby {
+    record: StandbyRecord,
+    dir: PathBuf,
+}
+
+impl Standby {
+    /// The session this standby becomes, owned by `owner`: its id, VM and directory are
+    /// the standby's.
+    pub(crate) fn session(&self, owner: &Caller) -> (SessionRecord, PathBuf) {
+        let mut session =
+            SessionRecord::new(SessionKind::Overlay, Some(self.record.base_id.clone()));
+        session.id.clone_from(&self.record.id);
+        session.vm_name = Some(self.record.vm_name.clone());
+        session.run_dir = Some(self.dir.display().to_string());
+        session.owner_token = owner.owner();
+        (session, self.dir.clone())
+    }
+}
+
+impl AppState {
+    /// The standby of base `base_id`, taken (a standby being made for it is waited for,
+    /// up to [`TAKE_WAIT`]); `None` when `overlay_standby` is off or there is none.
+    pub(crate) async fn take_standby(&self, base_id: &str) -> Option<Standby> {
+        if !self.config.overlay_standby {
+            return None;
+        }
+        let mut slot = tokio::time::timeout(TAKE_WAIT, self.standby.lock())
+            .await
+            .ok()?;
+        let taken = slot.take_if(|s| s.record.base_id == base_id);
+        if taken.is_some() {
+            self.metrics.standby_vms(0);
+        }
+        taken
+    }
+
+    /// Runs a taken standby's VM: it is its session's from now on (the caller stored the
+    /// session row). On failure the VM is destroyed; its directory stays the session's.
+    pub(crate) async fn resume_standby(&self, standby: Standby) -> Result<(), ServiceError> {
+        let resumed = self.hv.resume(&standby.record.vm_name).await;
+        if resumed.is_err() {
+            let _ = self.hv.destroy(&standby.record.vm_name).await;
+        }
+        if let Err(e) = self.store.delete_standby(&standby.record.id).await {
+            tracing::warn!(error = %e, "forgetting a taken standby");
+        }
+        Ok(resumed?)
+    }
+
+    /// After an overlay session on `base_id` ended: makes the standby for that base in
+    /// the background (replacing one of another base), when `overlay_standby` is on.
+    pub(crate) fn refill_standby(&self, base_id: &str) {
+        if !self.config.overlay_standby {
+            return;
+        }
+        let (state, base_id) = (self.clone(), base_id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = state.make_standby(&base_id).await {
+                tracing::warn!(base = %base_id, error = %super::chain(&e), "cannot make a standby VM");
+            }
+        });
+    }
+
+    async fn make_standby(&self, base_id: &str) -> Result<(), ServiceError> {
+        // Held while the VM is made: a session start waits for it, a base deletion
+        // discards it once it is made.
+        let mut slot = self.standby.lock().await;
+        if slot.as_ref().is_some_and(|s| s.record.base_id == base_id) {
+            return Ok(());
+        }
+        if let Some(old) = slot.take() {
+            self.metrics.standby_vms(0);
+            self.discard(old).await;
+        }
+        let base = self.store.base(base_id).await?;
+        if base.state != ResourceState::Ready || base.memory_pages == 0 {
+            return Ok(());
+        }
+        // Named like the session it becomes (the id and VM name rules are the sessions').
+        let future = SessionRecord::new(SessionKind::Overlay, Some(base_id.to_string()));
+        let record = StandbyRecord {
+            id: future.id.clone(),
+            base_id: base_id.to_string(),
+            vm_name: future.vm_name.clone().unwrap_or_default(),
+            created_at: crate::store::now_rfc3339(),
+        };
+        // Recorded before anything exists, so that a crash from here on is cleaned up.
+        self.store.insert_standby(&record).await?;
+        let dir = self.data.session_dir(&record.id);
+        if let Err(e) = self.confine.create_vm_dir(&dir) {
+            let _ = self.store.delete_standby(&record.id).await;
+            return Err(e.into());
+        }
+        let standby = Standby { record, dir };
+        let started = std::time::Instant::now();
+        let mut timer = StepTimer::default();
+        let made = self
+            .restore_base(
+                &base,
+                &standby.dir,
+                &standby.record.vm_name,
+                (Discard::Unmap, true),
+                &mut timer,
+            )
+            .await;
+        match made {
+            Ok(()) => {
+                tracing::info!(
+                    base = %base.name,
+                    vm = %standby.record.vm_name,
+                    took_ms = started.elapsed().as_millis(),
+                    "standby VM ready for the next overlay session"
+                );
+                *slot = Some(standby);
+                self.metrics.standby_vms(1);
+                Ok(())
+            }
+            Err(e) => {
+                self.discard(standby).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Destroys the standby of base `base_id`, if there is one (the base is going away).
+    pub(crate) async fn discard_standby_of(&self, base_id: &str) {
+        let taken = self
+            .standby
+            .lock()
+            .await
+            .take_if(|s| s.record.base_id == base_id);
+        if let Some(standby) = taken {
+            self.metrics.standby_vms(0);
+            self.discard(standby).await;
+        }
+    }
+
+    /// Destroys the standby, if any (the daemon stops).
+    pub async fn discard_standby(&self) {
+        let taken = self.standby.lock().await.take();
+        if let Some(standby) = taken {
+            self.metrics.standby_vms(0);
+            self.discard(standby).await;
+        }
+    }
+
+    async fn discard(&self, standby: Standby) {
+        if let Err(e) = self.hv.destroy(&standby.record.vm_name).await {
+            tracing::warn!(vm = %standby.record.vm_name, error = %e, "cannot destroy a standby VM");
+        }
+        let _ = std::fs::remove_dir_all(&standby.dir);
+        if let Err(e) = self.store.delete_standby(&standby.record.id).await {
+            tracing::warn!(error = %e, "forgetting a standby");
+        }
+    }
+
+    /// At start: destroys the VMs of the standbys a previous run left; returns how many
+    /// there were.
+    pub(crate) async fn destroy_left_standbys(&self) -> Result<u64, ServiceError> {
+        let left = self.store.standbys().await?;
+        for s in &left {
+            if self.hv.destroy(&s.vm_name).await? {
+                tracing::info!(vm = %s.vm_name, "destroyed a standby VM of the previous run");
+            }
+            self.store.delete_standby(&s.id).await?;
+        }
+        Ok(left.len() as u64)
+    }
+}
