@@ -12,6 +12,8 @@ use super::outputs::{Disk, Outputs};
 use super::rebuild::{read_and_rebuild, Window};
 use super::{check_fits, output_error, DecodeError, DecodeOutputs, DecodeSummary};
 use crate::base::Base;
+use crate::chunk::ImageKind;
+use crate::format::Encoding;
 use crate::format::OverlayReader;
 use crate::progress::Progress;
 
@@ -36,6 +38,13 @@ pub(super) fn decode_with<R: Read + Send>(
         has_memory: meta.memory.is_some(),
         ..Default::default()
     };
+    // The base disk chunks the records copy or patch are read ahead now, in parallel,
+    // rather than one by one as their records come (see `Base::prefetch_disk_chunks`).
+    base.prefetch_disk_chunks(meta.records.iter().filter_map(|r| match r.encoding {
+        Encoding::BaseRef(loc) if loc.kind == ImageKind::Disk => Some(loc.index),
+        Encoding::Delta(_) if r.kind == ImageKind::Disk => Some(r.index),
+        _ => None,
+    }));
     // A stream's reader (a restore) opens the disk when it starts: the disk comes first,
     // valid from the start and at its final path.
     let disk = Disk::create(&meta, base, outputs, stream.is_some())?;

@@ -232,6 +232,7 @@ pub(super) fn stream_vs_file(
                 }
                 let pid = b.d.pid().context("daemon pid")?;
                 let written_before = written_bytes(pid)?;
+                let read_before = io_counter(pid, "read_bytes")?;
                 let stalls = compaction_stalls()?;
                 let started = Instant::now();
                 let s = b.call(
@@ -242,10 +243,12 @@ pub(super) fn stream_vs_file(
                 guest.app_answers(&s)?;
                 let app_s = started.elapsed().as_secs_f64();
                 let written = written_bytes(pid)? - written_before;
+                let read = io_counter(pid, "read_bytes")? - read_before;
                 let disk = session_disk(&b, &s)?;
                 acc.syntheses.push(json!({
                     "app_answering_s": app_s,
                     "daemon_bytes_written": written,
+                    "daemon_bytes_read_from_storage": read,
                     "qcow2_bytes": disk,
                     "compact_stalls": compaction_stalls()? - stalls,
                     "timings": s["timings"],
@@ -388,11 +391,17 @@ fn seconds(samples: &[Value], key: &str) -> Vec<Duration> {
 /// Bytes `pid` caused to be written (`/proc/PID/io` write_bytes: counted when pages are
 /// dirtied, so page-cache writes count before they reach the disk).
 fn written_bytes(pid: u32) -> anyhow::Result<u64> {
+    io_counter(pid, "write_bytes")
+}
+
+/// A counter of `/proc/PID/io` (`read_bytes`: bytes fetched from storage, page-cache hits
+/// not counted).
+fn io_counter(pid: u32, name: &str) -> anyhow::Result<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
     io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
-        .context("write_bytes in /proc/PID/io")
+        .with_context(|| format!("{name} in /proc/PID/io"))
 }
 
 /// Size of a running session's disk.
