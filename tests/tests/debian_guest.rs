@@ -16,6 +16,9 @@ use serde_json::Value;
 /// page reporting.
 const FREE_64_MIB: &str =
     "dd if=/dev/urandom of=/dev/shm/x bs=1M count=64 2>/dev/null; rm /dev/shm/x; sleep 8";
+/// Its control: the same commands, no data (the overlays differ by the 64 MiB alone).
+const FREE_NOTHING: &str =
+    "dd if=/dev/urandom of=/dev/shm/x bs=1M count=0 2>/dev/null; rm /dev/shm/x; sleep 8";
 /// A 32 MiB file written to the root file system and deleted again.
 const DELETED_32_MIB: &str =
     "dd if=/dev/urandom of=/root/big bs=1M count=32 2>/dev/null; sync; rm /root/big; sync; sleep 2";
@@ -131,12 +134,14 @@ fn stock_debian_guest_through_the_cli() {
     assert_eq!(cli.json(&["stop-session", &id])["state"], "stopped");
 
     // 4. Freed memory: with -m (drop caches, fine-grained free page reporting) 64 MiB the
-    // guest allocated and freed costs at most 2 MB; by default, the balloon alone still
-    // keeps it far below the 64 MiB it would cost without one. By default only free
-    // blocks of 2 MiB and up are reported, and how much of the 64 MiB merges back into
-    // such blocks depends on the guest's fragmentation: +1.9 MB here, +8.1 MB on a CI
-    // machine. The bound (a quarter) still fails a guest whose balloon reports nothing.
-    let reference = overlay(&cli, &["-m", "-e", "sleep 8"]);
+    // guest allocated and freed costs at most 4 MB over the control (measured: +2.3 kB,
+    // +1.9 MB and +2.3 MB on three machines: the guest's own activity in between); by
+    // default, the balloon alone still keeps it far below the 64 MiB it would cost
+    // without one. By default only free blocks of 2 MiB and up are reported, and how much
+    // of the 64 MiB merges back into such blocks depends on the guest's fragmentation:
+    // +1.9 MB here, +8.1 MB on a CI machine. The bounds (1/16 and 1/4) still fail a guest
+    // whose balloon reports nothing (+68.5 MB).
+    let reference = overlay(&cli, &["-m", "-e", FREE_NOTHING]);
     let freed = overlay(&cli, &["-m", "-e", FREE_64_MIB]);
     let freed_default = overlay(&cli, &["-e", FREE_64_MIB]);
     let (r, f, fd) = (
@@ -146,7 +151,7 @@ fn stock_debian_guest_through_the_cli() {
     );
     eprintln!("overlay bytes: reference {r}, 64 MiB freed with -m {f}, without -m {fd}");
     assert!(
-        f <= r + 2 * MB,
+        f <= r + 4 * MB,
         "64 MiB freed cost {} bytes with -m",
         f - r.min(f)
     );
