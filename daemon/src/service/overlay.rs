@@ -137,22 +137,26 @@ impl AppState {
         let mut timer = StepTimer::default();
         let result = async {
             let console_path = dir.join("console.sock");
-            let started = StepTimer::begin("resume_standby");
             let resumed = match standby {
-                Some(standby) => match self.resume_standby(standby).await {
-                    Ok(()) => true,
-                    // Its VM died or was destroyed meanwhile: the session restores the
-                    // base itself, in the standby's directory.
-                    Err(e) => {
-                        tracing::warn!(error = %super::chain(&e), "the standby VM did not resume; restoring the base");
-                        false
+                Some(standby) => {
+                    // Announced only here: a cold start's watchers see prepare and resume.
+                    let started = StepTimer::begin("resume_standby");
+                    match self.resume_standby(standby).await {
+                        Ok(()) => {
+                            timer.record("resume_standby", started);
+                            true
+                        }
+                        // Its VM died or was destroyed meanwhile: the session restores the
+                        // base itself, in the standby's directory.
+                        Err(e) => {
+                            tracing::warn!(error = %super::chain(&e), "the standby VM did not resume; restoring the base");
+                            false
+                        }
                     }
-                },
+                }
                 None => false,
             };
-            if resumed {
-                timer.record("resume_standby", started);
-            } else {
+            if !resumed {
                 self.restore_base(&base, &dir, &vm, (discard, false), &mut timer)
                     .await?;
             }

@@ -190,10 +190,18 @@ impl AppState {
     pub(crate) async fn destroy_left_standbys(&self) -> Result<u64, ServiceError> {
         let left = self.store.standbys().await?;
         for s in &left {
-            if self.hv.destroy(&s.vm_name).await? {
-                tracing::info!(vm = %s.vm_name, "destroyed a standby VM of the previous run");
+            match self.hv.destroy(&s.vm_name).await {
+                Ok(destroyed) => {
+                    if destroyed {
+                        tracing::info!(vm = %s.vm_name, "destroyed a standby VM of the previous run");
+                    }
+                    self.store.delete_standby(&s.id).await?;
+                }
+                // Kept for the next start; the running sessions are still reconciled.
+                Err(e) => {
+                    tracing::warn!(vm = %s.vm_name, error = %e, "cannot destroy a standby VM of the previous run")
+                }
             }
-            self.store.delete_standby(&s.id).await?;
         }
         Ok(left.len() as u64)
     }
