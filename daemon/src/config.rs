@@ -277,6 +277,11 @@ pub struct Config {
     /// next one, which then starts with a resume (`CLOUDLET_OVERLAY_STANDBY`). Costs one
     /// paused VM: the base snapshot's non-zero pages, in host memory.
     pub overlay_standby: bool,
+    /// Whether a restore of the base of the last synthesis is kept started, its stream
+    /// holding every base page, for the next synthesis on that base, which then writes
+    /// only the overlay's pages (`CLOUDLET_SYNTHESIS_STANDBY`). Costs one QEMU: the base
+    /// snapshot's non-zero pages, in host memory. Needs `restore_stream` auto or on.
+    pub synthesis_standby: bool,
 }
 
 impl Default for Config {
@@ -313,6 +318,7 @@ impl Default for Config {
             save_stream: StreamMode::Auto,
             stream_stall_timeout_s: 60,
             overlay_standby: false,
+            synthesis_standby: false,
         }
     }
 }
@@ -475,6 +481,9 @@ impl Config {
         if let Some(v) = get("CLOUDLET_OVERLAY_STANDBY") {
             self.overlay_standby = parse("overlay_standby", &v)?;
         }
+        if let Some(v) = get("CLOUDLET_SYNTHESIS_STANDBY") {
+            self.synthesis_standby = parse("synthesis_standby", &v)?;
+        }
         if let Some(v) = get("CLOUDLET_STREAM_STALL_TIMEOUT_S") {
             self.stream_stall_timeout_s = parse("stream_stall_timeout_s", &v)?;
         }
@@ -500,6 +509,13 @@ impl Config {
 
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.synthesis_standby && self.restore_stream == StreamMode::Off {
+            return Err(ConfigError::Invalid {
+                key: "synthesis_standby",
+                reason: "the standby is a streamed restore: set restore_stream to auto or on"
+                    .into(),
+            });
+        }
         if !self.data_dir.is_absolute() {
             return Err(ConfigError::Invalid {
                 key: "data_dir",
@@ -687,6 +703,11 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
       Keeps the base of the last overlay session restored and paused, its session
       files ready: the next overlay session on that base starts with a resume instead
       of a restore. Costs one paused VM (the base snapshot's pages) in host memory.
+  synthesis_standby         CLOUDLET_SYNTHESIS_STANDBY         false (true | false)
+      Keeps a restore of the base of the last synthesis started, every base page
+      already streamed into it: the next synthesis on that base sends only the
+      overlay's pages. Costs one QEMU (the base snapshot's pages) in host memory.
+      Needs restore_stream auto or on.
 Log filter: CLOUDLET_LOG (default \"info\", e.g. \"cloudletd=debug\").
 `cloudletd print-config` shows the effective settings as TOML.";
 

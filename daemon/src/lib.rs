@@ -51,6 +51,9 @@ pub struct AppState {
     /// The warm standby VM for the next overlay session, if any (`overlay_standby`);
     /// locked while one is made.
     pub standby: std::sync::Arc<tokio::sync::Mutex<Option<service::standby::Standby>>>,
+    /// The primed restore for the next synthesis, if any (`synthesis_standby`).
+    pub synthesis_standby:
+        std::sync::Arc<tokio::sync::Mutex<Option<service::synthesis_standby::SynthesisStandby>>>,
 }
 
 /// Opens the data directory and catalogue, repairs what a crash interrupted.
@@ -84,6 +87,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         ready: std::sync::Arc::default(),
         transport,
         standby: std::sync::Arc::default(),
+        synthesis_standby: std::sync::Arc::default(),
     };
     // The token file's secret is the first admin token (existing deployments keep working).
     state

@@ -21,6 +21,7 @@ pub struct Metrics {
     sent_bytes: Counter,
     sessions: Family<Labels, Gauge>,
     standby_vms: Gauge,
+    synthesis_standby_vms: Gauge,
     responses: Family<Labels, Counter>,
 }
 
@@ -75,6 +76,13 @@ impl Default for Metrics {
             "Paused base VMs kept ready for the next overlay session (overlay_standby)",
             standby_vms.clone(),
         );
+        let synthesis_standby_vms = Gauge::default();
+        registry.register(
+            "synthesis_standby_vms",
+            "Restores of a base started and fed its pages, waiting for the next synthesis \
+             (synthesis_standby)",
+            synthesis_standby_vms.clone(),
+        );
         let responses = Family::<Labels, Counter>::default();
         registry.register(
             "http_responses",
@@ -90,6 +98,7 @@ impl Default for Metrics {
             sent_bytes,
             sessions,
             standby_vms,
+            synthesis_standby_vms,
             responses,
         }
     }
@@ -127,6 +136,11 @@ impl Metrics {
     /// File bytes are being sent.
     pub fn sent(&self, bytes: u64) {
         self.sent_bytes.inc_by(bytes);
+    }
+
+    /// How many synthesis standbys are ready now.
+    pub fn synthesis_standby_vms(&self, n: i64) {
+        self.synthesis_standby_vms.set(n);
     }
 
     /// How many standby VMs are ready now.

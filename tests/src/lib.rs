@@ -255,6 +255,29 @@ pub fn domains_with_prefix(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs `command` in session `session`'s guest over its console, retrying for 60 s until
+/// it exits 0 (a booting guest has no shell yet); returns its output, trimmed.
+pub fn run_when_up(d: &Daemon, session: &str, command: &str) -> String {
+    for _ in 0..60 {
+        let body = serde_json::json!({ "command": command, "timeout_s": 5 });
+        if let Ok((200, out)) = d.json(
+            "POST",
+            &format!("/api/v1/sessions/{session}/run"),
+            Some(&body),
+        ) {
+            if out["status"] == 0 {
+                return out["output"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("`{command}` never succeeded in session {session}");
+}
+
 /// Connects to an application port forwarded to 127.0.0.1 and reads its greeting,
 /// retrying for 10 s (the guest's server loop restarts `nc` between connections).
 pub fn greeting(port: u64) -> anyhow::Result<String> {

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use cloudlet_e2e::daemon::TempDir;
-use cloudlet_e2e::{domains_with_prefix, fixture_guest, greeting, require_host, Daemon};
+use cloudlet_e2e::{
+    domains_with_prefix, fixture_guest, greeting, require_host, run_when_up, Daemon,
+};
 use serde_json::json;
 
 const CUSTOMIZE: [&str; 6] = [
@@ -506,24 +508,6 @@ fn base_overlay_synthesis_through_the_daemon() {
         "VMs left: {:?}",
         session_vms(&d)
     );
-}
-
-/// Runs `command` until it succeeds (a booting VM's shell is not there yet).
-fn run_when_up(d: &Daemon, session: &str, command: &str) -> String {
-    for _ in 0..60 {
-        let body = json!({ "command": command, "timeout_s": 5 });
-        if let Ok((200, out)) = d.json(
-            "POST",
-            &format!("/api/v1/sessions/{session}/run"),
-            Some(&body),
-        ) {
-            if out["status"] == 0 {
-                return out["output"].as_str().unwrap().trim().to_string();
-            }
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    panic!("`{command}` never succeeded in session {session}");
 }
 
 #[test]

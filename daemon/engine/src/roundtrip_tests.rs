@@ -604,3 +604,154 @@ fn the_base_written_back_has_its_snapshot_pages_and_the_new_xml() {
         "stream and file differ"
     );
 }
+
+/// What a reader of a save file holds at its end when later records overwrite earlier
+/// ones (QEMU's loader): the non-zero pages by index, and the device state.
+fn last_wins(bytes: &[u8]) -> Memory {
+    let r = SaveFileReader::open(std::io::Cursor::new(bytes)).unwrap();
+    let mut r = r.allowing_repeats();
+    let mut pages = std::collections::BTreeMap::new();
+    let mut buf = [0u8; CHUNK_SIZE_BYTES];
+    while let Some(i) = r.next_page(&mut buf).unwrap() {
+        pages.insert(i, buf.to_vec());
+    }
+    let pages = pages.into_iter().filter(|(_, p)| p.iter().any(|&b| b != 0));
+    (pages.collect(), r.finish().unwrap())
+}
+
+/// The page indexes of a save file's records, repeats included, in stream order.
+fn record_order(bytes: &[u8]) -> Vec<u64> {
+    let r = SaveFileReader::open(std::io::Cursor::new(bytes)).unwrap();
+    let mut r = r.allowing_repeats();
+    let mut order = Vec::new();
+    let mut buf = [0u8; CHUNK_SIZE_BYTES];
+    while let Some(i) = r.next_page(&mut buf).unwrap() {
+        order.push(i);
+    }
+    order
+}
+
+/// The non-zero pages and device state of a save file.
+fn non_zero_pages_of(path: &Path) -> Memory {
+    let (pages, device) = pages_of(path);
+    let pages = pages.into_iter().filter(|(_, p)| p.iter().any(|&b| b != 0));
+    (pages.collect(), device)
+}
+
+/// A primed stream (the base's pages, written before any overlay) on a socket pair read
+/// by a thread, and the disk a restore would have opened: an empty qcow2 on the base.
+fn primed(
+    s: &Setup,
+    tag: &str,
+) -> (
+    PathBuf,
+    crate::decode::PrimedStream,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    use std::io::Read;
+    let disk = s.dir.join(format!("{tag}.disk"));
+    let backing = std::fs::canonicalize(&s.base.paths().disk).unwrap();
+    let size = std::fs::metadata(&s.work.base_disk).unwrap().len();
+    crate::qcow2::Qcow2Writer::create_planned(&disk, size, backing.to_str().unwrap(), "raw", [])
+        .unwrap()
+        .finish()
+        .unwrap();
+    let (writer, mut reader) = std::os::unix::net::UnixStream::pair().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = reader.read_to_end(&mut got);
+        got
+    });
+    let stream = crate::decode::prime_stream(&s.base, Box::new(writer), None).unwrap();
+    (disk, stream, drain)
+}
+
+#[test]
+fn a_primed_stream_finished_by_an_overlay_holds_the_customized_vm() {
+    let s = setup(&WorkloadSpec::small(13));
+    let disk = DiskSource::raw(&s.work.custom_disk).unwrap();
+    let (overlay, summary) = encode_to(&s, "p.overlay", &disk, true);
+    let (disk_out, stream, drain) = primed(&s, "primed");
+    let primed_bytes = stream.bytes_written();
+    let base_pages = s.base.memory_layout().unwrap().page_count();
+    assert!(primed_bytes > 4096, "no base page was primed");
+    let reader = OverlayReader::open(File::open(&overlay).unwrap()).unwrap();
+    assert!(stream.fits(reader.meta()));
+    let outputs = DecodeOutputs {
+        disk: &disk_out,
+        disk_format: DiskOutputFormat::Qcow2,
+        memory: &s.dir.join("primed.save"),
+        domain_xml: None,
+        durable: false,
+        threads: 2,
+    };
+    crate::decode::decode_primed(reader, &s.base, &outputs, stream, &NoProgress).unwrap();
+    let streamed = drain.join().unwrap();
+    assert!(streamed.len() as u64 > primed_bytes);
+    assert!(
+        !s.dir.join("primed.save").exists(),
+        "a primed decode wrote a save file"
+    );
+    // The disk written over the opened one is the customized disk.
+    assert_same_disk(&s, &disk_out, DiskOutputFormat::Qcow2);
+    // Every base page first, then the overlay's records (zero records included) on top.
+    let custom = s.work.custom_save.as_deref().unwrap();
+    assert!(
+        last_wins(&streamed) == non_zero_pages_of(custom),
+        "the primed stream's memory differs from the customized VM's"
+    );
+    let order = record_order(&streamed);
+    let overlay_pages: Vec<u64> = summary
+        .meta
+        .records
+        .iter()
+        .filter(|r| r.kind == ImageKind::Memory)
+        .map(|r| r.index)
+        .collect();
+    assert!(!overlay_pages.is_empty() && base_pages > 0);
+    assert!(
+        order.ends_with(&overlay_pages),
+        "the overlay's pages are not the stream's last records"
+    );
+    assert!(order.len() > overlay_pages.len(), "no base page came first");
+}
+
+#[test]
+fn a_primed_stream_refuses_a_disk_only_overlay_without_touching_the_disk() {
+    let s = setup(&WorkloadSpec::small(14));
+    let disk = DiskSource::raw(&s.work.custom_disk).unwrap();
+    let (overlay, _) = encode_to(&s, "q.overlay", &disk, false);
+    let (disk_out, stream, drain) = primed(&s, "refused");
+    let before = std::fs::read(&disk_out).unwrap();
+    let reader = OverlayReader::open(File::open(&overlay).unwrap()).unwrap();
+    assert!(!stream.fits(reader.meta()));
+    let outputs = DecodeOutputs {
+        disk: &disk_out,
+        disk_format: DiskOutputFormat::Qcow2,
+        memory: &s.dir.join("refused.save"),
+        domain_xml: None,
+        durable: false,
+        threads: 2,
+    };
+    let err =
+        crate::decode::decode_primed(reader, &s.base, &outputs, stream, &NoProgress).unwrap_err();
+    assert!(matches!(err, DecodeError::Incompatible(_)), "{err}");
+    // The stream ended with the base's pages only: a restore reading it fails.
+    let streamed = drain.join().unwrap();
+    let r = SaveFileReader::open(std::io::Cursor::new(&streamed[..])).unwrap();
+    let mut r = r.allowing_repeats();
+    let mut buf = [0u8; CHUNK_SIZE_BYTES];
+    let ended = loop {
+        match r.next_page(&mut buf) {
+            Ok(Some(_)) => {}
+            Ok(None) => break r.finish().is_ok(),
+            Err(_) => break false,
+        }
+    };
+    assert!(!ended, "a refused overlay completed the stream");
+    assert_eq!(
+        std::fs::read(&disk_out).unwrap(),
+        before,
+        "the opened disk changed"
+    );
+}

@@ -17,6 +17,7 @@ pub mod standby;
 mod stream_restore;
 mod stream_save;
 pub mod synthesis;
+pub mod synthesis_standby;
 pub mod tokens;
 pub mod transfer;
 mod views;

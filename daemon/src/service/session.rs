@@ -152,7 +152,7 @@ impl AppState {
             SessionKind::Base => self.finish_base(&mut session).await,
             _ => self.finish_overlay(&mut session).await,
         };
-        self.after_overlay_session(&session);
+        self.after_session(&session);
         match result {
             Ok(()) => {
                 // The VM is gone (saved); its scratch files too, unless they are the base.
@@ -192,15 +192,18 @@ impl AppState {
         self.teardown(&session).await;
         session.advance(SessionState::Stopped)?;
         self.store.update_session(&session).await?;
-        self.after_overlay_session(&session);
+        self.after_session(&session);
         Ok(Session::from(&session))
     }
 
-    /// An overlay session's VM is gone (saved or destroyed): its base's standby is made
-    /// now, while the machine is idle, not when the next session starts.
-    fn after_overlay_session(&self, session: &SessionRecord) {
-        if let (SessionKind::Overlay, Some(base_id)) = (session.kind, &session.base_id) {
-            self.refill_standby(base_id);
+    /// An overlay or synthesis session's VM is gone (saved or destroyed): the standby of
+    /// its kind for its base is made now, while the machine is idle, not when the next
+    /// session starts.
+    pub(crate) fn after_session(&self, session: &SessionRecord) {
+        match (session.kind, &session.base_id) {
+            (SessionKind::Overlay, Some(base_id)) => self.refill_standby(base_id),
+            (SessionKind::Synthesis, Some(base_id)) => self.refill_synthesis_standby(base_id),
+            _ => {}
         }
     }
 

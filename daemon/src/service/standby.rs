@@ -153,8 +153,10 @@ impl AppState {
         }
     }
 
-    /// Destroys the standby of base `base_id`, if there is one (the base is going away).
+    /// Destroys the standbys of base `base_id` (overlay and synthesis), if there are any
+    /// (the base is going away).
     pub(crate) async fn discard_standby_of(&self, base_id: &str) {
+        self.discard_synthesis_standby_of(Some(base_id)).await;
         let taken = self
             .standby
             .lock()
@@ -166,8 +168,9 @@ impl AppState {
         }
     }
 
-    /// Destroys the standby, if any (the daemon stops).
+    /// Destroys the standbys, if any (the daemon stops).
     pub async fn discard_standby(&self) {
+        self.discard_synthesis_standby_of(None).await;
         let taken = self.standby.lock().await.take();
         if let Some(standby) = taken {
             self.metrics.standby_vms(0);

@@ -15,7 +15,9 @@ use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
 use crate::virt::{boot_xml, forward_port, resume_xml};
 use crate::AppState;
-use cloudlet_engine::decode::{check_fits, decode, decode_streamed, DecodeError, DecodeOutputs};
+use cloudlet_engine::decode::{
+    check_fits, decode, decode_primed, decode_streamed, DecodeError, DecodeOutputs,
+};
 use cloudlet_engine::disk::DiskOutputFormat;
 use cloudlet_engine::format::OverlayReader;
 
@@ -226,16 +228,27 @@ impl AppState {
         key: Option<IdempotencyKey>,
     ) -> Result<SessionRecord, ServiceError> {
         let clock = std::time::Instant::now();
-        let (mut session, dir) =
-            self.new_session_with_dir(SessionKind::Synthesis, &base.id, owner)?;
+        // A restore of this base fed its pages already (service::synthesis_standby): its
+        // directory and VM are this session's if the overlay fits it.
+        let mut standby = self.take_synthesis_standby(&base.id).await;
+        let (mut session, dir) = match &standby {
+            Some(s) => s.session(owner),
+            None => self.new_session_with_dir(SessionKind::Synthesis, &base.id, owner)?,
+        };
         session.overlay_id = overlay_id;
         let vm = session.vm_name.clone().unwrap_or_default();
         // Known now, so that an operator can find it while the overlay is still decoding.
         session.console_path = Some(dir.join("console.sock").display().to_string());
         session.advance(SessionState::Decoding)?;
-        self.store.insert_session(&session).await?;
+        if let Err(e) = self.store.insert_session(&session).await {
+            if let Some(s) = standby.take() {
+                self.discard_synthesis_standby(s, false).await;
+            }
+            return Err(e.into());
+        }
 
         let mut timer = StepTimer::default();
+        let mut standby_row = None;
         let result = async {
             if let Some(key) = &key {
                 self.claim_idempotency_key(key, &session.id).await?;
@@ -245,39 +258,63 @@ impl AppState {
             let disk = dir.join("disk.qcow2");
             let memory = dir.join("memory.save");
             let console = dir.join("console.sock");
-            let (stream, opener) = self.streamed_restore(&base, &dir, &vm, false)?.unzip();
+            let spec = match &standby {
+                Some(s) => s.spec().clone(),
+                None => self.session_spec(&base, &vm, &disk, &console, None),
+            };
+            let template = base.domain_xml.clone();
+            let shape = engine_base.shape();
+            // The overlay's metadata first: whether it can finish the standby's stream.
+            let (overlay, guest_ports, xml) = blocking(move || {
+                // The base id and sizes are checked from the metadata's first bytes,
+                // before the rest of it is decompressed or sized by it.
+                let overlay = OverlayReader::open_for_base(reader, &shape)
+                    .map_err(|e| decode_error(e.into()))?;
+                let meta = overlay.meta();
+                let ports: Vec<u16> = meta
+                    .property("guest-ports")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect();
+                // The daemon builds the VM's definition; the overlay's domain XML (or,
+                // for a disk-only overlay, the base's) only lends it typed values.
+                let xml = match &meta.memory {
+                    Some(m) => {
+                        let saved = m
+                            .layout
+                            .domain_xml()
+                            .map_err(|e| ServiceError::OverlayCorrupt(Box::new(e)))?;
+                        resume_xml(saved, m.layout.cookie(), &spec)?
+                    }
+                    None => boot_xml(&template, &spec)?,
+                };
+                Ok((overlay, ports, xml))
+            })
+            .await?;
+            check_fits(overlay.meta(), &engine_base).map_err(decode_error)?;
+            let has_memory = overlay.meta().memory.is_some();
+            let source = match standby.take() {
+                Some(s) if s.fits(&xml, overlay.meta()) => {
+                    let (row, restore, stream) = s.into_parts();
+                    standby_row = Some(row);
+                    Some((restore, Source::Primed(Box::new(stream))))
+                }
+                taken => {
+                    if let Some(s) = taken {
+                        tracing::info!(session = %session.id, "the synthesis standby does not fit this overlay; restoring without it");
+                        self.discard_synthesis_standby(s, true).await;
+                    }
+                    self.streamed_restore(&base, &dir, &vm, false)?
+                        .map(|(restore, open)| (restore, Source::Open(open)))
+                }
+            };
+            let (stream, source) = source.unzip();
+            let primed = matches!(source, Some(Source::Primed(_)));
             let decoded = {
-                let spec = self.session_spec(&base, &vm, &disk, &console, None);
-                let (memory, template, disk) =
-                    (memory.clone(), base.domain_xml.clone(), disk.clone());
+                let (memory, disk, xml) = (memory.clone(), disk.clone(), xml.clone());
                 let reporter = super::progress::engine_reporter();
                 blocking(move || {
-                    let overlay =
-                        // The base id and sizes are checked from the metadata's first
-                        // bytes, before the rest of it is decompressed or sized by it.
-                        OverlayReader::open_for_base(reader, &engine_base.shape())
-                            .map_err(|e| decode_error(e.into()))?;
-                    let meta = overlay.meta();
-                    check_fits(meta, &engine_base).map_err(decode_error)?;
-                    let ports: Vec<u16> = meta
-                        .property("guest-ports")
-                        .unwrap_or_default()
-                        .split(',')
-                        .filter_map(|p| p.trim().parse().ok())
-                        .collect();
-                    // The daemon builds the VM's definition; the overlay's domain XML (or,
-                    // for a disk-only overlay, the base's) only lends it typed values.
-                    let xml = match &meta.memory {
-                        Some(m) => {
-                            let saved = m
-                                .layout
-                                .domain_xml()
-                                .map_err(|e| ServiceError::OverlayCorrupt(Box::new(e)))?;
-                            resume_xml(saved, m.layout.cookie(), &spec)?
-                        }
-                        None => boot_xml(&template, &spec)?,
-                    };
-                    let has_memory = meta.memory.is_some();
                     let outputs = DecodeOutputs {
                         disk: &disk,
                         disk_format: DiskOutputFormat::Qcow2,
@@ -286,19 +323,22 @@ impl AppState {
                         durable: false,
                         threads: 0,
                     };
-                    // A disk-only overlay boots: nothing to stream (the opener is unused).
-                    let summary = match opener.filter(|_| has_memory) {
-                        Some(open) => {
+                    Ok(match source {
+                        Some(Source::Primed(stream)) => {
+                            decode_primed(overlay, &engine_base, &outputs, *stream, &reporter)
+                        }
+                        // A disk-only overlay boots: nothing to stream (the opener is
+                        // unused).
+                        Some(Source::Open(open)) if has_memory => {
                             decode_streamed(overlay, &engine_base, &outputs, open, &reporter)
                         }
-                        None => decode(overlay, &engine_base, &outputs, &reporter),
-                    };
-                    Ok((has_memory, ports, summary, xml))
+                        _ => decode(overlay, &engine_base, &outputs, &reporter),
+                    })
                 })
                 .await
             };
             // Timed now: a streamed restore overlapped the decode, and finishes after it.
-            let decoded_ok = matches!(&decoded, Ok((_, _, Ok(_), _)));
+            let decoded_ok = matches!(&decoded, Ok(Ok(_)));
             if decoded_ok {
                 timer.record("decode", started);
             }
@@ -307,14 +347,13 @@ impl AppState {
                     if decoded_ok && s.streamed() {
                         session.advance(SessionState::Restoring)?;
                         self.store.update_session(&session).await?;
-                        StepTimer::begin("restore_stream");
+                        StepTimer::begin(if primed { "restore_standby" } else { "restore_stream" });
                     }
                     s.outcome().await
                 }
                 None => Outcome::NotStreamed,
             };
-            let (has_memory, guest_ports, summary, xml) = decoded?;
-            let summary = match summary {
+            let summary = match decoded? {
                 Ok(summary) => summary,
                 // A stream whose reader went away is explained by the restore's error;
                 // any other failure (a bad overlay, a full disk) is the cause.
@@ -349,6 +388,12 @@ impl AppState {
                 self.store.update_session(&session).await?;
             }
             match restored {
+                // The standby's restore, from this synthesis' start (its base pages were
+                // loaded before): what the synthesis waited for.
+                Outcome::Finished(result, _) if primed => {
+                    result?;
+                    timer.record("restore_standby", started);
+                }
                 Outcome::Finished(result, took) => {
                     result?;
                     // The restore's own wall time (it overlapped the decode), under a name
@@ -381,13 +426,36 @@ impl AppState {
             Some(w) => w.explain(e),
             None => e,
         });
+        // A standby not used (the synthesis failed before it looked) goes; its directory
+        // is the failed session's, removed with it.
+        if let Some(s) = standby.take() {
+            self.discard_synthesis_standby(s, true).await;
+        }
+        if let Some(row) = standby_row {
+            // Its VM is the session's now (or gone with it).
+            if let Err(e) = self.store.delete_standby(&row.id).await {
+                tracing::warn!(error = %e, "forgetting a taken synthesis standby");
+            }
+        }
         let ok = result.is_ok();
         let settled = self.settle_start(&mut session, &timer, result).await;
         self.metrics
             .synthesis_done(ok && settled.is_ok(), clock.elapsed(), &session.timings.0);
+        if settled.is_err() {
+            // No session of this base runs on: the next synthesis gets a standby.
+            self.after_session(&session);
+        }
         settled?;
         Ok(session)
     }
+}
+
+/// How a synthesis writes the save file it restores from.
+enum Source {
+    /// A stream opened once the disk exists.
+    Open(cloudlet_engine::decode::OpenStream),
+    /// A synthesis standby's stream, which holds the base's pages.
+    Primed(Box<cloudlet_engine::decode::PrimedStream>),
 }
 
 /// Whether `url`'s origin is one of `allow` (`scheme://host[:port]`).

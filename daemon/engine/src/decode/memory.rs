@@ -55,7 +55,7 @@ impl MemoryTarget {
     pub(super) fn create(
         meta: &OverlayMeta,
         outputs: &DecodeOutputs<'_>,
-        stream: Option<Box<dyn Write + Send>>,
+        stream: Option<StreamOut>,
     ) -> Result<Option<Self>, DecodeError> {
         let Some(memory) = &meta.memory else {
             return Ok(None);
@@ -73,23 +73,14 @@ impl MemoryTarget {
         )
         .map_err(DecodeError::SaveFile)?;
         let shape = match stream {
-            Some(out) => {
+            Some(StreamOut::Fresh(out)) => {
                 // The prefix goes first, ahead of every record (the reader of a stream
                 // starts with libvirt's header and the domain XML).
-                let writer = SaveFileWriter::new(
-                    BufWriter::with_capacity(IO_BUFFER_BYTES, Sink::Stream(out)),
-                    &memory.layout,
-                    outputs.domain_xml,
-                )
-                .map_err(DecodeError::SaveFile)?;
-                Shape::Stream(Handoff {
-                    state: Mutex::new(HandoffState {
-                        writer: Some(writer),
-                        base_done: false,
-                    }),
-                    turn: Condvar::new(),
-                })
+                let writer = stream_writer(out, &memory.layout, outputs.domain_xml)?;
+                Shape::Stream(Handoff::new(writer, false))
             }
+            // The base's pages are in it already: the overlay's come next.
+            Some(StreamOut::Primed(writer)) => Shape::Stream(Handoff::new(writer, true)),
             None => Shape::File(
                 AtomicFile::create(outputs.memory).map_err(output_error(outputs.memory))?,
             ),
@@ -182,7 +173,39 @@ impl MemoryTarget {
     }
 }
 
+/// A stream's writer, the prefix written.
+pub(super) fn stream_writer(
+    out: Box<dyn Write + Send>,
+    layout: &SaveFileLayout,
+    domain_xml: Option<&str>,
+) -> Result<RecordWriter<'static>, DecodeError> {
+    SaveFileWriter::new(
+        BufWriter::with_capacity(IO_BUFFER_BYTES, Sink::Stream(out)),
+        layout,
+        domain_xml,
+    )
+    .map_err(DecodeError::SaveFile)
+}
+
+/// Where a streamed save file goes.
+pub(super) enum StreamOut {
+    /// A new stream: the prefix, then the base's pages, then the overlay's.
+    Fresh(Box<dyn Write + Send>),
+    /// A stream that holds the prefix and the base's pages already (`super::primed`).
+    Primed(RecordWriter<'static>),
+}
+
 impl Handoff {
+    fn new(writer: RecordWriter<'static>, base_done: bool) -> Self {
+        Handoff {
+            state: Mutex::new(HandoffState {
+                writer: Some(writer),
+                base_done,
+            }),
+            turn: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HandoffState> {
         // A panicking holder leaves the state as it was; the decode reports the panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)

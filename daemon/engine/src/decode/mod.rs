@@ -31,7 +31,10 @@ mod base_pages;
 mod memory;
 mod outputs;
 mod pipeline;
+mod primed;
 mod rebuild;
+
+pub use primed::{prime_stream, PrimedStream};
 
 /// Errors rebuilding a VM from base + overlay.
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +203,29 @@ pub fn decode_streamed<R: Read + Send>(
         overlay,
         base,
         outputs,
-        Some(open),
+        Some(pipeline::StreamSource::Open(open)),
+        progress,
+        &pool(outputs)?,
+    )
+}
+
+/// Like [`decode_streamed`], into a stream [`prime_stream`] wrote the base's pages into
+/// (see [`primed`](PrimedStream)): the overlay's pages, then the device state. The disk
+/// at `outputs.disk` exists already (the restore reading the stream opened it): it is
+/// rewritten in place, and complete before the stream ends. An overlay that does not
+/// [fit](PrimedStream::fits) the stream is refused before anything is written.
+pub fn decode_primed<R: Read + Send>(
+    overlay: OverlayReader<R>,
+    base: &Base,
+    outputs: &DecodeOutputs<'_>,
+    primed: PrimedStream,
+    progress: &dyn Progress,
+) -> Result<DecodeSummary, DecodeError> {
+    pipeline::decode_with(
+        overlay,
+        base,
+        outputs,
+        Some(pipeline::StreamSource::Primed(Box::new(primed))),
         progress,
         &pool(outputs)?,
     )

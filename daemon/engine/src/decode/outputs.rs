@@ -52,6 +52,18 @@ enum DiskPlace {
     InPlace(RemoveUnlessKept),
 }
 
+/// How the synthesized disk is placed (see [`Disk::create`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// Written under a temporary name, renamed once everything verified.
+    Renamed,
+    /// Created at its final path, laid out in advance.
+    InPlace,
+    /// Written over the image at its final path, which a restore opened already
+    /// (a primed stream's): same file, laid out in advance.
+    OverOpened,
+}
+
 /// Removes a file when dropped, unless [`RemoveUnlessKept::keep`] was called.
 struct RemoveUnlessKept(Option<PathBuf>);
 
@@ -70,16 +82,22 @@ impl Drop for RemoveUnlessKept {
 }
 
 impl Disk {
-    /// Starts the disk: a qcow2 backed by the base's disk, or a copy of the base. With
-    /// `in_place`, it is written at `outputs.disk` itself, and a qcow2 is laid out for the
-    /// overlay's disk records in advance, so that it is a valid image before its first
-    /// chunk arrives.
+    /// Starts the disk: a qcow2 backed by the base's disk, or a copy of the base. Unless
+    /// [`Placement::Renamed`], it is written at `outputs.disk` itself, and a qcow2 is laid
+    /// out for the overlay's disk records in advance, so that it is a valid image before
+    /// its first chunk arrives.
     pub(super) fn create(
         meta: &OverlayMeta,
         base: &Base,
         outputs: &DecodeOutputs<'_>,
-        in_place: bool,
+        placement: Placement,
     ) -> Result<Self, DecodeError> {
+        let in_place = placement != Placement::Renamed;
+        if placement == Placement::OverOpened && outputs.disk_format != DiskOutputFormat::Qcow2 {
+            return Err(DecodeError::Incompatible(
+                "only a qcow2 disk can be written over an opened one".into(),
+            ));
+        }
         let base_disk = &base.paths().disk;
         let tmp = match in_place {
             true => None,
@@ -96,17 +114,16 @@ impl Disk {
                     DecodeError::Incompatible("base disk path is not valid UTF-8".into())
                 })?;
                 let size = meta.disk_size;
-                let writer = if in_place {
-                    let chunks = meta.records.iter().filter(|r| r.kind == ImageKind::Disk);
-                    Qcow2Writer::create_planned(
-                        &path,
-                        size,
-                        backing,
-                        "raw",
-                        chunks.map(|r| r.index),
-                    )
-                } else {
-                    Qcow2Writer::create(&path, size, backing, "raw")
+                let chunks = meta.records.iter().filter(|r| r.kind == ImageKind::Disk);
+                let chunks = chunks.map(|r| r.index);
+                let writer = match placement {
+                    Placement::Renamed => Qcow2Writer::create(&path, size, backing, "raw"),
+                    Placement::InPlace => {
+                        Qcow2Writer::create_planned(&path, size, backing, "raw", chunks)
+                    }
+                    Placement::OverOpened => {
+                        Qcow2Writer::replace_planned(&path, size, backing, "raw", chunks)
+                    }
                 };
                 DiskSink::Qcow2(writer.map_err(DecodeError::Qcow2)?)
             }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::apply::{apply_windows, SelfRefs};
-use super::memory::MemoryTarget;
-use super::outputs::{Disk, Outputs};
+use super::memory::{MemoryTarget, StreamOut};
+use super::outputs::{Disk, Outputs, Placement};
 use super::rebuild::{read_and_rebuild, Window};
 use super::{check_fits, output_error, DecodeError, DecodeOutputs, DecodeSummary};
 use crate::base::Base;
@@ -16,6 +16,14 @@ use crate::chunk::ImageKind;
 use crate::format::Encoding;
 use crate::format::OverlayReader;
 use crate::progress::Progress;
+
+/// Where a streamed decode writes the save file.
+pub(super) enum StreamSource {
+    /// A stream opened once the disk exists.
+    Open(super::OpenStream),
+    /// A stream that holds the base's pages already.
+    Primed(Box<super::PrimedStream>),
+}
 
 /// Rebuilt windows that may wait to be applied: with the one being applied and the one
 /// being rebuilt, memory holds at most three windows of ≤ 4 MiB segments.
@@ -26,11 +34,15 @@ pub(super) fn decode_with<R: Read + Send>(
     mut overlay: OverlayReader<R>,
     base: &Base,
     outputs: &DecodeOutputs<'_>,
-    stream: Option<super::OpenStream>,
+    stream: Option<StreamSource>,
     progress: &dyn Progress,
     pool: &rayon::ThreadPool,
 ) -> Result<DecodeSummary, DecodeError> {
     check_fits(overlay.meta(), base)?;
+    if let Some(StreamSource::Primed(primed)) = &stream {
+        // Before the disk is touched: the primed restore opened it already.
+        primed.check_fits(overlay.meta())?;
+    }
     let meta = overlay.meta().clone();
     let mut summary = DecodeSummary {
         records: meta.records.len() as u64,
@@ -47,11 +59,21 @@ pub(super) fn decode_with<R: Read + Send>(
     }));
     // A stream's reader (a restore) opens the disk when it starts: the disk comes first,
     // valid from the start and at its final path.
-    let disk = Disk::create(&meta, base, outputs, stream.is_some())?;
+    let placement = match &stream {
+        None => Placement::Renamed,
+        Some(StreamSource::Open(_)) => Placement::InPlace,
+        Some(StreamSource::Primed(_)) => Placement::OverOpened,
+    };
+    let disk = Disk::create(&meta, base, outputs, placement)?;
     let stream = match (stream, &meta.memory) {
-        (Some(open), Some(_)) => open().map_err(output_error(outputs.memory))?,
+        (Some(StreamSource::Open(open)), Some(_)) => open()
+            .map_err(output_error(outputs.memory))?
+            .map(StreamOut::Fresh),
+        (Some(StreamSource::Primed(primed)), Some(_)) => Some(StreamOut::Primed(primed.writer)),
         _ => None,
     };
+    // A primed stream has every base page already; the overlay's pages overwrite them.
+    let primed = matches!(stream, Some(StreamOut::Primed(_)));
     let memory = MemoryTarget::create(&meta, outputs, stream)?;
     let mut out = Outputs::new(&meta, disk, outputs, memory.as_ref())?;
     let mut self_refs = SelfRefs::new(&meta)?;
@@ -64,7 +86,8 @@ pub(super) fn decode_with<R: Read + Send>(
     // the other stops early instead of finishing work that will be thrown away.
     let cancel = AtomicBool::new(false);
     let (read_time, rebuild_time) = std::thread::scope(|scope| {
-        let base_pages = memory.as_ref().zip(meta.memory.as_ref()).map(|(m, mm)| {
+        let base_pages = memory.as_ref().zip(meta.memory.as_ref());
+        let base_pages = base_pages.filter(|_| !primed).map(|(m, mm)| {
             let cancel = &cancel;
             scope.spawn(move || {
                 let started = Instant::now();

@@ -117,6 +117,39 @@ impl Qcow2Writer {
         backing_format: &str,
         chunks: impl IntoIterator<Item = u64>,
     ) -> Result<Self, Qcow2Error> {
+        Self::planned(
+            path,
+            false,
+            (virtual_size, backing_file, backing_format),
+            chunks,
+        )
+    }
+
+    /// Like [`create_planned`](Self::create_planned), over the existing image at `path`:
+    /// the same file (inode) is truncated and rewritten, for a reader that opened it
+    /// already and reads its metadata again before it uses it (QEMU's incoming migration
+    /// does, when the migration completes).
+    pub fn replace_planned(
+        path: &Path,
+        virtual_size: u64,
+        backing_file: &str,
+        backing_format: &str,
+        chunks: impl IntoIterator<Item = u64>,
+    ) -> Result<Self, Qcow2Error> {
+        Self::planned(
+            path,
+            true,
+            (virtual_size, backing_file, backing_format),
+            chunks,
+        )
+    }
+
+    fn planned(
+        path: &Path,
+        replace: bool,
+        (virtual_size, backing_file, backing_format): (u64, &str, &str),
+        chunks: impl IntoIterator<Item = u64>,
+    ) -> Result<Self, Qcow2Error> {
         let chunk_count = virtual_size.div_ceil(CHUNK_SIZE_U64);
         let indexes: std::collections::BTreeSet<u64> = chunks.into_iter().collect();
         if let Some(&last) = indexes.last() {
@@ -135,7 +168,17 @@ impl Qcow2Writer {
             clusters.insert(index, cluster);
         }
         let count = clusters.len();
-        let file = Self::create_file(path, virtual_size, backing_file, backing_format)?;
+        let file = match replace {
+            true => {
+                Self::check_arguments(virtual_size, backing_file, backing_format)?;
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(path)?
+            }
+            false => Self::create_file(path, virtual_size, backing_file, backing_format)?,
+        };
         let writer = Qcow2Writer {
             file,
             virtual_size,
@@ -163,6 +206,20 @@ impl Qcow2Writer {
         backing_file: &str,
         backing_format: &str,
     ) -> Result<File, Qcow2Error> {
+        Self::check_arguments(virtual_size, backing_file, backing_format)?;
+        Ok(OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?)
+    }
+
+    /// Checks the arguments of a new image.
+    fn check_arguments(
+        virtual_size: u64,
+        backing_file: &str,
+        backing_format: &str,
+    ) -> Result<(), Qcow2Error> {
         if backing_file.is_empty() || backing_file.len() > MAX_BACKING_NAME_BYTES {
             return Err(Qcow2Error::invalid_argument(format!(
                 "backing file name must be 1 to {MAX_BACKING_NAME_BYTES} bytes"
@@ -188,11 +245,7 @@ impl Qcow2Writer {
                 "virtual size {virtual_size} is above the 8 TiB limit"
             )));
         }
-        Ok(OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?)
+        Ok(())
     }
 
     /// The cluster after the last one in the write buffer.

@@ -130,6 +130,26 @@ impl SaveFileLayout {
         self.blocks == other.blocks
     }
 
+    /// Whether a QEMU that read `self`'s stream up to its first page record reads
+    /// `other`'s the same way: same libvirt flags and cookie, QEMU preamble and ram
+    /// section (the domain XML, read by libvirt before QEMU starts, is the caller's to
+    /// compare).
+    pub fn same_stream_start(&self, other: &Self) -> bool {
+        self.was_running == other.was_running
+            && self.cookie() == other.cookie()
+            && self.qemu_preamble == other.qemu_preamble
+            && (
+                self.ram_section_id,
+                self.ram_instance_id,
+                self.ram_version_id,
+            ) == (
+                other.ram_section_id,
+                other.ram_instance_id,
+                other.ram_version_id,
+            )
+            && self.same_ram_layout(other)
+    }
+
     /// Serializes the layout (format in the module doc). A layout that
     /// [`SaveFileLayout::from_bytes`] would refuse serializes to a blob it refuses.
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -41,6 +41,9 @@ pub struct SaveFileReader<R: Read> {
     by_name: HashMap<Vec<u8>, usize>,
     /// One bit per global page: already read.
     seen: Vec<u64>,
+    /// Whether a page may come again (QEMU's loader takes the later copy; a save file
+    /// QEMU writes has none, so the encoder refuses them).
+    repeats: bool,
     pages_read: u64,
     /// Block of the last page record (CONTINUE refers to it, across sections too).
     last_block: Option<usize>,
@@ -159,10 +162,19 @@ impl<R: Read> SaveFileReader<R> {
             first_pages,
             by_name,
             seen: vec![0; words],
+            repeats: false,
             pages_read: 0,
             last_block: None,
             state: State::BetweenSections,
         })
+    }
+
+    /// Reads a page sent again, as QEMU's loader does (a primed restore stream sends the
+    /// overlay's pages over the base's).
+    #[cfg(test)]
+    pub(crate) fn allowing_repeats(mut self) -> Self {
+        self.repeats = true;
+        self
     }
 
     /// Everything but the pages and the device state.
@@ -301,7 +313,7 @@ impl<R: Read> SaveFileReader<R> {
                 pages: self.layout.page_count(),
             })?;
         let bit = 1u64 << (index % 64);
-        if *word & bit != 0 {
+        if *word & bit != 0 && !self.repeats {
             return Err(SaveFileError::DuplicatePage { index });
         }
         *word |= bit;

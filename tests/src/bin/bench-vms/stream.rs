@@ -13,7 +13,9 @@
 //! but the first (which makes that file), so that floor and synthesis see the same host.
 //!
 //! With `overlay_standby` on, overlay session starts that resume the standby VM are timed
-//! too (part `standby`).
+//! too (part `standby`); with `synthesis_standby` on, syntheses that finish the standby's
+//! primed restore, local and over the paced link, each with the floor timed right before
+//! it (part `synthesis-standby`).
 //!
 //! The guest is the fixture (busybox; its memory mostly zero pages) or, with `--debian`,
 //! the stock Debian 12 guest (systemd, a Python app installed by
@@ -68,6 +70,7 @@ pub(super) struct Parts {
     synthesis: bool,
     link: bool,
     standby: bool,
+    synthesis_standby: bool,
 }
 
 impl Parts {
@@ -79,6 +82,7 @@ impl Parts {
                 synthesis: true,
                 link: true,
                 standby: true,
+                synthesis_standby: true,
             });
         };
         let mut parts = Self {
@@ -87,6 +91,7 @@ impl Parts {
             synthesis: false,
             link: false,
             standby: false,
+            synthesis_standby: false,
         };
         for part in only.split(',') {
             match part {
@@ -95,8 +100,10 @@ impl Parts {
                 "synthesis" => parts.synthesis = true,
                 "link" => parts.link = true,
                 "standby" => parts.standby = true,
+                "synthesis-standby" => parts.synthesis_standby = true,
                 other => bail!(
-                    "unknown --stream part {other}: creation, start, synthesis, link, standby"
+                    "unknown --stream part {other}: creation, start, synthesis, link, \
+                     standby, synthesis-standby"
                 ),
             }
         }
@@ -312,11 +319,22 @@ pub(super) fn stream_vs_file(
     } else {
         Value::Null
     };
+    let synthesis_standby = if parts.synthesis_standby {
+        let warm = WarmSynthesis {
+            guest,
+            overlay_id: &overlay_id,
+            overlay: &bytes,
+        };
+        warm.runs(&mut b, runs, &mut reference)?
+    } else {
+        Value::Null
+    };
     Ok(json!({
         "guest": what,
         "overlay_bytes": bytes.len(),
         "restore_stream": modes,
         "overlay_standby": standby,
+        "synthesis_standby": synthesis_standby,
         "plain_virsh_restore": reference.map(Reference::finish).transpose()?,
     }))
 }
@@ -366,17 +384,127 @@ fn standby_starts(b: &mut DaemonBase, runs: usize) -> anyhow::Result<Value> {
     }))
 }
 
+/// Syntheses with `synthesis_standby` on (streams on), from the stored overlay and over
+/// the paced link.
+struct WarmSynthesis<'a> {
+    guest: &'a Guest,
+    overlay_id: &'a str,
+    overlay: &'a [u8],
+}
+
+impl WarmSynthesis<'_> {
+    /// Per run: once the standby is ready, the floor (a plain restore), then a synthesis
+    /// from the stored overlay timed to the app answering, then one over the link at each
+    /// speed; every synthesis is stopped, which makes the next standby. The first
+    /// synthesis, cold, makes the first standby (and the reference, if not made yet).
+    fn runs(
+        &self,
+        b: &mut DaemonBase,
+        runs: usize,
+        reference: &mut Option<Reference>,
+    ) -> anyhow::Result<Value> {
+        b.restart(&[
+            ("CLOUDLET_RESTORE_STREAM", "on"),
+            ("CLOUDLET_SAVE_STREAM", "on"),
+            ("CLOUDLET_SYNTHESIS_STANDBY", "true"),
+        ])?;
+        println!("-- synthesis_standby = true");
+        let body = json!({ "base": b.name, "overlay_id": self.overlay_id });
+        let first = b.call("POST", "/api/v1/synthesis", body.clone())?;
+        if reference.is_none() {
+            *reference = Some(Reference::save(b, &first)?);
+        }
+        b.stop(&first)?;
+        let (mut syntheses, mut floor, mut link) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            Self::wait_ready(b)?;
+            if let Some(reference) = reference.as_ref() {
+                floor.push(reference.restore()?);
+            }
+            let started = Instant::now();
+            let s = b.call("POST", "/api/v1/synthesis", body.clone())?;
+            self.guest.app_answers(&s)?;
+            let app_s = started.elapsed().as_secs_f64();
+            Self::check_warm(&s)?;
+            println!("  synthesis from the standby: app answering {app_s:.2} s");
+            syntheses.push(json!({ "app_answering_s": app_s, "timings": s["timings"] }));
+            b.stop(&s)?;
+            for mbit in LINK_MBIT {
+                Self::wait_ready(b)?;
+                let (app_s, s) = paced_synthesis(self.guest, b, self.overlay, mbit)?;
+                Self::check_warm(&s)?;
+                let transfer_s = self.overlay.len() as f64 * 8.0 / (mbit as f64 * 1e6);
+                println!(
+                    "  {mbit:>3} Mbit/s from the standby: app answering {app_s:.2} s after \
+                     the first byte (transfer {transfer_s:.2} s, + {:.2} s)",
+                    app_s - transfer_s
+                );
+                link.push(json!({
+                    "run": run + 1,
+                    "mbit_s": mbit,
+                    "transfer_s": transfer_s,
+                    "app_answering_s": app_s,
+                    "over_transfer_s": app_s - transfer_s,
+                    "timings": s["timings"],
+                }));
+                b.stop(&s)?;
+            }
+        }
+        let synth_s = seconds(&syntheses, "app_answering_s");
+        let floor_s = seconds(&floor, "restore_s");
+        println!(
+            "synthesis standby: synthesis to app answering {:.2} s, plain restores before \
+             them {:.2} s (medians), daemon peak RSS {} MiB",
+            median_s(&synth_s),
+            median_s(&floor_s),
+            b.peak_rss_mib()?
+        );
+        Ok(json!({
+            "synthesis_to_app_s": median_s(&synth_s),
+            "syntheses": syntheses,
+            "link": link,
+            "plain_virsh_restores": floor,
+            "daemon_peak_rss_mib": b.peak_rss_mib()?,
+        }))
+    }
+
+    fn wait_ready(b: &DaemonBase) -> anyhow::Result<()> {
+        let waited = Instant::now();
+        let ready = cloudlet_e2e::wait_until(Duration::from_secs(120), || {
+            (gauge(b, "cloudlet_synthesis_standby_vms").ok()? == 1).then_some(())
+        });
+        ready.context("no synthesis standby within 120 s")?;
+        println!(
+            "  synthesis standby ready {:.2} s after the session stopped",
+            waited.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    fn check_warm(s: &Value) -> anyhow::Result<()> {
+        if s["timings"].get("restore_standby").is_none() {
+            bail!("the synthesis did not use the standby: {}", s["timings"]);
+        }
+        Ok(())
+    }
+}
+
 /// The daemon's `cloudlet_standby_vms` gauge.
 fn standby_gauge(b: &DaemonBase) -> anyhow::Result<u64> {
+    gauge(b, "cloudlet_standby_vms")
+}
+
+/// A gauge of the daemon's `/metrics`.
+fn gauge(b: &DaemonBase, name: &str) -> anyhow::Result<u64> {
     let (status, body) = b.d.send("GET", "/metrics", &[], &[])?;
     if status != 200 {
         bail!("/metrics: {status}");
     }
     String::from_utf8(body)?
         .lines()
-        .find_map(|l| l.strip_prefix("cloudlet_standby_vms "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .context("cloudlet_standby_vms in /metrics")
+        .with_context(|| format!("{name} in /metrics"))
 }
 
 /// The `key` field (seconds) of each sample.

@@ -1,0 +1,211 @@
+//! `synthesis_standby`: after a synthesis session on a base ends, a restore of that base
+//! is started and fed the base's pages; the next synthesis on it writes only the
+//! overlay's pages into that restore. Checked on the fixture guest through the real
+//! daemon: the warm synthesis finishes the standby's restore (its VM, app, forwarded port
+//! and the overlay's files on the disk rewritten under the waiting QEMU); a corrupt
+//! overlay fails cleanly and costs only the standby; a disk-only overlay, which cannot
+//! finish it, boots in its place; a `kill -9` leaves no standby VM behind the restart.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::path::Path;
+use std::time::Duration;
+
+use cloudlet_e2e::daemon::TempDir;
+use cloudlet_e2e::{
+    domains_with_prefix, fixture_guest, greeting, require_host, run_when_up, Daemon,
+};
+use serde_json::{json, Value};
+
+const APP: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
+
+/// The `cloudlet_synthesis_standby_vms` gauge.
+fn standby_gauge(d: &Daemon) -> u64 {
+    let (status, body) = d.send("GET", "/metrics", &[], &[]).unwrap();
+    assert_eq!(status, 200);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("cloudlet_synthesis_standby_vms "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("cloudlet_synthesis_standby_vms in /metrics")
+}
+
+/// Waits (up to 60 s) until the daemon reports a standby ready; returns its VM (the
+/// `cloudlet-*` VM of this data directory that no session has).
+fn wait_for_standby(d: &Daemon, data: &Path) -> String {
+    let ready = cloudlet_e2e::wait_until(Duration::from_secs(60), || {
+        (standby_gauge(d) == 1).then_some(())
+    });
+    assert!(ready.is_some(), "no standby after 60 s\n{}", d.log_text());
+    let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
+    let session_vms: Vec<&str> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "running")
+        .filter_map(|s| s["vm_name"].as_str())
+        .collect();
+    let standby: Vec<String> = domains_with_prefix("cloudlet-")
+        .into_iter()
+        .filter(|vm| !session_vms.contains(&vm.as_str()))
+        .filter(|vm| {
+            let id = vm.trim_start_matches("cloudlet-");
+            data.join("sessions").join(id).is_dir()
+        })
+        .collect();
+    assert_eq!(standby.len(), 1, "one standby VM: {standby:?}");
+    standby[0].clone()
+}
+
+fn synthesize(d: &Daemon, overlay: &str) -> Value {
+    let (status, s) = d
+        .json(
+            "POST",
+            "/api/v1/synthesis",
+            Some(&json!({ "base": "tiny", "overlay_id": overlay })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{s}\n{}", d.log_text());
+    assert_eq!(s["state"], "running", "{s}");
+    s
+}
+
+fn stop(d: &Daemon, session: &Value) {
+    let id = session["id"].as_str().unwrap();
+    let (status, s) = d
+        .json("POST", &format!("/api/v1/sessions/{id}/stop"), None)
+        .unwrap();
+    assert_eq!(status, 200, "{s}");
+}
+
+/// Makes an overlay on `tiny` running `script` (then finished).
+fn make_overlay(d: &Daemon, script: &[&str], disk_only: bool) -> String {
+    let (status, done) = d
+        .json(
+            "POST",
+            "/api/v1/overlays",
+            Some(&json!({
+                "base": "tiny", "script": script, "guest_ports": [8080],
+                "disk_only": disk_only, "finish": true,
+            })),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{done}\n{}", d.log_text());
+    done["overlay_id"].as_str().unwrap().to_string()
+}
+
+/// The synthesized VM answers on its forwarded port and has the overlay's file.
+fn check_app(d: &Daemon, session: &Value) {
+    let port = session["host_ports"]["8080"].as_u64().unwrap();
+    assert_eq!(greeting(port).unwrap(), "hello-from-guest");
+    let id = session["id"].as_str().unwrap();
+    let (_, out) = d
+        .json(
+            "POST",
+            &format!("/api/v1/sessions/{id}/run"),
+            Some(&json!({ "command": "cat /mnt/data/marker" })),
+        )
+        .unwrap();
+    assert_eq!(out["output"].as_str().unwrap().trim(), "primed", "{out}");
+}
+
+#[test]
+fn the_next_synthesis_finishes_a_primed_restore() {
+    if !require_host("the_next_synthesis_finishes_a_primed_restore") {
+        return;
+    }
+    let guest = fixture_guest().unwrap();
+    let tmp = TempDir::new("synstandby").unwrap();
+    let data = tmp.0.join("data");
+    let import = format!("{}:{}", guest.dir.display(), tmp.0.display());
+    let env = [
+        ("CLOUDLET_IMPORT_DIRS", import.as_str()),
+        ("CLOUDLET_SYNTHESIS_STANDBY", "true"),
+    ];
+    let mut d = Daemon::start_in(&data, &env).unwrap();
+    let (status, base) = d
+        .json("POST", "/api/v1/bases", Some(&guest.base_request("tiny")))
+        .unwrap();
+    assert_eq!(status, 201, "{base}\n{}", d.log_text());
+    let overlay = make_overlay(&d, &[APP, "echo primed > /mnt/data/marker && sync"], false);
+    assert_eq!(standby_gauge(&d), 0, "no synthesis ended yet");
+
+    // 1. The first synthesis restores on its own; its end starts the standby.
+    let cold = synthesize(&d, &overlay);
+    let t = &cold["timings"];
+    assert!(t.get("restore_standby").is_none(), "{t}");
+    check_app(&d, &cold);
+    stop(&d, &cold);
+    let standby = wait_for_standby(&d, &data);
+
+    // 2. The next one finishes that restore: same VM, app, port and disk files.
+    let warm = synthesize(&d, &overlay);
+    let t = &warm["timings"];
+    assert!(
+        t["restore_standby"].is_u64() && t.get("restore_stream").is_none(),
+        "the standby's restore: {t}"
+    );
+    assert_eq!(warm["vm_name"], standby.as_str(), "{warm}");
+    assert_eq!(standby_gauge(&d), 0, "taken");
+    check_app(&d, &warm);
+    eprintln!("cold synthesis timings {}, warm {}", cold["timings"], t);
+    stop(&d, &warm);
+
+    // 3. A corrupt overlay fails cleanly: the standby goes with it, the next is made, and
+    // a good overlay then synthesizes warm again.
+    let standby = wait_for_standby(&d, &data);
+    let url = format!("/api/v1/overlays/{overlay}/file");
+    let (status, mut bytes) = d.send("GET", &url, &[], &[]).unwrap();
+    assert_eq!(status, 200);
+    let at = bytes.len() - bytes.len() / 4; // in a late segment
+    bytes[at] ^= 0x40;
+    let (status, v) = d
+        .upload("/api/v1/synthesis/upload?base=tiny", &bytes)
+        .unwrap();
+    assert_eq!(status, 422, "{v}\n{}", d.log_text());
+    assert_eq!(v["error"]["code"], "overlay-corrupt", "{v}");
+    assert!(
+        !domains_with_prefix("cloudlet-").contains(&standby),
+        "the standby's VM outlived the failed synthesis"
+    );
+    let next = wait_for_standby(&d, &data);
+    assert_ne!(next, standby);
+    let warm = synthesize(&d, &overlay);
+    assert!(warm["timings"]["restore_standby"].is_u64(), "{warm}");
+    check_app(&d, &warm);
+    stop(&d, &warm);
+
+    // 4. A disk-only overlay cannot finish a restore: it boots, in the standby's place.
+    let disk_only = make_overlay(&d, &["echo primed > /mnt/data/marker && sync"], true);
+    let standby = wait_for_standby(&d, &data);
+    let booted = synthesize(&d, &disk_only);
+    assert!(
+        booted["timings"]["boot"].is_u64() && booted["timings"].get("restore_standby").is_none(),
+        "{booted}"
+    );
+    // Its directory and VM name were the standby's: the standby's restore is gone, and
+    // the VM of that name is the booted one.
+    assert_eq!(booted["vm_name"], standby.as_str(), "{booted}");
+    assert_eq!(standby_gauge(&d), 0);
+    let id = booted["id"].as_str().unwrap();
+    assert_eq!(run_when_up(&d, id, "cat /mnt/data/marker"), "primed");
+    stop(&d, &booted);
+
+    // 5. A crash leaves a standby; the restart destroys it and removes its directory.
+    let left = wait_for_standby(&d, &data);
+    d.kill();
+    let d = Daemon::start_in(&data, &env).unwrap();
+    let gone = cloudlet_e2e::wait_until(Duration::from_secs(30), || {
+        (!domains_with_prefix("cloudlet-").contains(&left)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the standby of the killed daemon still runs\n{}",
+        d.log_text()
+    );
+    assert!(!data
+        .join("sessions")
+        .join(left.trim_start_matches("cloudlet-"))
+        .exists());
+    assert_eq!(standby_gauge(&d), 0);
+}
