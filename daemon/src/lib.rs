@@ -153,6 +153,7 @@ pub async fn adopt_vms(state: AppState) {
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!("cloudletd ready");
+    state.standbys_after_start().await;
     notify::notify("READY=1\nSTATUS=serving");
 }
 

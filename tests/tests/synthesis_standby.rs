@@ -4,7 +4,8 @@
 //! daemon: the warm synthesis finishes the standby's restore (its VM, app, forwarded port
 //! and the overlay's files on the disk rewritten under the waiting QEMU); a corrupt
 //! overlay fails cleanly and costs only the standby; a disk-only overlay, which cannot
-//! finish it, boots in its place; a `kill -9` leaves no standby VM behind the restart.
+//! finish it, boots in its place; a `kill -9` leaves no standby VM behind the restart,
+//! which makes a new one for the first synthesis after it.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::path::Path;
@@ -207,5 +208,12 @@ fn the_next_synthesis_finishes_a_primed_restore() {
         .join("sessions")
         .join(left.trim_start_matches("cloudlet-"))
         .exists());
-    assert_eq!(standby_gauge(&d), 0);
+    // The restarted daemon makes a new standby for the base of the last synthesis, and the
+    // first synthesis after the restart finishes it.
+    let remade = wait_for_standby(&d, &data);
+    assert_ne!(remade, left);
+    let warm = synthesize(&d, &overlay);
+    assert!(warm["timings"]["restore_standby"].is_u64(), "{warm}");
+    assert_eq!(warm["vm_name"], remade.as_str());
+    check_app(&d, &warm);
 }

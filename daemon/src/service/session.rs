@@ -200,10 +200,8 @@ impl AppState {
     /// its kind for its base is made now, while the machine is idle, not when the next
     /// session starts.
     pub(crate) fn after_session(&self, session: &SessionRecord) {
-        match (session.kind, &session.base_id) {
-            (SessionKind::Overlay, Some(base_id)) => self.refill_standby(base_id),
-            (SessionKind::Synthesis, Some(base_id)) => self.refill_synthesis_standby(base_id),
-            _ => {}
+        if let Some(base_id) = &session.base_id {
+            self.refill_standby_for(session.kind, base_id);
         }
     }
 

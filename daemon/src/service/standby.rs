@@ -78,6 +78,32 @@ impl AppState {
         Ok(resumed?)
     }
 
+    /// Makes the standby of sessions of `kind` (overlay or synthesis) for `base_id` in
+    /// the background, when its setting is on.
+    pub(crate) fn refill_standby_for(&self, kind: SessionKind, base_id: &str) {
+        match kind {
+            SessionKind::Overlay => self.refill_standby(base_id),
+            SessionKind::Synthesis => self.refill_synthesis_standby(base_id),
+            _ => {}
+        }
+    }
+
+    /// Once the previous run's VMs are reconciled: the standbys (of the settings turned
+    /// on) for the bases the newest overlay and synthesis sessions used, so that the
+    /// first session after a restart starts warm too.
+    pub async fn standbys_after_start(&self) {
+        if !self.config.overlay_standby && !self.config.synthesis_standby {
+            return;
+        }
+        for kind in [SessionKind::Synthesis, SessionKind::Overlay] {
+            match self.store.latest_base_of(kind).await {
+                Ok(Some(base_id)) => self.refill_standby_for(kind, &base_id),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot find the base of the last session"),
+            }
+        }
+    }
+
     /// After an overlay session on `base_id` ended: makes the standby for that base in
     /// the background (replacing one of another base), when `overlay_standby` is on.
     pub(crate) fn refill_standby(&self, base_id: &str) {

@@ -1,4 +1,5 @@
-//! Synthesis standby (`synthesis_standby`): after a synthesis on a base, a restore of
+//! Synthesis standby (`synthesis_standby`): after a synthesis on a base (and at start,
+//! for the base of the newest synthesis), a restore of
 //! that base is started for the next one and fed, through its FIFO, libvirt's header,
 //! the next session's domain XML and every non-zero page of the base
 //! ([`cloudlet_engine::decode::prime_stream`]). QEMU loads them and waits, idle, for

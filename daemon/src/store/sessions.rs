@@ -218,6 +218,18 @@ impl Store {
         .await?)
     }
 
+    /// The base of the newest session of `kind` that has one (the base a standby of that
+    /// kind is made for after a restart).
+    pub async fn latest_base_of(&self, kind: SessionKind) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT base_id FROM sessions WHERE kind = ? AND base_id IS NOT NULL \
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(kind.as_str())
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// Removes finished sessions' rows (Elijah's `clear-session`); returns how many.
     pub async fn clear_finished_sessions(&self) -> Result<u64, StoreError> {
         Ok(sqlx::query(&format!(
@@ -266,11 +278,47 @@ mod tests {
             "failed is final"
         );
         assert!(store.active_sessions().await.unwrap().is_empty());
+        assert_eq!(
+            store.latest_base_of(SessionKind::Synthesis).await.unwrap(),
+            None,
+            "no base"
+        );
         assert_eq!(store.clear_finished_sessions().await.unwrap(), 1);
         assert!(store.sessions().await.unwrap().is_empty());
         assert!(matches!(
             store.update_session(&s).await,
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_latest_base_of_a_kind_is_its_newest_sessions() {
+        let (store, _dir) = test_store().await;
+        for id in ["b1", "b2"] {
+            store
+                .insert_base(&crate::store::bases::sample_base(id, id))
+                .await
+                .unwrap();
+        }
+        for (kind, base) in [
+            (SessionKind::Synthesis, "b1"),
+            (SessionKind::Overlay, "b1"),
+            (SessionKind::Synthesis, "b2"),
+            (SessionKind::Overlay, "b1"),
+        ] {
+            let s = SessionRecord::new(kind, Some(base.into()));
+            store.insert_session(&s).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let latest = |kind| store.latest_base_of(kind);
+        assert_eq!(
+            latest(SessionKind::Synthesis).await.unwrap().as_deref(),
+            Some("b2")
+        );
+        assert_eq!(
+            latest(SessionKind::Overlay).await.unwrap().as_deref(),
+            Some("b1")
+        );
+        assert_eq!(latest(SessionKind::Base).await.unwrap(), None);
     }
 }
