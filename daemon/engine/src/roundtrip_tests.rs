@@ -486,16 +486,10 @@ fn a_streamed_decode_of_a_damaged_overlay_ends_the_stream_short() {
     let err = result.unwrap_err();
     assert!(err.is_invalid_input(), "{err}");
     // The reader got a save file that does not parse to its end.
-    let mut r = SaveFileReader::open(std::io::Cursor::new(&streamed[..])).unwrap();
-    let mut buf = [0u8; CHUNK_SIZE_BYTES];
-    let ended = loop {
-        match r.next_page(&mut buf) {
-            Ok(Some(_)) => {}
-            Ok(None) => break r.finish().is_ok(),
-            Err(_) => break false,
-        }
-    };
-    assert!(!ended, "a failed decode streamed a complete save file");
+    assert!(
+        !parses_to_its_end(&streamed),
+        "a failed decode streamed a complete save file"
+    );
     assert!(!s.dir.join("bad.disk").exists());
     let _ = std::fs::remove_file(s.dir.join("bad.at-end"));
     let left: Vec<_> = std::fs::read_dir(&s.dir)
@@ -619,6 +613,21 @@ fn last_wins(bytes: &[u8]) -> Memory {
     (pages.collect(), r.finish().unwrap())
 }
 
+/// Whether a streamed save file parses to its end (device state included), as a restore
+/// reading it would (a page sent again is fine).
+fn parses_to_its_end(bytes: &[u8]) -> bool {
+    let r = SaveFileReader::open(std::io::Cursor::new(bytes)).unwrap();
+    let mut r = r.allowing_repeats();
+    let mut buf = [0u8; CHUNK_SIZE_BYTES];
+    loop {
+        match r.next_page(&mut buf) {
+            Ok(Some(_)) => {}
+            Ok(None) => return r.finish().is_ok(),
+            Err(_) => return false,
+        }
+    }
+}
+
 /// The page indexes of a save file's records, repeats included, in stream order.
 fn record_order(bytes: &[u8]) -> Vec<u64> {
     let r = SaveFileReader::open(std::io::Cursor::new(bytes)).unwrap();
@@ -738,17 +747,10 @@ fn a_primed_stream_refuses_a_disk_only_overlay_without_touching_the_disk() {
     assert!(matches!(err, DecodeError::Incompatible(_)), "{err}");
     // The stream ended with the base's pages only: a restore reading it fails.
     let streamed = drain.join().unwrap();
-    let r = SaveFileReader::open(std::io::Cursor::new(&streamed[..])).unwrap();
-    let mut r = r.allowing_repeats();
-    let mut buf = [0u8; CHUNK_SIZE_BYTES];
-    let ended = loop {
-        match r.next_page(&mut buf) {
-            Ok(Some(_)) => {}
-            Ok(None) => break r.finish().is_ok(),
-            Err(_) => break false,
-        }
-    };
-    assert!(!ended, "a refused overlay completed the stream");
+    assert!(
+        !parses_to_its_end(&streamed),
+        "a refused overlay completed the stream"
+    );
     assert_eq!(
         std::fs::read(&disk_out).unwrap(),
         before,

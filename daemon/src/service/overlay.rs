@@ -224,15 +224,7 @@ impl AppState {
             let spec = self.session_spec(base, vm, &disk, &console_path, Some(discard));
             let resume = resume.clone();
             blocking(move || {
-                let layout = engine_base
-                    .memory_layout()
-                    .ok_or_else(|| ServiceError::InvalidRequest("base has no memory".into()))?;
-                let saved = layout
-                    .domain_xml()
-                    .map_err(|e| ServiceError::failed("reading the base's domain XML", e))?;
-                // A base's XML may come from an imported archive or a user's save file:
-                // the daemon builds the definition, the saved XML lends values.
-                let xml = resume_xml(saved, layout.cookie(), &spec)?;
+                let xml = base_resume_xml(&engine_base, &spec)?;
                 let writing = |e| ServiceError::failed("writing the base snapshot", e);
                 let opened = match opener {
                     Some(open) => {
@@ -632,6 +624,19 @@ impl AppState {
 pub(crate) fn base_boot_files(base_dir: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
     let file = |name: &str| Some(base_dir.join(name)).filter(|p| p.is_file());
     (file("vmlinuz"), file("initrd.img"))
+}
+
+/// The definition of a VM resuming `base`'s snapshot as `spec` says. A base's XML may
+/// come from an imported archive or a user's save file: the daemon builds the
+/// definition, the saved XML lends values.
+pub(crate) fn base_resume_xml(base: &Base, spec: &SessionSpec) -> Result<String, ServiceError> {
+    let layout = base
+        .memory_layout()
+        .ok_or_else(|| ServiceError::InvalidRequest("base has no memory".into()))?;
+    let saved = layout
+        .domain_xml()
+        .map_err(|e| ServiceError::failed("reading the base's domain XML", e))?;
+    Ok(resume_xml(saved, layout.cookie(), spec)?)
 }
 
 /// `qemu-img create -f qcow2 -b BASE -F raw DISK`: the copy-on-write disk a resumed base

@@ -18,6 +18,7 @@ use std::time::Duration;
 use cloudlet_api::{ResourceState, SessionKind};
 
 use super::{Caller, ServiceError, StepTimer};
+use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
 use crate::store::standbys::StandbyRecord;
 use crate::virt::Discard;
@@ -129,21 +130,10 @@ impl AppState {
             self.metrics.standby_vms(0);
             self.discard(old).await;
         }
-        let base = self.store.base(base_id).await?;
-        if base.state != ResourceState::Ready || base.memory_pages == 0 {
+        let Some((base, record, dir)) = self.new_standby(SessionKind::Overlay, base_id).await?
+        else {
             return Ok(());
-        }
-        // Named like the session it becomes (the id and VM name rules are the sessions').
-        let future = SessionRecord::new(SessionKind::Overlay, Some(base_id.to_string()));
-        let record = StandbyRecord {
-            id: future.id.clone(),
-            base_id: base_id.to_string(),
-            vm_name: future.vm_name.clone().unwrap_or_default(),
-            created_at: crate::store::now_rfc3339(),
         };
-        // Recorded before anything exists, so that a crash from here on is cleaned up.
-        self.store.insert_standby(&record).await?;
-        let dir = self.data.session_dir(&record.id);
         if let Err(e) = self.confine.create_vm_dir(&dir) {
             let _ = self.store.delete_standby(&record.id).await;
             return Err(e.into());
@@ -177,6 +167,31 @@ impl AppState {
                 Err(e)
             }
         }
+    }
+
+    /// The base, row and directory of a new standby for the next session of `kind` on
+    /// `base_id`, its row stored; `None` if that base is not ready or has no memory.
+    pub(crate) async fn new_standby(
+        &self,
+        kind: SessionKind,
+        base_id: &str,
+    ) -> Result<Option<(BaseRecord, StandbyRecord, PathBuf)>, ServiceError> {
+        let base = self.store.base(base_id).await?;
+        if base.state != ResourceState::Ready || base.memory_pages == 0 {
+            return Ok(None);
+        }
+        // Named like the session it becomes (the id and VM name rules are the sessions').
+        let future = SessionRecord::new(kind, Some(base_id.to_string()));
+        let record = StandbyRecord {
+            id: future.id.clone(),
+            base_id: base_id.to_string(),
+            vm_name: future.vm_name.clone().unwrap_or_default(),
+            created_at: crate::store::now_rfc3339(),
+        };
+        // Recorded before anything exists, so that a crash from here on is cleaned up.
+        self.store.insert_standby(&record).await?;
+        let dir = self.data.session_dir(&record.id);
+        Ok(Some((base, record, dir)))
     }
 
     /// Destroys the standbys of base `base_id` (overlay and synthesis), if there are any

@@ -20,16 +20,16 @@
 
 use std::path::{Path, PathBuf};
 
-use cloudlet_api::{ResourceState, SessionKind};
+use cloudlet_api::SessionKind;
 use cloudlet_engine::decode::{prime_stream, PrimedStream};
 
-use super::overlay::{base_paths, create_cow_disk, open_base};
+use super::overlay::{base_paths, base_resume_xml, create_cow_disk, open_base};
 use super::stream_restore::StreamedRestore;
 use super::{blocking, Caller, ServiceError};
 use crate::store::bases::BaseRecord;
 use crate::store::sessions::SessionRecord;
 use crate::store::standbys::StandbyRecord;
-use crate::virt::{resume_xml, SessionSpec};
+use crate::virt::SessionSpec;
 use crate::AppState;
 
 /// Longest a synthesis waits for a standby being made (it is then nearly ready, and
@@ -131,21 +131,10 @@ impl AppState {
             self.metrics.synthesis_standby_vms(0);
             self.discard_synthesis_standby(old, false).await;
         }
-        let base = self.store.base(base_id).await?;
-        if base.state != ResourceState::Ready || base.memory_pages == 0 {
+        let Some((base, record, dir)) = self.new_standby(SessionKind::Synthesis, base_id).await?
+        else {
             return Ok(());
-        }
-        // Named like the session it becomes (the id and VM name rules are the sessions').
-        let future = SessionRecord::new(SessionKind::Synthesis, Some(base_id.to_string()));
-        let record = StandbyRecord {
-            id: future.id.clone(),
-            base_id: base_id.to_string(),
-            vm_name: future.vm_name.clone().unwrap_or_default(),
-            created_at: crate::store::now_rfc3339(),
         };
-        // Recorded before anything exists, so that a crash from here on is cleaned up.
-        self.store.insert_standby(&record).await?;
-        let dir = self.data.session_dir(&record.id);
         let started = std::time::Instant::now();
         let made = match self.confine.create_vm_dir(&dir) {
             Ok(_) => self.prime_restore(&base, &dir, &record.vm_name).await,
@@ -200,13 +189,7 @@ impl AppState {
         let primed = {
             let spec = spec.clone();
             blocking(move || {
-                let layout = engine_base
-                    .memory_layout()
-                    .ok_or_else(|| ServiceError::InvalidRequest("base has no memory".into()))?;
-                let saved = layout
-                    .domain_xml()
-                    .map_err(|e| ServiceError::failed("reading the base's domain XML", e))?;
-                let xml = resume_xml(saved, layout.cookie(), &spec)?;
+                let xml = base_resume_xml(&engine_base, &spec)?;
                 let out = open()
                     .map_err(|e| ServiceError::failed("opening the restore stream", e))?
                     .ok_or_else(|| {
