@@ -23,6 +23,7 @@ use crate::store::sessions::SessionRecord;
 use crate::store::standbys::StandbyRecord;
 use crate::virt::Discard;
 use crate::AppState;
+use cloudlet_engine::chunk::CHUNK_SIZE_BYTES;
 
 /// Longest a session start waits for a standby being made (it is then nearly ready, and
 /// beats a restore of its own); past it the session restores the base itself.
@@ -180,6 +181,19 @@ impl AppState {
         if base.state != ResourceState::Ready || base.memory_pages == 0 {
             return Ok(None);
         }
+        let ram = u64::try_from(base.memory_pages)
+            .unwrap_or(0)
+            .saturating_mul(CHUNK_SIZE_BYTES as u64);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        if let Some(available) = mem_available(&meminfo).filter(|&a| a < 2 * ram) {
+            tracing::info!(
+                base = %base.name,
+                available_mib = available >> 20,
+                ram_mib = ram >> 20,
+                "no standby: the host has less memory available than twice the base's RAM"
+            );
+            return Ok(None);
+        }
         // Named like the session it becomes (the id and VM name rules are the sessions').
         let future = SessionRecord::new(kind, Some(base_id.to_string()));
         let record = StandbyRecord {
@@ -248,5 +262,36 @@ impl AppState {
             }
         }
         Ok(left.len() as u64)
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes. A standby is made only while the
+/// host has at least twice the base's RAM available: the standby may come to hold it
+/// all (a paused VM resumed, a restore finished), and the sessions it serves need room
+/// beside it.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mem_available;
+
+    #[test]
+    fn available_memory_is_read_from_meminfo() {
+        let meminfo = "MemTotal:       24684132 kB\nMemFree:        20000000 kB\n\
+                       MemAvailable:   23311000 kB\nBuffers:           1234 kB\n";
+        assert_eq!(mem_available(meminfo), Some(23_311_000 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(mem_available("MemAvailable: lots\n"), None);
+        assert_eq!(mem_available(""), None);
     }
 }
