@@ -450,6 +450,26 @@ impl Base {
         }
     }
 
+    /// Writes a record of every non-zero page of the snapshot to `writer` (named `name`
+    /// in errors), in page order: a save file's pages, or a restore stream's.
+    pub fn write_memory_records<W: Write>(
+        &self,
+        writer: &mut SaveFileWriter<W>,
+        name: &Path,
+    ) -> Result<(), BaseError> {
+        let pages = self.memory_layout().map_or(0, SaveFileLayout::page_count);
+        self.visit_memory_pages(
+            pages,
+            |_| true,
+            |index, page| {
+                writer
+                    .write_record(index, page)
+                    .map_err(BaseError::save(name))?;
+                Ok::<_, BaseError>(true)
+            },
+        )
+    }
+
     /// Reads consecutive memory pages starting at `first` into `buf` (a multiple of 4 KiB).
     pub fn read_memory_pages(&self, first: u64, buf: &mut [u8]) -> Result<(), BaseError> {
         let pages = buf.len() as u64 / CHUNK_SIZE_U64;
@@ -564,16 +584,7 @@ fn write_base_save<W: Write>(
         domain_xml,
     )
     .map_err(BaseError::save(name))?;
-    base.visit_memory_pages(
-        layout.page_count(),
-        |_| true,
-        |index, page| {
-            writer
-                .write_record(index, page)
-                .map_err(BaseError::save(name))?;
-            Ok::<_, BaseError>(true)
-        },
-    )?;
+    base.write_memory_records(&mut writer, name)?;
     let buffered = writer
         .finish(&device_state)
         .map_err(BaseError::save(name))?;

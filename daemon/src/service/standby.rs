@@ -185,7 +185,7 @@ impl AppState {
             .unwrap_or(0)
             .saturating_mul(CHUNK_SIZE_BYTES as u64);
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        if let Some(available) = mem_available(&meminfo).filter(|&a| a < 2 * ram) {
+        if let Some(available) = mem_available(&meminfo).filter(|&a| a < ram.saturating_mul(2)) {
             tracing::info!(
                 base = %base.name,
                 available_mib = available >> 20,

@@ -161,6 +161,8 @@ impl AppState {
                 Ok(())
             }
             Err(e) => {
+                // In case the restore outlived its stream.
+                let _ = self.hv.destroy(&record.vm_name).await;
                 self.forget_standby_vm(&record, &dir, false).await;
                 Err(e)
             }
@@ -234,13 +236,14 @@ impl AppState {
         self.forget_standby_vm(&record, &dir, keep_dir).await;
     }
 
+    /// Removes a standby's files (all of its directory, or only its disk and console
+    /// when `keep_dir`) and its row; its VM is gone.
     async fn forget_standby_vm(&self, record: &StandbyRecord, dir: &Path, keep_dir: bool) {
         if keep_dir {
             for name in ["disk.qcow2", "console.sock"] {
                 let _ = std::fs::remove_file(dir.join(name));
             }
         } else {
-            let _ = self.hv.destroy(&record.vm_name).await;
             let _ = std::fs::remove_dir_all(dir);
         }
         if let Err(e) = self.store.delete_standby(&record.id).await {

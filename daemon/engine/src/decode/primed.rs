@@ -70,16 +70,7 @@ pub fn prime_stream(
     };
     let name = Path::new("restore stream");
     let mut writer = stream_writer(out, layout, domain_xml)?;
-    base.visit_memory_pages(
-        layout.page_count(),
-        |_| true,
-        |index, page| {
-            writer
-                .write_record(index, page)
-                .map_err(DecodeError::SaveFile)?;
-            Ok::<_, DecodeError>(true)
-        },
-    )?;
+    base.write_memory_records(&mut writer, name)?;
     writer.get_mut().flush().map_err(output_error(name))?;
     Ok(PrimedStream {
         writer,

@@ -266,21 +266,8 @@ pub(super) fn stream_vs_file(
                 b.stop(&s)?;
             }
             for mbit in LINK_MBIT.into_iter().filter(|_| parts.link) {
-                let (app_s, s) = paced_synthesis(guest, &b, &bytes, mbit)?;
-                let transfer_s = bytes.len() as f64 * 8.0 / (mbit as f64 * 1e6);
-                println!(
-                    "  {mbit:>3} Mbit/s: app answering {app_s:.2} s after the first byte \
-                     (transfer {transfer_s:.2} s, + {:.2} s)",
-                    app_s - transfer_s
-                );
-                acc.link.push(json!({
-                    "run": run + 1,
-                    "mbit_s": mbit,
-                    "transfer_s": transfer_s,
-                    "app_answering_s": app_s,
-                    "over_transfer_s": app_s - transfer_s,
-                    "timings": s["timings"],
-                }));
+                let (sample, s) = link_sample(guest, &b, &bytes, (mbit, run), "")?;
+                acc.link.push(sample);
                 b.stop(&s)?;
             }
             // Each restart starts a new daemon process: the mode's peak is the largest.
@@ -431,22 +418,15 @@ impl WarmSynthesis<'_> {
             b.stop(&s)?;
             for mbit in LINK_MBIT {
                 Self::wait_ready(b)?;
-                let (app_s, s) = paced_synthesis(self.guest, b, self.overlay, mbit)?;
+                let (sample, s) = link_sample(
+                    self.guest,
+                    b,
+                    self.overlay,
+                    (mbit, run),
+                    " from the standby",
+                )?;
                 Self::check_warm(&s)?;
-                let transfer_s = self.overlay.len() as f64 * 8.0 / (mbit as f64 * 1e6);
-                println!(
-                    "  {mbit:>3} Mbit/s from the standby: app answering {app_s:.2} s after \
-                     the first byte (transfer {transfer_s:.2} s, + {:.2} s)",
-                    app_s - transfer_s
-                );
-                link.push(json!({
-                    "run": run + 1,
-                    "mbit_s": mbit,
-                    "transfer_s": transfer_s,
-                    "app_answering_s": app_s,
-                    "over_transfer_s": app_s - transfer_s,
-                    "timings": s["timings"],
-                }));
+                link.push(sample);
                 b.stop(&s)?;
             }
         }
@@ -537,6 +517,33 @@ fn session_disk(b: &DaemonBase, session: &Value) -> anyhow::Result<u64> {
     let id = session["id"].as_str().context("session id")?;
     let disk = b.d.data_dir.join("sessions").join(id).join("disk.qcow2");
     Ok(std::fs::metadata(disk)?.len())
+}
+
+/// One synthesis over the paced link at `mbit` Mbit/s, in run `run` (from 0), printed
+/// (`what` says how it ran): its JSON sample and the session.
+fn link_sample(
+    guest: &Guest,
+    b: &DaemonBase,
+    overlay: &[u8],
+    (mbit, run): (u64, usize),
+    what: &str,
+) -> anyhow::Result<(Value, Value)> {
+    let (app_s, s) = paced_synthesis(guest, b, overlay, mbit)?;
+    let transfer_s = overlay.len() as f64 * 8.0 / (mbit as f64 * 1e6);
+    println!(
+        "  {mbit:>3} Mbit/s{what}: app answering {app_s:.2} s after the first byte \
+         (transfer {transfer_s:.2} s, + {:.2} s)",
+        app_s - transfer_s
+    );
+    let sample = json!({
+        "run": run + 1,
+        "mbit_s": mbit,
+        "transfer_s": transfer_s,
+        "app_answering_s": app_s,
+        "over_transfer_s": app_s - transfer_s,
+        "timings": s["timings"],
+    });
+    Ok((sample, s))
 }
 
 /// Uploads `overlay` for synthesis at `mbit` Mbit/s (paced by the client); returns the
