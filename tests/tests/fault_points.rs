@@ -113,6 +113,21 @@ impl Bench {
             }
             Flow::Overlay => {
                 assert_eq!(made["state"], "finished", "{made}");
+                // The overlay is handed over once libvirt marked the save complete; the
+                // session's files go once libvirt has stopped the VM (≥ 200 ms later).
+                let dir = self
+                    .data
+                    .join("sessions")
+                    .join(made["id"].as_str().unwrap());
+                let gone = cloudlet_e2e::wait_until(Duration::from_secs(30), || {
+                    (!dir.exists()).then_some(())
+                });
+                assert!(
+                    gone.is_some(),
+                    "{} is left\n{}",
+                    dir.display(),
+                    d.log_text()
+                );
                 let id = made["overlay_id"].as_str().unwrap();
                 d.json("DELETE", &format!("/api/v1/overlays/{id}"), None)
             }

@@ -405,6 +405,26 @@ impl Base {
         self.hash_at(loc) == Some(&zero_chunk_hash())
     }
 
+    /// Whether `data` is the base's memory page `page`, read only if the page cache holds
+    /// it (`RWF_NOWAIT`): false when it differs, is not cached, or cannot be read. A
+    /// comparison is cheap next to a hash, but never worth waiting for the device.
+    pub fn memory_page_is_cached_copy(&self, page: u64, data: &Chunk) -> bool {
+        let Some((file, _)) = &self.memory else {
+            return false;
+        };
+        if page >= self.hashes.memory_pages() {
+            return false;
+        }
+        let mut source = [0u8; CHUNK_SIZE_BYTES];
+        let read = rustix::io::preadv2(
+            file,
+            &mut [io::IoSliceMut::new(&mut source)],
+            page * CHUNK_SIZE_U64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        );
+        matches!(read, Ok(CHUNK_SIZE_BYTES)) && source == *data
+    }
+
     /// Reads the base chunk at `loc`.
     pub fn read_chunk(&self, loc: Location, buf: &mut Chunk) -> Result<(), BaseError> {
         if loc.index >= self.hashes.len(loc.kind) {

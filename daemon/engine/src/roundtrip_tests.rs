@@ -153,6 +153,46 @@ fn round_trip_is_byte_exact_and_every_rule_fires() {
     }
 }
 
+/// A memory page is compared with the base's page at the same place (when the page cache
+/// holds it) before it is hashed: equal bytes are unchanged, one flipped bit is not.
+#[test]
+fn a_memory_page_compared_with_its_base_page_is_unchanged_only_if_equal() {
+    use crate::diff::{classify, Class};
+    use crate::hashlist::Location;
+    let s = setup(&WorkloadSpec::small(7));
+    let zero = crate::chunk::zero_chunk_hash();
+    let index = (0..s.base.hashes().memory_pages())
+        .find(|&i| {
+            s.base
+                .hash_at(Location {
+                    kind: ImageKind::Memory,
+                    index: i,
+                })
+                .is_some_and(|h| *h != zero)
+        })
+        .expect("a base page that is not zero");
+    let loc = Location {
+        kind: ImageKind::Memory,
+        index,
+    };
+    let mut page = [0u8; CHUNK_SIZE_BYTES];
+    s.base.read_chunk(loc, &mut page).unwrap(); // now in the page cache
+    assert!(s.base.memory_page_is_cached_copy(index, &page));
+    assert_eq!(
+        classify(&s.base, ImageKind::Memory, index, &page),
+        (Class::Unchanged, hash_chunk(&page))
+    );
+    page[CHUNK_SIZE_BYTES / 2] ^= 1;
+    assert!(!s.base.memory_page_is_cached_copy(index, &page));
+    assert_ne!(
+        classify(&s.base, ImageKind::Memory, index, &page).0,
+        Class::Unchanged
+    );
+    // Past the base's memory: no comparison, no panic.
+    let past = s.base.hashes().memory_pages();
+    assert!(!s.base.memory_page_is_cached_copy(past, &page));
+}
+
 #[test]
 fn full_compare_and_written_ranges_give_the_same_overlay_content() {
     let s = setup(&WorkloadSpec::small(2));

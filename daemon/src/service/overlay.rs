@@ -12,7 +12,7 @@ use sqlx::types::Json;
 
 use super::base::{check_ports, run_script};
 use super::stream_restore::{broke_the_stream, Outcome};
-use super::stream_save::StreamedSave;
+use super::stream_save::{SaveEnd, SaveTail, StreamedSave};
 use super::{blocking, Caller, ServiceError, StepTimer};
 use crate::config::StreamMode;
 use crate::store::bases::BaseRecord;
@@ -283,11 +283,13 @@ impl AppState {
         }
     }
 
-    /// Saves the customized VM and encodes the overlay.
+    /// Saves the customized VM and encodes the overlay. `Some` when the overlay is done
+    /// while libvirt is still stopping the saved VM: the caller waits for that before
+    /// removing the VM's files.
     pub(crate) async fn finish_overlay(
         &self,
         session: &mut SessionRecord,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<SaveTail>, ServiceError> {
         let params: OverlayParams = super::session::session_params(session)?;
         let base_id = session
             .base_id
@@ -335,7 +337,7 @@ impl AppState {
                 )
                 .await?;
         }
-        let (summary, started) = match streamed {
+        let (summary, started, stopping) = match streamed {
             Some(done) => done,
             None => {
                 if session.state() == SessionState::Saving {
@@ -363,7 +365,7 @@ impl AppState {
                 })
                 .await?;
                 timer.record("encode", started);
-                (summary, started)
+                (summary, started, None)
             }
         };
         let info = summary.meta.info(summary.file_size);
@@ -397,19 +399,21 @@ impl AppState {
         }
         session.overlay_id = Some(overlay_id);
         timer.merge_into(session);
-        Ok(())
+        Ok(stopping)
     }
 
     /// Saves the session's VM into a FIFO and encodes the overlay from it as it is written
     /// (see `stream_save`). `None`, with the session `saving` and its VM still running,
     /// when the save failed and `save_stream = auto`: the caller saves to a file instead.
+    /// With the overlay: when the encode began, and the save's end if libvirt is still
+    /// stopping the VM.
     async fn save_and_encode_streamed(
         &self,
         session: &mut SessionRecord,
         (engine_base, base_disk, customized_disk): (&std::sync::Arc<Base>, &Path, &Path),
         (out, options): (&Path, &EncodeOptions),
         timer: &mut StepTimer,
-    ) -> Result<Option<(EncodeSummary, std::time::Instant)>, ServiceError> {
+    ) -> Result<Option<(EncodeSummary, std::time::Instant, Option<SaveTail>)>, ServiceError> {
         let required = self.config.save_stream == StreamMode::On;
         let vm = session.vm_name.clone().unwrap_or_default();
         let dir = PathBuf::from(session.run_dir.clone().unwrap_or_default());
@@ -457,7 +461,7 @@ impl AppState {
         let finishing = saving.finish(work, saved_early);
         tokio::pin!(finishing);
         let mut listening = true;
-        let (encoded, saved, save_took) = loop {
+        let (encoded, save_end) = loop {
             tokio::select! {
                 out = &mut finishing => break out,
                 said = &mut heard, if listening => {
@@ -469,6 +473,11 @@ impl AppState {
                     }
                 }
             }
+        };
+        // libvirt marked the save complete, or the save returned.
+        let (saved, save_took, stopping) = match save_end {
+            SaveEnd::Stopping(took, tail) => (Ok(()), took, Some(tail)),
+            SaveEnd::Returned(result, took) => (result, took, None),
         };
         match (encoded, saved) {
             (Ok(summary), Ok(())) => {
@@ -484,7 +493,7 @@ impl AppState {
                     session.advance(SessionState::Encoding)?;
                     self.store.update_session(session).await?;
                 }
-                Ok(Some((summary, started)))
+                Ok(Some((summary, started, stopping)))
             }
             // The save failed, so libvirt resumed the VM: nothing is lost yet.
             (encoded, Err(e)) => {
@@ -503,7 +512,8 @@ impl AppState {
                 tracing::warn!(error = %e, "saving into a FIFO failed; saving to a file");
                 Ok(None)
             }
-            // The VM is saved (gone) and the stream read, but not encoded.
+            // The VM is saved (gone, or going: the failed session's teardown waits for
+            // libvirt) and the stream read, but not encoded.
             (Err(e), Ok(())) => Err(e),
         }
     }

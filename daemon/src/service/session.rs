@@ -149,27 +149,62 @@ impl AppState {
             )));
         }
         let result = match session.kind {
-            SessionKind::Base => self.finish_base(&mut session).await,
+            SessionKind::Base => self.finish_base(&mut session).await.map(|()| None),
             _ => self.finish_overlay(&mut session).await,
         };
-        self.after_session(&session);
         match result {
-            Ok(()) => {
-                // The VM is gone (saved); its scratch files too, unless they are the base.
-                if session.kind == SessionKind::Overlay {
-                    if let Some(dir) = &session.run_dir {
-                        let _ = std::fs::remove_dir_all(dir);
+            Ok(stopping) => {
+                let recorded = self.record_finished(&mut session).await;
+                match stopping {
+                    // The overlay is ready; libvirt is still stopping the saved VM (it
+                    // polls QEMU's exit every 200 ms): its files go once it is gone.
+                    Some(tail) => {
+                        let (state, done) = (self.clone(), session.clone());
+                        tokio::spawn(async move {
+                            let (result, took) = tail.wait().await;
+                            match result {
+                                Ok(()) => tracing::debug!(
+                                    session = %done.id,
+                                    save_ms = took.as_millis(),
+                                    "the saved VM is stopped"
+                                ),
+                                Err(e) => tracing::warn!(
+                                    session = %done.id,
+                                    error = %super::chain(&e),
+                                    "the save was complete, but its call failed"
+                                ),
+                            }
+                            state.after_finish(&done);
+                        });
                     }
+                    None => self.after_finish(&session),
                 }
-                session.advance(SessionState::Finished)?;
-                self.store.update_session(&session).await?;
-                Ok(session)
+                recorded.map(|()| session)
             }
             Err(e) => {
+                self.after_session(&session);
                 self.fail_session(&mut session, &e).await;
                 Err(e)
             }
         }
+    }
+
+    /// Marks a session finished.
+    async fn record_finished(&self, session: &mut SessionRecord) -> Result<(), ServiceError> {
+        session.advance(SessionState::Finished)?;
+        self.store.update_session(session).await?;
+        Ok(())
+    }
+
+    /// A finished session's VM is gone (saved): its scratch files go too, unless they are
+    /// the base, and the standby of its kind is made.
+    fn after_finish(&self, session: &SessionRecord) {
+        if session.kind == SessionKind::Overlay {
+            if let Some(dir) = &session.run_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        self.after_session(session);
     }
 
     /// Stops a session `caller` may reach (see [`Self::stop_session_record`]).

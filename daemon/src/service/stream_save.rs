@@ -14,6 +14,12 @@
 //! `stream_stall_timeout_s`) is destroyed by a [`Watchdog`]; the save then reports
 //! [`VirtError::Stalled`].
 //!
+//! A save whose rewritten header was read is complete: libvirt rewrites it only once QEMU's
+//! stream succeeded, and all that is left of `virDomainSave` is stopping QEMU, which costs
+//! libvirt at least 200 ms (it polls the process it sent SIGTERM to every 200 ms). So the
+//! overlay is handed over then, and [`SaveEnd::Stopping`] lets the caller wait for the
+//! rest in the background.
+//!
 //! Every blocking open on either side is released when the other side is gone:
 //! [`StreamedSave::finish`] opens the FIFO non-blocking from the other end (a peer that
 //! comes and goes, with nothing to read) once the save has returned while the reader may
@@ -22,6 +28,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cloudlet_engine::savefile::{LIBVIRT_HEADER_BYTES, LIBVIRT_MAGIC, LIBVIRT_PARTIAL_MAGIC};
@@ -46,7 +53,41 @@ pub(crate) struct StreamedSave {
     at: Instant,
     /// Timed by the reader.
     clock: StallClock,
+    /// When the reader read libvirt's rewritten header: the save is complete.
+    completed: Arc<OnceLock<Instant>>,
     watchdog: Watchdog,
+}
+
+/// How a streamed save ended, once the work reading it is over.
+pub(crate) enum SaveEnd {
+    /// The save returned: its result, and how long it took.
+    Returned(Result<(), VirtError>, Duration),
+    /// libvirt marked the save complete this long after it began (the save succeeded)
+    /// and is stopping the VM: [`SaveTail::wait`] waits for that.
+    Stopping(Duration, SaveTail),
+}
+
+/// A complete save whose call has not returned yet: libvirt is stopping the VM.
+pub(crate) struct SaveTail {
+    fifo: PathBuf,
+    task: JoinHandle<Result<(), VirtError>>,
+    at: Instant,
+    watchdog: Watchdog,
+}
+
+impl SaveTail {
+    /// Waits for the save to return (the VM is gone then); its result and how long the
+    /// whole save took.
+    pub(crate) async fn wait(self) -> (Result<(), VirtError>, Duration) {
+        let Self {
+            fifo,
+            task,
+            at,
+            watchdog,
+        } = self;
+        let returned = wait_for_return(task, &fifo, at).await;
+        finish_up(&fifo, &watchdog, returned)
+    }
 }
 
 impl StreamedSave {
@@ -70,28 +111,35 @@ impl StreamedSave {
             task,
             at: Instant::now(),
             clock,
+            completed: Arc::default(),
             watchdog,
         })
     }
 
     /// The save file's bytes, for a blocking thread (see [`SaveReader`]).
     pub(crate) fn reader(&self) -> SaveReader {
-        SaveReader::new(self.fifo.clone(), self.clock.clone())
+        SaveReader::new(
+            self.fifo.clone(),
+            self.clock.clone(),
+            self.completed.clone(),
+        )
     }
 
     /// Runs `work` (the encode reading [`Self::reader`]) to its end, releasing the
-    /// reader's opens if the save fails, then waits for the save and removes the FIFO.
-    /// `saved_early` hears when the save succeeded while the work goes on. Returns the work's
-    /// result, the save's, and how long the save took.
+    /// reader's opens if the save fails. Then, if the reader saw libvirt mark the save
+    /// complete, returns at once ([`SaveEnd::Stopping`]); else waits for the save and
+    /// removes the FIFO. `saved_early` hears when the save succeeded while the work goes
+    /// on. Returns the work's result and how the save ended.
     pub(crate) async fn finish<T>(
         self,
         work: impl std::future::Future<Output = T>,
         saved_early: tokio::sync::oneshot::Sender<()>,
-    ) -> (T, Result<(), VirtError>, Duration) {
+    ) -> (T, SaveEnd) {
         let Self {
             fifo,
             mut task,
             at,
+            completed,
             watchdog,
             ..
         } = self;
@@ -124,35 +172,65 @@ impl StreamedSave {
             after_ms = at.elapsed().as_millis(),
             "save stream: the encode is over"
         );
-        let saved = match saved {
+        let returned = match saved {
             Some(saved) => saved,
-            None => {
-                // The work is over: libvirt may wait to open the FIFO (to write into it,
-                // or to rewrite the header after a reader that stopped early).
-                let deadline = Instant::now() + SAVE_RETURN_TIMEOUT;
-                loop {
-                    tokio::select! {
-                        joined = &mut task => {
-                            break (joined.unwrap_or_else(|e| Err(VirtError::Task(e))), at.elapsed());
-                        }
-                        () = tokio::time::sleep(RELEASE_EVERY) => {
-                            fifo::release(&fifo, OFlags::RDONLY);
-                            if Instant::now() > deadline {
-                                task.abort();
-                                break (Err(VirtError::Timeout("the save to return")), at.elapsed());
-                            }
-                        }
-                    }
+            None => match completed.get() {
+                // Complete, and the save has not returned: libvirt is stopping the VM.
+                Some(marked) => {
+                    let tail = SaveTail {
+                        fifo,
+                        task,
+                        at,
+                        watchdog,
+                    };
+                    return (output, SaveEnd::Stopping(marked.duration_since(at), tail));
+                }
+                None => wait_for_return(task, &fifo, at).await,
+            },
+        };
+        let (result, took) = finish_up(&fifo, &watchdog, returned);
+        (output, SaveEnd::Returned(result, took))
+    }
+}
+
+/// Waits for a save whose reader is done to return: libvirt may wait to open the FIFO
+/// (to write into it, or to rewrite the header after a reader that stopped early), so
+/// such opens are released meanwhile; a save that does not return in
+/// [`SAVE_RETURN_TIMEOUT`] is abandoned.
+async fn wait_for_return(
+    mut task: JoinHandle<Result<(), VirtError>>,
+    fifo: &Path,
+    at: Instant,
+) -> (Result<(), VirtError>, Duration) {
+    let deadline = Instant::now() + SAVE_RETURN_TIMEOUT;
+    loop {
+        tokio::select! {
+            joined = &mut task => {
+                tracing::debug!(after_ms = at.elapsed().as_millis(), "save stream: the save returned");
+                return (joined.unwrap_or_else(|e| Err(VirtError::Task(e))), at.elapsed());
+            }
+            () = tokio::time::sleep(RELEASE_EVERY) => {
+                fifo::release(fifo, OFlags::RDONLY);
+                if Instant::now() > deadline {
+                    task.abort();
+                    return (Err(VirtError::Timeout("the save to return")), at.elapsed());
                 }
             }
-        };
-        let _ = std::fs::remove_file(&fifo);
-        // A destroyed VM failed the save: why it was destroyed is the error.
-        let result = match watchdog.verdict() {
-            Some(stalled) => Err(stalled),
-            None => saved.0,
-        };
-        (output, result, saved.1)
+        }
+    }
+}
+
+/// Removes the FIFO of a save that returned; a VM the watchdog destroyed failed the save,
+/// and why it was destroyed is the error.
+fn finish_up(
+    fifo: &Path,
+    watchdog: &Watchdog,
+    (result, took): (Result<(), VirtError>, Duration),
+) -> (Result<(), VirtError>, Duration) {
+    let _ = std::fs::remove_file(fifo);
+    match watchdog.verdict() {
+        Some(stalled) => (Err(stalled), took),
+        None => (result, took),
     }
 }
 
@@ -168,6 +246,8 @@ pub(crate) struct SaveReader {
     fifo: PathBuf,
     /// Times every open and read (see `stall`).
     clock: StallClock,
+    /// Set when libvirt's rewritten header was read and checked.
+    completed: Arc<OnceLock<Instant>>,
     file: Option<Watched<File>>,
     /// The header as libvirt first wrote it (up to [`LIBVIRT_HEADER_BYTES`]).
     header: Vec<u8>,
@@ -184,10 +264,11 @@ pub(crate) struct SaveReader {
 const READ_BYTES: usize = 256 << 10;
 
 impl SaveReader {
-    fn new(fifo: PathBuf, clock: StallClock) -> Self {
+    fn new(fifo: PathBuf, clock: StallClock, completed: Arc<OnceLock<Instant>>) -> Self {
         Self {
             fifo,
             clock,
+            completed,
             file: None,
             header: Vec::with_capacity(LIBVIRT_HEADER_BYTES),
             pending: Vec::with_capacity(READ_BYTES + LIBVIRT_HEADER_BYTES),
@@ -232,6 +313,7 @@ impl SaveReader {
             .max(self.passed);
         if self.pending[held..] == expected[..] {
             self.pending.truncate(held);
+            let _ = self.completed.set(Instant::now());
             return Ok(());
         }
         let mut rewritten = Vec::with_capacity(LIBVIRT_HEADER_BYTES);
@@ -250,6 +332,7 @@ impl SaveReader {
                 "libvirt did not mark the save complete (its header was not rewritten)",
             ));
         }
+        let _ = self.completed.set(Instant::now());
         Ok(())
     }
 
@@ -323,7 +406,7 @@ mod tests {
     /// A FIFO and a [`SaveReader`] of it.
     fn fifo(dir: &Path) -> (PathBuf, SaveReader) {
         let path = super::fifo::make(dir, "save.fifo").unwrap();
-        let reader = SaveReader::new(path.clone(), StallClock::default());
+        let reader = SaveReader::new(path.clone(), StallClock::default(), Arc::default());
         (path, reader)
     }
 
@@ -363,6 +446,7 @@ mod tests {
         let mut got = Vec::new();
         reader.read_to_end(&mut got).unwrap();
         writer.join().unwrap(); // libvirt's second open was served
+        assert!(reader.completed.get().is_some(), "the save is complete");
         assert_eq!(got[..LIBVIRT_HEADER_BYTES], header(LIBVIRT_MAGIC)[..]);
         assert_eq!(got.len(), LIBVIRT_HEADER_BYTES + 300_000);
         assert!(got[LIBVIRT_HEADER_BYTES..].iter().all(|&b| b == 7));
@@ -384,6 +468,7 @@ mod tests {
         let mut got = Vec::new();
         reader.read_to_end(&mut got).unwrap();
         writer.join().unwrap();
+        assert!(reader.completed.get().is_some(), "the save is complete");
         assert_eq!(got[..LIBVIRT_HEADER_BYTES], header(LIBVIRT_MAGIC)[..]);
         assert_eq!(
             got.len(),
@@ -419,6 +504,7 @@ mod tests {
             err.to_string().contains("did not mark the save complete"),
             "{err}"
         );
+        assert!(reader.completed.get().is_none());
     }
 
     #[test]
@@ -432,5 +518,6 @@ mod tests {
         let err = reader.read_to_end(&mut Vec::new()).unwrap_err();
         writer.join().unwrap();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+        assert!(reader.completed.get().is_none());
     }
 }
