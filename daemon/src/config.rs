@@ -277,8 +277,9 @@ pub struct Config {
     /// next one, which then starts with a resume (`CLOUDLET_OVERLAY_STANDBY`). Costs one
     /// paused VM: the base snapshot's non-zero pages, in host memory.
     pub overlay_standby: bool,
-    /// Whether a restore of the base of the last synthesis is kept started, its stream
-    /// holding every base page, for the next synthesis on that base, which then writes
+    /// Whether a restore of the base of the last synthesis (or of a new base, while no
+    /// base has one) is kept started, its stream holding every base page, for the next
+    /// synthesis on that base, which then writes
     /// only the overlay's pages (`CLOUDLET_SYNTHESIS_STANDBY`). Costs one QEMU: the base
     /// snapshot's non-zero pages, in host memory. Needs `restore_stream` auto or on.
     pub synthesis_standby: bool,

@@ -222,6 +222,7 @@ impl AppState {
         };
         let record = base_record(&params, &paths, &summary, domain_xml::render(&template));
         self.store.insert_base(&record).await?;
+        self.synthesis_standby_for_new_base(&record.id);
         session.base_id = Some(record.id.clone());
         timer.merge_into(session);
         Ok(())
@@ -274,6 +275,7 @@ impl AppState {
             };
             let record = base_record(&params, &paths, &summary, xml);
             self.store.insert_base(&record).await?;
+            self.synthesis_standby_for_new_base(&record.id);
             Ok(Base::from(&record))
         }
         .await;

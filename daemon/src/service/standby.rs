@@ -100,10 +100,32 @@ impl AppState {
         for kind in [SessionKind::Synthesis, SessionKind::Overlay] {
             match self.store.latest_base_of(kind).await {
                 Ok(Some(base_id)) => self.refill_standby_for(kind, &base_id),
+                // No synthesis yet: the newest base gets it, as when it was made.
+                Ok(None) if kind == SessionKind::Synthesis => {
+                    if let Some(id) = self.newest_base_with_memory().await {
+                        self.synthesis_standby_for_new_base(&id);
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot find the base of the last session"),
             }
         }
+    }
+
+    /// The id of the newest ready base that has a memory snapshot.
+    async fn newest_base_with_memory(&self) -> Option<String> {
+        let bases = match self.store.bases().await {
+            Ok(bases) => bases,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the bases");
+                return None;
+            }
+        };
+        bases
+            .into_iter()
+            .filter(|b| b.state == ResourceState::Ready && b.memory_pages > 0)
+            .max_by(|a, b| a.created_at.cmp(&b.created_at))
+            .map(|b| b.id)
     }
 
     /// After an overlay session on `base_id` ended: makes the standby for that base in

@@ -36,6 +36,15 @@ use crate::AppState;
 /// beats a restore of its own); past it the synthesis runs cold.
 const TAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What a new synthesis standby may replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// A standby of another base.
+    Other,
+    /// Nothing: made only if the slot is empty.
+    Nothing,
+}
+
 /// A restore of a base, started and fed the base's pages, for the next synthesis.
 pub struct SynthesisStandby {
     record: StandbyRecord,
@@ -109,23 +118,40 @@ impl AppState {
     /// standby for that base in the background (replacing one of another base), when
     /// `synthesis_standby` is on.
     pub(crate) fn refill_synthesis_standby(&self, base_id: &str) {
+        self.spawn_synthesis_standby(base_id, Replace::Other);
+    }
+
+    /// A base became ready (built, added or imported): it gets the synthesis standby if
+    /// no base has one, so that the first synthesis on a new cloudlet's base is warm too.
+    /// A standby of another base is kept: that base is the one in use.
+    pub(crate) fn synthesis_standby_for_new_base(&self, base_id: &str) {
+        self.spawn_synthesis_standby(base_id, Replace::Nothing);
+    }
+
+    fn spawn_synthesis_standby(&self, base_id: &str, replace: Replace) {
         if !self.config.synthesis_standby {
             return;
         }
         let (state, base_id) = (self.clone(), base_id.to_string());
         tokio::spawn(async move {
-            if let Err(e) = state.make_synthesis_standby(&base_id).await {
+            if let Err(e) = state.make_synthesis_standby(&base_id, replace).await {
                 tracing::warn!(base = %base_id, error = %super::chain(&e), "cannot make a synthesis standby");
             }
         });
     }
 
-    async fn make_synthesis_standby(&self, base_id: &str) -> Result<(), ServiceError> {
+    async fn make_synthesis_standby(
+        &self,
+        base_id: &str,
+        replace: Replace,
+    ) -> Result<(), ServiceError> {
         // Held while it is made: a synthesis waits for it, a base deletion discards it
         // once it is made.
         let mut slot = self.synthesis_standby.lock().await;
-        if slot.as_ref().is_some_and(|s| s.record.base_id == base_id) {
-            return Ok(());
+        match slot.as_ref() {
+            Some(s) if s.record.base_id == base_id => return Ok(()),
+            Some(_) if replace == Replace::Nothing => return Ok(()),
+            _ => {}
         }
         if let Some(old) = slot.take() {
             self.metrics.synthesis_standby_vms(0);

@@ -259,6 +259,7 @@ impl AppState {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e.into());
             }
+            self.synthesis_standby_for_new_base(&record.id);
             Ok(Base::from(&record))
         }
         .await;
