@@ -283,6 +283,11 @@ pub struct Config {
     /// only the overlay's pages (`CLOUDLET_SYNTHESIS_STANDBY`). Costs one QEMU: the base
     /// snapshot's non-zero pages, in host memory. Needs `restore_stream` auto or on.
     pub synthesis_standby: bool,
+    /// Most guest RAM, in MiB, the synthesis standbys stand for together
+    /// (`CLOUDLET_SYNTHESIS_STANDBY_MEMORY_MIB`): within it, each base synthesized lately
+    /// keeps a standby. The base just used always gets one, the oldest others make room.
+    /// 0: one standby, for the base used last.
+    pub synthesis_standby_memory_mib: u64,
 }
 
 impl Default for Config {
@@ -320,6 +325,7 @@ impl Default for Config {
             stream_stall_timeout_s: 60,
             overlay_standby: false,
             synthesis_standby: false,
+            synthesis_standby_memory_mib: 0,
         }
     }
 }
@@ -484,6 +490,9 @@ impl Config {
         }
         if let Some(v) = get("CLOUDLET_SYNTHESIS_STANDBY") {
             self.synthesis_standby = parse("synthesis_standby", &v)?;
+        }
+        if let Some(v) = get("CLOUDLET_SYNTHESIS_STANDBY_MEMORY_MIB") {
+            self.synthesis_standby_memory_mib = parse("synthesis_standby_memory_mib", &v)?;
         }
         if let Some(v) = get("CLOUDLET_STREAM_STALL_TIMEOUT_S") {
             self.stream_stall_timeout_s = parse("stream_stall_timeout_s", &v)?;
@@ -709,6 +718,12 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
       already streamed into it: the next synthesis on that base sends only the
       overlay's pages. Costs one QEMU (the base snapshot's pages) in host memory.
       Needs restore_stream auto or on.
+  synthesis_standby_memory_mib
+                            CLOUDLET_SYNTHESIS_STANDBY_MEMORY_MIB
+                                                               0
+      With synthesis_standby: the most guest RAM the standbys stand for together.
+      Within it, every base synthesized lately keeps a standby (the base just used
+      always gets one; the oldest others make room). 0: one standby, the last base's.
 Log filter: CLOUDLET_LOG (default \"info\", e.g. \"cloudletd=debug\").
 `cloudletd print-config` shows the effective settings as TOML.";
 

@@ -51,9 +51,9 @@ pub struct AppState {
     /// The warm standby VM for the next overlay session, if any (`overlay_standby`);
     /// locked while one is made.
     pub standby: std::sync::Arc<tokio::sync::Mutex<Option<service::standby::Standby>>>,
-    /// The primed restore for the next synthesis, if any (`synthesis_standby`).
-    pub synthesis_standby:
-        std::sync::Arc<tokio::sync::Mutex<Option<service::synthesis_standby::SynthesisStandby>>>,
+    /// The primed restores for the next syntheses, one per base at most
+    /// (`synthesis_standby`).
+    pub synthesis_standbys: std::sync::Arc<service::synthesis_standby::SynthesisStandbys>,
 }
 
 /// Opens the data directory and catalogue, repairs what a crash interrupted.
@@ -87,7 +87,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         ready: std::sync::Arc::default(),
         transport,
         standby: std::sync::Arc::default(),
-        synthesis_standby: std::sync::Arc::default(),
+        synthesis_standbys: std::sync::Arc::default(),
     };
     // The token file's secret is the first admin token (existing deployments keep working).
     state

@@ -80,7 +80,7 @@ impl Default for Metrics {
         registry.register(
             "synthesis_standby_vms",
             "Restores of a base started and fed its pages, waiting for the next synthesis \
-             (synthesis_standby)",
+             on that base (synthesis_standby; one per base at most)",
             synthesis_standby_vms.clone(),
         );
         let responses = Family::<Labels, Counter>::default();

@@ -35,36 +35,56 @@ fn standby_gauge(d: &Daemon) -> u64 {
 /// Waits (up to 60 s) until the daemon reports a standby ready; returns its VM (the
 /// `cloudlet-*` VM of this data directory that no session has).
 fn wait_for_standby(d: &Daemon, data: &Path) -> String {
+    wait_for_standbys(d, data, 1, &[]).remove(0)
+}
+
+/// Waits (up to 60 s) until the daemon reports `n` standbys ready and runs `n` standby
+/// VMs (`cloudlet-*` VMs of this data directory that no session has), none of them in
+/// `gone`; returns those VMs.
+fn wait_for_standbys(d: &Daemon, data: &Path, n: usize, gone: &[String]) -> Vec<String> {
+    let standbys = || {
+        let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
+        let session_vms: Vec<String> = sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["state"] == "running")
+            .filter_map(|s| s["vm_name"].as_str().map(String::from))
+            .collect();
+        domains_with_prefix("cloudlet-")
+            .into_iter()
+            .filter(|vm| !session_vms.contains(vm))
+            .filter(|vm| {
+                let id = vm.trim_start_matches("cloudlet-");
+                data.join("sessions").join(id).is_dir()
+            })
+            .collect::<Vec<String>>()
+    };
     let ready = cloudlet_e2e::wait_until(Duration::from_secs(60), || {
-        (standby_gauge(d) == 1).then_some(())
+        let vms = standbys();
+        (standby_gauge(d) == n as u64 && vms.len() == n && !vms.iter().any(|v| gone.contains(v)))
+            .then_some(vms)
     });
-    assert!(ready.is_some(), "no standby after 60 s\n{}", d.log_text());
-    let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
-    let session_vms: Vec<&str> = sessions
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["state"] == "running")
-        .filter_map(|s| s["vm_name"].as_str())
-        .collect();
-    let standby: Vec<String> = domains_with_prefix("cloudlet-")
-        .into_iter()
-        .filter(|vm| !session_vms.contains(&vm.as_str()))
-        .filter(|vm| {
-            let id = vm.trim_start_matches("cloudlet-");
-            data.join("sessions").join(id).is_dir()
-        })
-        .collect();
-    assert_eq!(standby.len(), 1, "one standby VM: {standby:?}");
-    standby[0].clone()
+    ready.unwrap_or_else(|| {
+        panic!(
+            "not {n} standbys (gauge {}, VMs {:?}, gone {gone:?}) after 60 s\n{}",
+            standby_gauge(d),
+            standbys(),
+            d.log_text()
+        )
+    })
 }
 
 fn synthesize(d: &Daemon, overlay: &str) -> Value {
+    synthesize_on(d, "tiny", overlay)
+}
+
+fn synthesize_on(d: &Daemon, base: &str, overlay: &str) -> Value {
     let (status, s) = d
         .json(
             "POST",
             "/api/v1/synthesis",
-            Some(&json!({ "base": "tiny", "overlay_id": overlay })),
+            Some(&json!({ "base": base, "overlay_id": overlay })),
         )
         .unwrap();
     assert_eq!(status, 201, "{s}\n{}", d.log_text());
@@ -82,12 +102,16 @@ fn stop(d: &Daemon, session: &Value) {
 
 /// Makes an overlay on `tiny` running `script` (then finished).
 fn make_overlay(d: &Daemon, script: &[&str], disk_only: bool) -> String {
+    make_overlay_on(d, "tiny", script, disk_only)
+}
+
+fn make_overlay_on(d: &Daemon, base: &str, script: &[&str], disk_only: bool) -> String {
     let (status, done) = d
         .json(
             "POST",
             "/api/v1/overlays",
             Some(&json!({
-                "base": "tiny", "script": script, "guest_ports": [8080],
+                "base": base, "script": script, "guest_ports": [8080],
                 "disk_only": disk_only, "finish": true,
             })),
         )
@@ -221,4 +245,81 @@ fn the_next_synthesis_finishes_a_primed_restore() {
     assert!(warm["timings"]["restore_standby"].is_u64(), "{warm}");
     assert_eq!(warm["vm_name"], remade.as_str());
     check_app(&d, &warm);
+}
+
+/// Whether `session` finished a standby's restore (else it restored cold).
+fn warm(session: &Value) -> bool {
+    let t = &session["timings"];
+    match (t["restore_standby"].is_u64(), t["restore_stream"].is_u64()) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => panic!("neither a warm nor a cold restore: {t}"),
+    }
+}
+
+#[test]
+fn the_bases_used_lately_keep_standbys_within_a_memory_budget() {
+    if !require_host("the_bases_used_lately_keep_standbys_within_a_memory_budget") {
+        return;
+    }
+    let guest = fixture_guest().unwrap();
+    let tmp = TempDir::new("synstandbys").unwrap();
+    let data = tmp.0.join("data");
+    let import = format!("{}:{}", guest.dir.display(), tmp.0.display());
+    // The fixture's bases have 96 MiB of RAM: 1024 MiB holds both standbys; 1 MiB holds
+    // none, but the base just used always gets one.
+    let env = |budget_mib| {
+        [
+            ("CLOUDLET_IMPORT_DIRS", import.clone()),
+            ("CLOUDLET_SYNTHESIS_STANDBY", "true".to_string()),
+            ("CLOUDLET_SYNTHESIS_STANDBY_MEMORY_MIB", budget_mib),
+        ]
+    };
+    let start = |budget: &str| {
+        let env = env(budget.to_string());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Daemon::start_in(&data, &env).unwrap()
+    };
+    let mut d = start("1024");
+    let mut overlays = Vec::new();
+    for (i, base) in ["tiny", "tiny2"].into_iter().enumerate() {
+        let (status, made) = d
+            .json("POST", "/api/v1/bases", Some(&guest.base_request(base)))
+            .unwrap();
+        assert_eq!(status, 201, "{made}\n{}", d.log_text());
+        // 1. Each new base gets a standby while both fit.
+        wait_for_standbys(&d, &data, i + 1, &[]);
+        overlays.push(make_overlay_on(
+            &d,
+            base,
+            &[APP, "echo primed > /mnt/data/marker && sync"],
+            false,
+        ));
+    }
+    // 2. A synthesis on either base is warm, and its end makes that base's standby again.
+    for (base, overlay) in ["tiny2", "tiny"].into_iter().zip(overlays.iter().rev()) {
+        let s = synthesize_on(&d, base, overlay);
+        assert!(warm(&s), "{base}: {s}");
+        check_app(&d, &s);
+        stop(&d, &s);
+        wait_for_standbys(&d, &data, 2, &[]);
+    }
+
+    // 3. Restarted with room for one: the base of the newest synthesis (tiny) gets it.
+    d.stop().unwrap();
+    let d = start("1");
+    let only = wait_for_standbys(&d, &data, 1, &[]);
+    let s = synthesize_on(&d, "tiny2", &overlays[1]);
+    assert!(!warm(&s), "tiny2 has no standby: {s}");
+    check_app(&d, &s);
+    stop(&d, &s);
+    // tiny2, just used, gets the standby: tiny's makes room.
+    let tiny2s = wait_for_standbys(&d, &data, 1, &only);
+    let s = synthesize_on(&d, "tiny", &overlays[0]);
+    assert!(!warm(&s), "tiny's standby was evicted: {s}");
+    stop(&d, &s);
+    wait_for_standbys(&d, &data, 1, &tiny2s);
+    let s = synthesize_on(&d, "tiny", &overlays[0]);
+    assert!(warm(&s), "tiny's standby is back: {s}");
+    check_app(&d, &s);
 }

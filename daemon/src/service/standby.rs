@@ -94,26 +94,18 @@ impl AppState {
     /// on) for the bases the newest overlay and synthesis sessions used, so that the
     /// first session after a restart starts warm too.
     pub async fn standbys_after_start(&self) {
-        if !self.config.overlay_standby && !self.config.synthesis_standby {
+        self.synthesis_standbys_after_start().await;
+        if !self.config.overlay_standby {
             return;
         }
-        for kind in [SessionKind::Synthesis, SessionKind::Overlay] {
-            match self.store.latest_base_of(kind).await {
-                Ok(Some(base_id)) => self.refill_standby_for(kind, &base_id),
-                // No synthesis yet: the newest base gets it, as when it was made.
-                Ok(None) if kind == SessionKind::Synthesis => {
-                    if let Some(id) = self.newest_base_with_memory().await {
-                        self.synthesis_standby_for_new_base(&id);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot find the base of the last session"),
-            }
+        match self.store.recent_bases_of(SessionKind::Overlay, 1).await {
+            Ok(bases) => bases.iter().for_each(|b| self.refill_standby(b)),
+            Err(e) => tracing::warn!(error = %e, "cannot find the base of the last session"),
         }
     }
 
     /// The id of the newest ready base that has a memory snapshot.
-    async fn newest_base_with_memory(&self) -> Option<String> {
+    pub(crate) async fn newest_base_with_memory(&self) -> Option<String> {
         let bases = match self.store.bases().await {
             Ok(bases) => bases,
             Err(e) => {

@@ -1,11 +1,16 @@
-//! Synthesis standby (`synthesis_standby`): after a synthesis on a base (and at start,
-//! for the base of the newest synthesis), a restore of
-//! that base is started for the next one and fed, through its FIFO, libvirt's header,
-//! the next session's domain XML and every non-zero page of the base
+//! Synthesis standby (`synthesis_standby`): after a synthesis on a base (when a base is
+//! made, and at start, for the bases of the newest syntheses), a restore of that base is
+//! started for the next one and fed, through its FIFO, libvirt's header, the next
+//! session's domain XML and every non-zero page of the base
 //! ([`cloudlet_engine::decode::prime_stream`]). QEMU loads them and waits, idle, for
 //! more. The next synthesis on that base writes only the overlay's pages behind them
 //! (QEMU keeps the later copy of a page) and the device state; QEMU starts, opens the
 //! disk, and loads the base before the overlay's first byte arrives, not after.
+//!
+//! One standby per base at most, and together no more guest RAM than
+//! `synthesis_standby_memory_mib` (0: one standby). The base just used always gets one:
+//! the standbys made longest ago make room for it. A new base, or a restart, gets one
+//! only if it fits beside those there are.
 //!
 //! The standby's session directory, copy-on-write disk, console socket and VM name are
 //! the next session's. The decoder rewrites the disk in place (the waiting QEMU opened
@@ -18,7 +23,10 @@
 //! `standbys` row (shared with the overlay standby) makes the next start destroy it in
 //! case it did not, and the startup repair removes its directory.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, PoisonError};
 
 use cloudlet_api::SessionKind;
 use cloudlet_engine::decode::{prime_stream, PrimedStream};
@@ -36,13 +44,80 @@ use crate::AppState;
 /// beats a restore of its own); past it the synthesis runs cold.
 const TAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What a new synthesis standby may replace.
+/// Most bases a restart makes standbys for (newest synthesis first), the memory budget
+/// permitting.
+const BASES_AFTER_START: i64 = 16;
+
+/// Whether a new synthesis standby may evict others to fit the memory budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Replace {
-    /// A standby of another base.
-    Other,
-    /// Nothing: made only if the slot is empty.
-    Nothing,
+enum Room {
+    /// The oldest standbys of other bases go until it fits (the base was just used).
+    EvictOlder,
+    /// Made only if it fits beside the standbys there are (a new base, a restart).
+    IfFree,
+}
+
+/// One base's place for its standby: locked while the standby is made (a synthesis on
+/// that base waits for it) or taken.
+type Slot = Arc<tokio::sync::Mutex<Option<SynthesisStandby>>>;
+
+/// The synthesis standbys, one per base at most, within
+/// `synthesis_standby_memory_mib`.
+#[derive(Default)]
+pub struct SynthesisStandbys {
+    /// Held by the one task that makes a standby, from its budget check to its end:
+    /// standbys are made one at a time (each takes the host's cores for a moment), and
+    /// only that task locks other bases' slots (to evict), so no two tasks wait on each
+    /// other's slots.
+    making: tokio::sync::Mutex<()>,
+    slots: std::sync::Mutex<HashMap<String, Slot>>,
+    /// How many are ready, for the gauge.
+    ready: AtomicI64,
+}
+
+impl std::fmt::Debug for SynthesisStandbys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SynthesisStandbys")
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SynthesisStandbys {
+    /// Base `base_id`'s slot, made if `create`.
+    fn slot(&self, base_id: &str, create: bool) -> Option<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        match slots.get(base_id) {
+            Some(slot) => Some(slot.clone()),
+            None if create => {
+                let slot = Slot::default();
+                slots.insert(base_id.to_string(), slot.clone());
+                Some(slot)
+            }
+            None => None,
+        }
+    }
+
+    /// Every base's slot but `except`'s.
+    fn others(&self, except: Option<&str>) -> Vec<Slot> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .iter()
+            .filter(|(base, _)| Some(base.as_str()) != except)
+            .map(|(_, slot)| slot.clone())
+            .collect()
+    }
+
+    /// Forgets base `base_id`'s slot (the base is going away).
+    fn remove(&self, base_id: &str) -> Option<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.remove(base_id)
+    }
+
+    /// Counts one more (`+1`) or one fewer (`-1`) ready standby; the new count.
+    fn count(&self, delta: i64) -> i64 {
+        self.ready.fetch_add(delta, Ordering::Relaxed) + delta
+    }
 }
 
 /// A restore of a base, started and fed the base's pages, for the next synthesis.
@@ -55,6 +130,10 @@ pub struct SynthesisStandby {
     /// The definition the restore was started with, and what it was built from.
     xml: String,
     spec: SessionSpec,
+    /// The base's guest RAM: what the standby may come to hold, counted in the budget.
+    ram_bytes: u64,
+    /// When it was made: the oldest is evicted first.
+    made: std::time::Instant,
 }
 
 impl std::fmt::Debug for SynthesisStandby {
@@ -104,58 +183,88 @@ impl AppState {
         if !self.config.synthesis_standby {
             return None;
         }
-        let mut slot = tokio::time::timeout(TAKE_WAIT, self.synthesis_standby.lock())
-            .await
-            .ok()?;
-        let taken = slot.take_if(|s| s.record.base_id == base_id);
+        let slot = self.synthesis_standbys.slot(base_id, false)?;
+        let mut slot = tokio::time::timeout(TAKE_WAIT, slot.lock()).await.ok()?;
+        let taken = slot.take();
         if taken.is_some() {
-            self.metrics.synthesis_standby_vms(0);
+            self.standby_gone();
         }
         taken
     }
 
+    fn standby_gone(&self) {
+        let n = self.synthesis_standbys.count(-1);
+        self.metrics.synthesis_standby_vms(n);
+    }
+
     /// After a synthesis on `base_id` (its session ended, or it failed): makes the
-    /// standby for that base in the background (replacing one of another base), when
-    /// `synthesis_standby` is on.
+    /// standby for that base in the background, the oldest standbys of other bases
+    /// making room for it, when `synthesis_standby` is on.
     pub(crate) fn refill_synthesis_standby(&self, base_id: &str) {
-        self.spawn_synthesis_standby(base_id, Replace::Other);
+        self.spawn_synthesis_standbys(vec![base_id.to_string()], Room::EvictOlder);
     }
 
-    /// A base became ready (built, added or imported): it gets the synthesis standby if
-    /// no base has one, so that the first synthesis on a new cloudlet's base is warm too.
-    /// A standby of another base is kept: that base is the one in use.
+    /// A base became ready (built, added or imported): it gets a synthesis standby if
+    /// one fits beside the others, so that the first synthesis on a new cloudlet's base is
+    /// warm too. Standbys of other bases are kept: those bases are the ones in use.
     pub(crate) fn synthesis_standby_for_new_base(&self, base_id: &str) {
-        self.spawn_synthesis_standby(base_id, Replace::Nothing);
+        self.spawn_synthesis_standbys(vec![base_id.to_string()], Room::IfFree);
     }
 
-    fn spawn_synthesis_standby(&self, base_id: &str, replace: Replace) {
+    /// At start: standbys for the bases of the newest syntheses, newest first, as many as
+    /// fit; with no synthesis yet, for the newest base.
+    pub(crate) async fn synthesis_standbys_after_start(&self) {
         if !self.config.synthesis_standby {
             return;
         }
-        let (state, base_id) = (self.clone(), base_id.to_string());
+        let bases = match self
+            .store
+            .recent_bases_of(SessionKind::Synthesis, BASES_AFTER_START)
+            .await
+        {
+            Ok(bases) if bases.is_empty() => {
+                self.newest_base_with_memory().await.into_iter().collect()
+            }
+            Ok(bases) => bases,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find the bases of the last syntheses");
+                return;
+            }
+        };
+        self.spawn_synthesis_standbys(bases, Room::IfFree);
+    }
+
+    /// Makes the standbys of `bases` in the background, one after the other.
+    fn spawn_synthesis_standbys(&self, bases: Vec<String>, room: Room) {
+        if !self.config.synthesis_standby {
+            return;
+        }
+        let state = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = state.make_synthesis_standby(&base_id, replace).await {
-                tracing::warn!(base = %base_id, error = %super::chain(&e), "cannot make a synthesis standby");
+            for base_id in bases {
+                if let Err(e) = state.make_synthesis_standby(&base_id, room).await {
+                    tracing::warn!(base = %base_id, error = %super::chain(&e), "cannot make a synthesis standby");
+                }
             }
         });
     }
 
-    async fn make_synthesis_standby(
-        &self,
-        base_id: &str,
-        replace: Replace,
-    ) -> Result<(), ServiceError> {
-        // Held while it is made: a synthesis waits for it, a base deletion discards it
-        // once it is made.
-        let mut slot = self.synthesis_standby.lock().await;
-        match slot.as_ref() {
-            Some(s) if s.record.base_id == base_id => return Ok(()),
-            Some(_) if replace == Replace::Nothing => return Ok(()),
-            _ => {}
+    async fn make_synthesis_standby(&self, base_id: &str, room: Room) -> Result<(), ServiceError> {
+        let standbys = &self.synthesis_standbys;
+        let _making = standbys.making.lock().await;
+        let own = standbys.slot(base_id, true);
+        // Held while it is made: a synthesis on this base waits for it, a base deletion
+        // discards it once it is made.
+        let Some(own) = own else { return Ok(()) };
+        let mut slot = own.lock().await;
+        if slot.is_some() {
+            return Ok(());
         }
-        if let Some(old) = slot.take() {
-            self.metrics.synthesis_standby_vms(0);
-            self.discard_synthesis_standby(old, false).await;
+        let base = self.store.base(base_id).await?;
+        let ram_bytes = base_ram_bytes(&base);
+        if !self.make_room(base_id, ram_bytes, room).await {
+            tracing::debug!(base = %base.name, "no synthesis standby: the others fill synthesis_standby_memory_mib");
+            return Ok(());
         }
         let Some((base, record, dir)) = self.new_standby(SessionKind::Synthesis, base_id).await?
         else {
@@ -182,8 +291,11 @@ impl AppState {
                     stream,
                     xml,
                     spec,
+                    ram_bytes,
+                    made: std::time::Instant::now(),
                 });
-                self.metrics.synthesis_standby_vms(1);
+                let n = standbys.count(1);
+                self.metrics.synthesis_standby_vms(n);
                 Ok(())
             }
             Err(e) => {
@@ -193,6 +305,42 @@ impl AppState {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a standby of `ram_bytes` for `base_id` fits the memory budget beside the
+    /// standbys of other bases, after evicting the oldest of them if `room` allows. One
+    /// standby always fits. The caller holds `making`.
+    async fn make_room(&self, base_id: &str, ram_bytes: u64, room: Room) -> bool {
+        let budget = self
+            .config
+            .synthesis_standby_memory_mib
+            .saturating_mul(1 << 20);
+        let mut others = Vec::new();
+        for slot in self.synthesis_standbys.others(Some(base_id)) {
+            let guard = slot.lock_owned().await;
+            if let Some(s) = guard.as_ref() {
+                others.push((s.made, s.ram_bytes, guard));
+            }
+        }
+        others.sort_by_key(|(made, _, _)| *made);
+        let mut used: u64 = others.iter().map(|(_, ram, _)| ram).sum();
+        let mut others = others.into_iter();
+        while used.saturating_add(ram_bytes) > budget {
+            if room == Room::IfFree {
+                // An empty host always has room for one.
+                return used == 0;
+            }
+            let Some((_, ram, mut guard)) = others.next() else {
+                return true;
+            };
+            if let Some(old) = guard.take() {
+                tracing::info!(base = %old.record.base_id, vm = %old.record.vm_name, "synthesis standby evicted: its base was used least lately");
+                self.standby_gone();
+                self.discard_synthesis_standby(old, false).await;
+            }
+            used = used.saturating_sub(ram);
+        }
+        true
     }
 
     /// Starts a streamed restore of `base` as VM `vm` in `dir` and writes the base's pages
@@ -277,16 +425,25 @@ impl AppState {
         }
     }
 
-    /// Destroys the synthesis standby, if any, or only base `base_id`'s.
+    /// Destroys the synthesis standbys: all of them, or only base `base_id`'s.
     pub(crate) async fn discard_synthesis_standby_of(&self, base_id: Option<&str>) {
-        let taken = self
-            .synthesis_standby
-            .lock()
-            .await
-            .take_if(|s| base_id.is_none_or(|b| s.record.base_id == b));
-        if let Some(standby) = taken {
-            self.metrics.synthesis_standby_vms(0);
-            self.discard_synthesis_standby(standby, false).await;
+        let slots = match base_id {
+            Some(id) => self.synthesis_standbys.remove(id).into_iter().collect(),
+            None => self.synthesis_standbys.others(None),
+        };
+        for slot in slots {
+            let taken = slot.lock().await.take();
+            if let Some(standby) = taken {
+                self.standby_gone();
+                self.discard_synthesis_standby(standby, false).await;
+            }
         }
     }
+}
+
+/// A base's guest RAM in bytes: the most its standby can come to hold.
+fn base_ram_bytes(base: &BaseRecord) -> u64 {
+    u64::try_from(base.memory_pages)
+        .unwrap_or(0)
+        .saturating_mul(cloudlet_engine::chunk::CHUNK_SIZE_BYTES as u64)
 }

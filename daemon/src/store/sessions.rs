@@ -218,15 +218,20 @@ impl Store {
         .await?)
     }
 
-    /// The base of the newest session of `kind` that has one (the base a standby of that
-    /// kind is made for after a restart).
-    pub async fn latest_base_of(&self, kind: SessionKind) -> Result<Option<String>, StoreError> {
+    /// The bases of sessions of `kind`, the base of the newest session first, each once;
+    /// at most `limit`.
+    pub async fn recent_bases_of(
+        &self,
+        kind: SessionKind,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar::<_, String>(
             "SELECT base_id FROM sessions WHERE kind = ? AND base_id IS NOT NULL \
-             ORDER BY created_at DESC, id DESC LIMIT 1",
+             GROUP BY base_id ORDER BY MAX(created_at) DESC, base_id LIMIT ?",
         )
         .bind(kind.as_str())
-        .fetch_optional(self.pool())
+        .bind(limit)
+        .fetch_all(self.pool())
         .await?)
     }
 
@@ -279,8 +284,11 @@ mod tests {
         );
         assert!(store.active_sessions().await.unwrap().is_empty());
         assert_eq!(
-            store.latest_base_of(SessionKind::Synthesis).await.unwrap(),
-            None,
+            store
+                .recent_bases_of(SessionKind::Synthesis, 1)
+                .await
+                .unwrap(),
+            Vec::<String>::new(),
             "no base"
         );
         assert_eq!(store.clear_finished_sessions().await.unwrap(), 1);
@@ -292,9 +300,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_latest_base_of_a_kind_is_its_newest_sessions() {
+    async fn the_recent_bases_of_a_kind_are_those_of_its_newest_sessions() {
         let (store, _dir) = test_store().await;
-        for id in ["b1", "b2"] {
+        for id in ["b1", "b2", "b3"] {
             store
                 .insert_base(&crate::store::bases::sample_base(id, id))
                 .await
@@ -302,23 +310,26 @@ mod tests {
         }
         for (kind, base) in [
             (SessionKind::Synthesis, "b1"),
-            (SessionKind::Overlay, "b1"),
+            (SessionKind::Overlay, "b3"),
             (SessionKind::Synthesis, "b2"),
             (SessionKind::Overlay, "b1"),
+            (SessionKind::Synthesis, "b1"),
         ] {
             let s = SessionRecord::new(kind, Some(base.into()));
             store.insert_session(&s).await.unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        let latest = |kind| store.latest_base_of(kind);
+        let recent = |kind, limit| store.recent_bases_of(kind, limit);
         assert_eq!(
-            latest(SessionKind::Synthesis).await.unwrap().as_deref(),
-            Some("b2")
+            recent(SessionKind::Synthesis, 16).await.unwrap(),
+            ["b1", "b2"],
+            "each base once, the newest session's first"
         );
+        assert_eq!(recent(SessionKind::Synthesis, 1).await.unwrap(), ["b1"]);
         assert_eq!(
-            latest(SessionKind::Overlay).await.unwrap().as_deref(),
-            Some("b1")
+            recent(SessionKind::Overlay, 16).await.unwrap(),
+            ["b1", "b3"]
         );
-        assert_eq!(latest(SessionKind::Base).await.unwrap(), None);
+        assert!(recent(SessionKind::Base, 16).await.unwrap().is_empty());
     }
 }
