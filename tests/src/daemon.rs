@@ -249,6 +249,36 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A metric of `/metrics` without labels (`cloudlet_standby_vms`, ...).
+    pub fn metric(&self, name: &str) -> anyhow::Result<u64> {
+        let (status, body) = self.get("/metrics")?;
+        anyhow::ensure!(status == 200, "/metrics: {status}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /metrics"))
+    }
+
+    /// The `cloudlet-*` VMs of this daemon's data directory that no session has: its
+    /// standbys (a standby's VM becomes a session's only when a session takes it).
+    pub fn standby_vms(&self) -> anyhow::Result<Vec<String>> {
+        let (status, sessions) = self.get("/api/v1/sessions")?;
+        anyhow::ensure!(status == 200, "/api/v1/sessions: {status}");
+        let sessions: serde_json::Value = serde_json::from_str(&sessions)?;
+        let session_vms: Vec<&str> = sessions
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s["vm_name"].as_str()).collect())
+            .unwrap_or_default();
+        Ok(crate::domains_with_prefix("cloudlet-")
+            .into_iter()
+            .filter(|vm| !session_vms.contains(&vm.as_str()))
+            .filter(|vm| {
+                let id = vm.trim_start_matches("cloudlet-");
+                self.data_dir.join("sessions").join(id).is_dir()
+            })
+            .collect())
+    }
+
     /// GET `path` with the token; (status, body).
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let (status, bytes) = self.send("GET", path, &[], &[])?;

@@ -6,7 +6,6 @@
 //! destroys its standby.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::path::Path;
 use std::time::Duration;
 
 use cloudlet_e2e::daemon::TempDir;
@@ -15,35 +14,9 @@ use serde_json::{json, Value};
 
 const APP: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
 
-/// `cloudlet-*` VMs of this daemon's data directory that no session has: standbys.
-fn standby_vms(d: &Daemon, data: &Path) -> Vec<String> {
-    let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
-    let session_vms: Vec<&str> = sessions
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["vm_name"].as_str())
-        .collect();
-    domains_with_prefix("cloudlet-")
-        .into_iter()
-        .filter(|vm| !session_vms.contains(&vm.as_str()))
-        .filter(|vm| {
-            let id = vm.trim_start_matches("cloudlet-");
-            data.join("sessions").join(id).is_dir()
-        })
-        .collect()
-}
-
 /// The `cloudlet_standby_vms` gauge.
 fn standby_gauge(d: &Daemon) -> u64 {
-    let (status, body) = d.send("GET", "/metrics", &[], &[]).unwrap();
-    assert_eq!(status, 200);
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("cloudlet_standby_vms "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("cloudlet_standby_vms in /metrics")
+    d.metric("cloudlet_standby_vms").unwrap()
 }
 
 /// Waits (up to 60 s) until the daemon reports a standby ready.
@@ -100,7 +73,7 @@ fn the_next_overlay_session_resumes_a_standby() {
     assert!(cold["timings"].get("resume_standby").is_none(), "{cold}");
     stop(&d, &cold);
     wait_for_standby(&d);
-    let standby = standby_vms(&d, &data);
+    let standby = d.standby_vms().unwrap();
     assert_eq!(standby.len(), 1, "one paused standby VM: {standby:?}");
     let state = cloudlet_e2e::virsh(&["domstate", &standby[0]]).unwrap();
     assert_eq!(state.trim(), "paused");
@@ -151,7 +124,7 @@ fn the_next_overlay_session_resumes_a_standby() {
 
     // 3. The finish made a new standby; a crash leaves it, the restart destroys it.
     wait_for_standby(&d);
-    let left = standby_vms(&d, &data);
+    let left = d.standby_vms().unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
     d.kill();
     let d = Daemon::start_in(&data, &env).unwrap();
@@ -170,14 +143,14 @@ fn the_next_overlay_session_resumes_a_standby() {
     // The restarted daemon makes a new standby for the base of the last overlay session:
     // the first session after a restart starts warm too.
     wait_for_standby(&d);
-    let remade = standby_vms(&d, &data);
+    let remade = d.standby_vms().unwrap();
     assert!(remade.len() == 1 && remade[0] != left[0], "{remade:?}");
 
     // 4. Deleting the base destroys its standby.
     let again = start_session(&d, &["true"]);
     stop(&d, &again);
     wait_for_standby(&d);
-    let standby = standby_vms(&d, &data);
+    let standby = d.standby_vms().unwrap();
     assert_eq!(standby.len(), 1, "{standby:?}");
     let (status, out) = d
         .json("DELETE", "/api/v1/bases/tiny?force=true", None)

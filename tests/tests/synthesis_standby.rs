@@ -9,7 +9,6 @@
 //! which makes a new one for the first synthesis after it.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::path::Path;
 use std::time::Duration;
 
 use cloudlet_e2e::daemon::TempDir;
@@ -22,44 +21,20 @@ const APP: &str = "nc -ll -p 8080 -e echo hello-from-guest >/dev/null 2>&1 &";
 
 /// The `cloudlet_synthesis_standby_vms` gauge.
 fn standby_gauge(d: &Daemon) -> u64 {
-    let (status, body) = d.send("GET", "/metrics", &[], &[]).unwrap();
-    assert_eq!(status, 200);
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("cloudlet_synthesis_standby_vms "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("cloudlet_synthesis_standby_vms in /metrics")
+    d.metric("cloudlet_synthesis_standby_vms").unwrap()
 }
 
 /// Waits (up to 60 s) until the daemon reports a standby ready; returns its VM (the
 /// `cloudlet-*` VM of this data directory that no session has).
-fn wait_for_standby(d: &Daemon, data: &Path) -> String {
-    wait_for_standbys(d, data, 1, &[]).remove(0)
+fn wait_for_standby(d: &Daemon) -> String {
+    wait_for_standbys(d, 1, &[]).remove(0)
 }
 
 /// Waits (up to 60 s) until the daemon reports `n` standbys ready and runs `n` standby
 /// VMs (`cloudlet-*` VMs of this data directory that no session has), none of them in
 /// `gone`; returns those VMs.
-fn wait_for_standbys(d: &Daemon, data: &Path, n: usize, gone: &[String]) -> Vec<String> {
-    let standbys = || {
-        let (_, sessions) = d.json("GET", "/api/v1/sessions", None).unwrap();
-        let session_vms: Vec<String> = sessions
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["state"] == "running")
-            .filter_map(|s| s["vm_name"].as_str().map(String::from))
-            .collect();
-        domains_with_prefix("cloudlet-")
-            .into_iter()
-            .filter(|vm| !session_vms.contains(vm))
-            .filter(|vm| {
-                let id = vm.trim_start_matches("cloudlet-");
-                data.join("sessions").join(id).is_dir()
-            })
-            .collect::<Vec<String>>()
-    };
+fn wait_for_standbys(d: &Daemon, n: usize, gone: &[String]) -> Vec<String> {
+    let standbys = || d.standby_vms().unwrap();
     let ready = cloudlet_e2e::wait_until(Duration::from_secs(60), || {
         let vms = standbys();
         (standby_gauge(d) == n as u64 && vms.len() == n && !vms.iter().any(|v| gone.contains(v)))
@@ -157,17 +132,17 @@ fn the_next_synthesis_finishes_a_primed_restore() {
 
     // 1. A new base gets the standby at once (no other base has one); a restart before
     // any synthesis makes it again, for the newest base.
-    let first = wait_for_standby(&d, &data);
+    let first = wait_for_standby(&d);
     d.stop().unwrap();
     d = Daemon::start_in(&data, &env).unwrap();
-    let remade = wait_for_standby(&d, &data);
+    let remade = wait_for_standby(&d);
     assert_ne!(remade, first, "a new standby after the restart");
     let overlay = make_overlay(&d, &[APP, "echo primed > /mnt/data/marker && sync"], false);
 
     // 2. The first synthesis finishes it (same VM, app, port and disk files), and so does
     // the next one: each synthesis' end makes the next standby.
     for _ in 0..2 {
-        let standby = wait_for_standby(&d, &data);
+        let standby = wait_for_standby(&d);
         let warm = synthesize(&d, &overlay);
         let t = &warm["timings"];
         assert!(
@@ -183,7 +158,7 @@ fn the_next_synthesis_finishes_a_primed_restore() {
 
     // 3. A corrupt overlay fails cleanly: the standby goes with it, the next is made, and
     // a good overlay then synthesizes warm again.
-    let standby = wait_for_standby(&d, &data);
+    let standby = wait_for_standby(&d);
     let url = format!("/api/v1/overlays/{overlay}/file");
     let (status, mut bytes) = d.send("GET", &url, &[], &[]).unwrap();
     assert_eq!(status, 200);
@@ -198,7 +173,7 @@ fn the_next_synthesis_finishes_a_primed_restore() {
         !domains_with_prefix("cloudlet-").contains(&standby),
         "the standby's VM outlived the failed synthesis"
     );
-    let next = wait_for_standby(&d, &data);
+    let next = wait_for_standby(&d);
     assert_ne!(next, standby);
     let warm = synthesize(&d, &overlay);
     assert!(warm["timings"]["restore_standby"].is_u64(), "{warm}");
@@ -207,7 +182,7 @@ fn the_next_synthesis_finishes_a_primed_restore() {
 
     // 4. A disk-only overlay cannot finish a restore: it boots, in the standby's place.
     let disk_only = make_overlay(&d, &["echo primed > /mnt/data/marker && sync"], true);
-    let standby = wait_for_standby(&d, &data);
+    let standby = wait_for_standby(&d);
     let booted = synthesize(&d, &disk_only);
     assert!(
         booted["timings"]["boot"].is_u64() && booted["timings"].get("restore_standby").is_none(),
@@ -222,7 +197,7 @@ fn the_next_synthesis_finishes_a_primed_restore() {
     stop(&d, &booted);
 
     // 5. A crash leaves a standby; the restart destroys it and removes its directory.
-    let left = wait_for_standby(&d, &data);
+    let left = wait_for_standby(&d);
     d.kill();
     let d = Daemon::start_in(&data, &env).unwrap();
     let gone = cloudlet_e2e::wait_until(Duration::from_secs(30), || {
@@ -239,7 +214,7 @@ fn the_next_synthesis_finishes_a_primed_restore() {
         .exists());
     // The restarted daemon makes a new standby for the base of the last synthesis, and the
     // first synthesis after the restart finishes it.
-    let remade = wait_for_standby(&d, &data);
+    let remade = wait_for_standby(&d);
     assert_ne!(remade, left);
     let warm = synthesize(&d, &overlay);
     assert!(warm["timings"]["restore_standby"].is_u64(), "{warm}");
@@ -288,7 +263,7 @@ fn the_bases_used_lately_keep_standbys_within_a_memory_budget() {
             .unwrap();
         assert_eq!(status, 201, "{made}\n{}", d.log_text());
         // 1. Each new base gets a standby while both fit.
-        wait_for_standbys(&d, &data, i + 1, &[]);
+        wait_for_standbys(&d, i + 1, &[]);
         overlays.push(make_overlay_on(
             &d,
             base,
@@ -302,23 +277,23 @@ fn the_bases_used_lately_keep_standbys_within_a_memory_budget() {
         assert!(warm(&s), "{base}: {s}");
         check_app(&d, &s);
         stop(&d, &s);
-        wait_for_standbys(&d, &data, 2, &[]);
+        wait_for_standbys(&d, 2, &[]);
     }
 
     // 3. Restarted with room for one: the base of the newest synthesis (tiny) gets it.
     d.stop().unwrap();
     let d = start("1");
-    let only = wait_for_standbys(&d, &data, 1, &[]);
+    let only = wait_for_standbys(&d, 1, &[]);
     let s = synthesize_on(&d, "tiny2", &overlays[1]);
     assert!(!warm(&s), "tiny2 has no standby: {s}");
     check_app(&d, &s);
     stop(&d, &s);
     // tiny2, just used, gets the standby: tiny's makes room.
-    let tiny2s = wait_for_standbys(&d, &data, 1, &only);
+    let tiny2s = wait_for_standbys(&d, 1, &only);
     let s = synthesize_on(&d, "tiny", &overlays[0]);
     assert!(!warm(&s), "tiny's standby was evicted: {s}");
     stop(&d, &s);
-    wait_for_standbys(&d, &data, 1, &tiny2s);
+    wait_for_standbys(&d, 1, &tiny2s);
     let s = synthesize_on(&d, "tiny", &overlays[0]);
     assert!(warm(&s), "tiny's standby is back: {s}");
     check_app(&d, &s);

@@ -94,6 +94,9 @@ impl AppState {
     /// on) for the bases the newest overlay and synthesis sessions used, so that the
     /// first session after a restart starts warm too.
     pub async fn standbys_after_start(&self) {
+        if self.config.overlay_standby || self.config.synthesis_standby {
+            tokio::spawn(self.clone().release_standbys_under_pressure());
+        }
         self.synthesis_standbys_after_start().await;
         if !self.config.overlay_standby {
             return;
@@ -102,6 +105,53 @@ impl AppState {
             Ok(bases) => bases.iter().for_each(|b| self.refill_standby(b)),
             Err(e) => tracing::warn!(error = %e, "cannot find the base of the last session"),
         }
+    }
+
+    /// For as long as the daemon runs: every [`PRESSURE_CHECK`], standbys are released
+    /// while the host has less memory available than twice the RAM of a standby's base,
+    /// the rule they were made under (the oldest synthesis standby first, the overlay
+    /// standby last). Memory the sessions need comes before VMs kept for later ones.
+    async fn release_standbys_under_pressure(self) {
+        let mut tick = tokio::time::interval(PRESSURE_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            while let Some(available) = host_mem_available() {
+                if !self.release_a_synthesis_standby(available).await
+                    && !self.release_the_overlay_standby(available).await
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Releases the overlay standby if the host has less than twice its base's RAM
+    /// `available`; whether it did.
+    async fn release_the_overlay_standby(&self, available: u64) -> bool {
+        let mut slot = self.standby.lock().await;
+        let Some(base_id) = slot.as_ref().map(|s| s.record.base_id.clone()) else {
+            return false;
+        };
+        let ram = match self.store.base(&base_id).await {
+            Ok(base) => base_ram_bytes(&base),
+            Err(_) => 0,
+        };
+        if !short_of_memory(available, ram) {
+            return false;
+        }
+        let Some(standby) = slot.take() else {
+            return false;
+        };
+        drop(slot);
+        tracing::warn!(
+            vm = %standby.record.vm_name,
+            available_mib = available >> 20,
+            "overlay standby released: the host is short of memory"
+        );
+        self.metrics.standby_vms(0);
+        self.discard(standby).await;
+        true
     }
 
     /// The id of the newest ready base that has a memory snapshot.
@@ -195,11 +245,8 @@ impl AppState {
         if base.state != ResourceState::Ready || base.memory_pages == 0 {
             return Ok(None);
         }
-        let ram = u64::try_from(base.memory_pages)
-            .unwrap_or(0)
-            .saturating_mul(CHUNK_SIZE_BYTES as u64);
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        if let Some(available) = mem_available(&meminfo).filter(|&a| a < ram.saturating_mul(2)) {
+        let ram = base_ram_bytes(&base);
+        if let Some(available) = host_mem_available().filter(|&a| short_of_memory(a, ram)) {
             tracing::info!(
                 base = %base.name,
                 available_mib = available >> 20,
@@ -279,10 +326,30 @@ impl AppState {
     }
 }
 
-/// `MemAvailable` of a `/proc/meminfo` text, in bytes. A standby is made only while the
-/// host has at least twice the base's RAM available: the standby may come to hold it
-/// all (a paused VM resumed, a restore finished), and the sessions it serves need room
-/// beside it.
+/// How often the host's available memory is checked against the standbys.
+const PRESSURE_CHECK: Duration = Duration::from_secs(5);
+
+/// Whether a host with `available` bytes of memory is too short for a standby of a base
+/// with `ram` bytes of RAM. A standby is made and kept only while the host has at least
+/// twice the base's RAM available: the standby may come to hold it all (a paused VM
+/// resumed, a restore finished), and the sessions it serves need room beside it.
+pub(crate) fn short_of_memory(available: u64, ram: u64) -> bool {
+    available < ram.saturating_mul(2)
+}
+
+/// A base's guest RAM in bytes: the most its standby can come to hold.
+pub(crate) fn base_ram_bytes(base: &BaseRecord) -> u64 {
+    u64::try_from(base.memory_pages)
+        .unwrap_or(0)
+        .saturating_mul(CHUNK_SIZE_BYTES as u64)
+}
+
+/// The host's `MemAvailable`, in bytes; `None` if it cannot be read.
+pub(crate) fn host_mem_available() -> Option<u64> {
+    mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
 fn mem_available(meminfo: &str) -> Option<u64> {
     let kib: u64 = meminfo
         .lines()
@@ -297,7 +364,16 @@ fn mem_available(meminfo: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::mem_available;
+    use super::{mem_available, short_of_memory};
+
+    #[test]
+    fn a_standby_needs_twice_its_base_ram_available() {
+        let gib = 1 << 30;
+        assert!(!short_of_memory(2 * gib, gib));
+        assert!(short_of_memory(2 * gib - 1, gib));
+        assert!(!short_of_memory(0, 0), "a base without RAM costs nothing");
+        assert!(short_of_memory(u64::MAX - 1, u64::MAX), "no overflow");
+    }
 
     #[test]
     fn available_memory_is_read_from_meminfo() {

@@ -32,6 +32,7 @@ use cloudlet_api::SessionKind;
 use cloudlet_engine::decode::{prime_stream, PrimedStream};
 
 use super::overlay::{base_paths, base_resume_xml, create_cow_disk, open_base};
+use super::standby::{base_ram_bytes, short_of_memory};
 use super::stream_restore::StreamedRestore;
 use super::{blocking, Caller, ServiceError};
 use crate::store::bases::BaseRecord;
@@ -425,6 +426,38 @@ impl AppState {
         }
     }
 
+    /// Releases the oldest synthesis standby if the host has less than twice the RAM of
+    /// a standby's base `available`; whether it did.
+    pub(crate) async fn release_a_synthesis_standby(&self, available: u64) -> bool {
+        let standbys = &self.synthesis_standbys;
+        let _making = standbys.making.lock().await;
+        let mut ready = Vec::new();
+        for slot in standbys.others(None) {
+            let guard = slot.lock_owned().await;
+            if let Some(s) = guard.as_ref() {
+                ready.push((s.made, s.ram_bytes, guard));
+            }
+        }
+        let largest = ready.iter().map(|(_, ram, _)| *ram).max().unwrap_or(0);
+        if ready.is_empty() || !short_of_memory(available, largest) {
+            return false;
+        }
+        ready.sort_by_key(|(made, _, _)| *made);
+        let Some(old) = ready.swap_remove(0).2.take() else {
+            return false;
+        };
+        drop(ready);
+        tracing::warn!(
+            base = %old.record.base_id,
+            vm = %old.record.vm_name,
+            available_mib = available >> 20,
+            "synthesis standby released: the host is short of memory"
+        );
+        self.standby_gone();
+        self.discard_synthesis_standby(old, false).await;
+        true
+    }
+
     /// Destroys the synthesis standbys: all of them, or only base `base_id`'s.
     pub(crate) async fn discard_synthesis_standby_of(&self, base_id: Option<&str>) {
         let slots = match base_id {
@@ -439,11 +472,4 @@ impl AppState {
             }
         }
     }
-}
-
-/// A base's guest RAM in bytes: the most its standby can come to hold.
-fn base_ram_bytes(base: &BaseRecord) -> u64 {
-    u64::try_from(base.memory_pages)
-        .unwrap_or(0)
-        .saturating_mul(cloudlet_engine::chunk::CHUNK_SIZE_BYTES as u64)
 }

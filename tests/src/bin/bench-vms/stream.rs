@@ -476,15 +476,7 @@ fn standby_gauge(b: &DaemonBase) -> anyhow::Result<u64> {
 
 /// A gauge of the daemon's `/metrics`.
 fn gauge(b: &DaemonBase, name: &str) -> anyhow::Result<u64> {
-    let (status, body) = b.d.send("GET", "/metrics", &[], &[])?;
-    if status != 200 {
-        bail!("/metrics: {status}");
-    }
-    String::from_utf8(body)?
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("{name} in /metrics"))
+    b.d.metric(name)
 }
 
 /// The `key` field (seconds) of each sample.
