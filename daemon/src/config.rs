@@ -718,9 +718,7 @@ Settings: defaults < TOML config file < environment (CLOUDLET_<KEY>):
       already streamed into it: the next synthesis on that base sends only the
       overlay's pages. Costs one QEMU (the base snapshot's pages) in host memory.
       Needs restore_stream auto or on.
-  synthesis_standby_memory_mib
-                            CLOUDLET_SYNTHESIS_STANDBY_MEMORY_MIB
-                                                               0
+  synthesis_standby_memory_mib CLOUDLET_SYNTHESIS_STANDBY_MEMORY_MIB 0
       With synthesis_standby: the most guest RAM the standbys stand for together.
       Within it, every base synthesized lately keeps a standby (the base just used
       always gets one; the oldest others make room). 0: one standby, the last base's.

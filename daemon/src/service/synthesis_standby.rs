@@ -109,6 +109,12 @@ impl SynthesisStandbys {
             .collect()
     }
 
+    /// Whether `slot` is still base `base_id`'s (not forgotten since it was handed out).
+    fn is_current(&self, base_id: &str, slot: &Slot) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.get(base_id).is_some_and(|s| Arc::ptr_eq(s, slot))
+    }
+
     /// Forgets base `base_id`'s slot (the base is going away).
     fn remove(&self, base_id: &str) -> Option<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
@@ -253,10 +259,11 @@ impl AppState {
     async fn make_synthesis_standby(&self, base_id: &str, room: Room) -> Result<(), ServiceError> {
         let standbys = &self.synthesis_standbys;
         let _making = standbys.making.lock().await;
-        let own = standbys.slot(base_id, true);
         // Held while it is made: a synthesis on this base waits for it, a base deletion
         // discards it once it is made.
-        let Some(own) = own else { return Ok(()) };
+        let Some(own) = standbys.slot(base_id, true) else {
+            return Ok(());
+        };
         let mut slot = own.lock().await;
         if slot.is_some() {
             return Ok(());
@@ -285,7 +292,7 @@ impl AppState {
                     took_ms = started.elapsed().as_millis(),
                     "synthesis standby ready: the base's pages are loaded"
                 );
-                *slot = Some(SynthesisStandby {
+                let made = SynthesisStandby {
                     record,
                     dir,
                     restore,
@@ -294,7 +301,13 @@ impl AppState {
                     spec,
                     ram_bytes,
                     made: std::time::Instant::now(),
-                });
+                };
+                // The base was deleted meanwhile: nobody would take or discard it.
+                if !standbys.is_current(base_id, &own) {
+                    self.discard_synthesis_standby(made, false).await;
+                    return Ok(());
+                }
+                *slot = Some(made);
                 let n = standbys.count(1);
                 self.metrics.synthesis_standby_vms(n);
                 Ok(())
