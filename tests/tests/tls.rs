@@ -5,7 +5,7 @@
 //! stop the daemon with their name, and a silent TLS client loses its slot.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
@@ -397,9 +397,24 @@ fn a_silent_tls_client_gives_its_slot_back() {
         how,
     )
     .unwrap();
-    // Connects and never starts the handshake: holds the only slot...
-    let mut silent = TcpStream::connect(d.addr).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Connects and never starts the handshake: holds the only slot... once the daemon has
+    // it to give (the start-up probe's connection may still hold it for a moment; a TLS
+    // connection turned away is closed at once, so a silent one still open after 300 ms
+    // holds the slot).
+    let mut silent = (0..20)
+        .find_map(|_| {
+            let mut s = TcpStream::connect(d.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            match s.read(&mut [0u8; 1]) {
+                Ok(0) => None,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    Some(s)
+                }
+                other => panic!("a silent connection: {other:?}"),
+            }
+        })
+        .expect("no connection held the slot in 20 tries");
     assert!(
         d.get("/health").is_err(),
         "a second connection must be turned away while the slot is held"
