@@ -85,18 +85,16 @@ impl std::fmt::Debug for SynthesisStandbys {
 }
 
 impl SynthesisStandbys {
-    /// Base `base_id`'s slot, made if `create`.
-    fn slot(&self, base_id: &str, create: bool) -> Option<Slot> {
+    /// Base `base_id`'s slot, if it has one.
+    fn slot(&self, base_id: &str) -> Option<Slot> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.get(base_id).cloned()
+    }
+
+    /// Base `base_id`'s slot, made if it has none.
+    fn slot_or_new(&self, base_id: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        match slots.get(base_id) {
-            Some(slot) => Some(slot.clone()),
-            None if create => {
-                let slot = Slot::default();
-                slots.insert(base_id.to_string(), slot.clone());
-                Some(slot)
-            }
-            None => None,
-        }
+        slots.entry(base_id.to_string()).or_default().clone()
     }
 
     /// Every base's slot but `except`'s.
@@ -190,7 +188,7 @@ impl AppState {
         if !self.config.synthesis_standby {
             return None;
         }
-        let slot = self.synthesis_standbys.slot(base_id, false)?;
+        let slot = self.synthesis_standbys.slot(base_id)?;
         let mut slot = tokio::time::timeout(TAKE_WAIT, slot.lock()).await.ok()?;
         let taken = slot.take();
         if taken.is_some() {
@@ -261,9 +259,7 @@ impl AppState {
         let _making = standbys.making.lock().await;
         // Held while it is made: a synthesis on this base waits for it, a base deletion
         // discards it once it is made.
-        let Some(own) = standbys.slot(base_id, true) else {
-            return Ok(());
-        };
+        let own = standbys.slot_or_new(base_id);
         let mut slot = own.lock().await;
         if slot.is_some() {
             return Ok(());
@@ -329,22 +325,15 @@ impl AppState {
             .config
             .synthesis_standby_memory_mib
             .saturating_mul(1 << 20);
-        let mut others = Vec::new();
-        for slot in self.synthesis_standbys.others(Some(base_id)) {
-            let guard = slot.lock_owned().await;
-            if let Some(s) = guard.as_ref() {
-                others.push((s.made, s.ram_bytes, guard));
-            }
-        }
-        others.sort_by_key(|(made, _, _)| *made);
-        let mut used: u64 = others.iter().map(|(_, ram, _)| ram).sum();
+        let others = self.ready_standbys(Some(base_id)).await;
+        let mut used: u64 = others.iter().map(|(ram, _)| ram).sum();
         let mut others = others.into_iter();
         while used.saturating_add(ram_bytes) > budget {
             if room == Room::IfFree {
                 // An empty host always has room for one.
                 return used == 0;
             }
-            let Some((_, ram, mut guard)) = others.next() else {
+            let Some((ram, mut guard)) = others.next() else {
                 return true;
             };
             if let Some(old) = guard.take() {
@@ -355,6 +344,26 @@ impl AppState {
             used = used.saturating_sub(ram);
         }
         true
+    }
+
+    /// The ready standbys of every base but `except`, oldest first: each one's RAM and
+    /// its slot, locked. Only the holder of `making` locks several slots.
+    async fn ready_standbys(
+        &self,
+        except: Option<&str>,
+    ) -> Vec<(u64, tokio::sync::OwnedMutexGuard<Option<SynthesisStandby>>)> {
+        let mut ready = Vec::new();
+        for slot in self.synthesis_standbys.others(except) {
+            let guard = slot.lock_owned().await;
+            if let Some(s) = guard.as_ref() {
+                ready.push((s.made, s.ram_bytes, guard));
+            }
+        }
+        ready.sort_by_key(|(made, _, _)| *made);
+        ready
+            .into_iter()
+            .map(|(_, ram, guard)| (ram, guard))
+            .collect()
     }
 
     /// Starts a streamed restore of `base` as VM `vm` in `dir` and writes the base's pages
@@ -442,24 +451,19 @@ impl AppState {
     /// Releases the oldest synthesis standby if the host has less than twice the RAM of
     /// a standby's base `available`; whether it did.
     pub(crate) async fn release_a_synthesis_standby(&self, available: u64) -> bool {
-        let standbys = &self.synthesis_standbys;
-        let _making = standbys.making.lock().await;
-        let mut ready = Vec::new();
-        for slot in standbys.others(None) {
-            let guard = slot.lock_owned().await;
-            if let Some(s) = guard.as_ref() {
-                ready.push((s.made, s.ram_bytes, guard));
-            }
-        }
-        let largest = ready.iter().map(|(_, ram, _)| *ram).max().unwrap_or(0);
-        if ready.is_empty() || !short_of_memory(available, largest) {
+        let _making = self.synthesis_standbys.making.lock().await;
+        let ready = self.ready_standbys(None).await;
+        let largest = ready.iter().map(|(ram, _)| *ram).max().unwrap_or(0);
+        if !short_of_memory(available, largest) {
             return false;
         }
-        ready.sort_by_key(|(made, _, _)| *made);
-        let Some(old) = ready.swap_remove(0).2.take() else {
+        let Some(old) = ready
+            .into_iter()
+            .next()
+            .and_then(|(_, mut oldest)| oldest.take())
+        else {
             return false;
         };
-        drop(ready);
         tracing::warn!(
             base = %old.record.base_id,
             vm = %old.record.vm_name,

@@ -451,7 +451,7 @@ impl WarmSynthesis<'_> {
     fn wait_ready(b: &DaemonBase) -> anyhow::Result<()> {
         let waited = Instant::now();
         let ready = cloudlet_e2e::wait_until(Duration::from_secs(120), || {
-            (gauge(b, "cloudlet_synthesis_standby_vms").ok()? == 1).then_some(())
+            (b.d.metric("cloudlet_synthesis_standby_vms").ok()? == 1).then_some(())
         });
         ready.context("no synthesis standby within 120 s")?;
         println!(
@@ -471,12 +471,7 @@ impl WarmSynthesis<'_> {
 
 /// The daemon's `cloudlet_standby_vms` gauge.
 fn standby_gauge(b: &DaemonBase) -> anyhow::Result<u64> {
-    gauge(b, "cloudlet_standby_vms")
-}
-
-/// A gauge of the daemon's `/metrics`.
-fn gauge(b: &DaemonBase, name: &str) -> anyhow::Result<u64> {
-    b.d.metric(name)
+    b.d.metric("cloudlet_standby_vms")
 }
 
 /// The `key` field (seconds) of each sample.
